@@ -1,0 +1,139 @@
+"""Parsing MemoryOvercommitPolicy documents (YAML/JSON text, files, or Kubernetes objects)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from overcommit.api import policy as api
+from overcommit.api.schema import build, openapi_schema, validate
+
+
+class PolicyError(ValueError):
+    """A policy that breaks the API's rules; ``errors`` are ``field: reason`` lines."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__("; ".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """Each error as one line, prefixed with where it was found."""
+        return [f"{self.source}: {e}" if self.source else e for e in self.errors]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed, defaulted and validated policy plus the metadata selection needs."""
+
+    name: str
+    spec: api.PolicySpec
+    uid: str = ""
+    generation: int = 0
+    creation_timestamp: str = ""  # RFC 3339, as the API server writes it; sorts chronologically
+    raw_spec: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+_SPEC_SCHEMA = openapi_schema(api.PolicySpec)
+
+
+def spec_schema() -> dict[str, Any]:
+    return copy.deepcopy(_SPEC_SCHEMA)
+
+
+def policy_from_object(obj: Mapping[str, Any], source: str = "<object>") -> Policy:
+    """Validate one Kubernetes object of kind MemoryOvercommitPolicy and return the model."""
+    errors = _check_header(obj)
+    meta = obj.get("metadata") or {}
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    label = f"{source} ({api.POLICY_KIND} {name})" if name else source
+    if errors:
+        raise PolicyError(label, errors)
+    spec = copy.deepcopy(obj.get("spec"))
+    if spec is None:
+        raise PolicyError(label, ["spec: Required value"])
+    errors = validate(spec, _SPEC_SCHEMA, "spec")
+    if errors:
+        raise PolicyError(label, errors)
+    return Policy(
+        name=str(name),
+        spec=build(api.PolicySpec, spec),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation", 0) or 0),
+        creation_timestamp=str(meta.get("creationTimestamp", "") or ""),
+        raw_spec=spec,
+    )
+
+
+def _check_header(obj: Mapping[str, Any]) -> list[str]:
+    errors = []
+    api_version = f"{api.GROUP}/{api.VERSION}"
+    if obj.get("apiVersion") != api_version:
+        errors.append(f'apiVersion: Unsupported value: "{obj.get("apiVersion")}": '
+                      f'supported values: "{api_version}"')
+    if obj.get("kind") != api.POLICY_KIND:
+        errors.append(f'kind: Unsupported value: "{obj.get("kind")}": supported values: '
+                      f'"{api.POLICY_KIND}"')
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or not meta.get("name"):
+        errors.append("metadata.name: Required value")
+    return errors
+
+
+def iter_documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
+    """Every non-empty YAML (or JSON) document with its 1-based index."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, [f"not valid YAML or JSON: {exc}"]) from exc
+    for index, doc in enumerate(docs, start=1):
+        if doc is None:
+            continue
+        if isinstance(doc, Mapping) and doc.get("kind") == "List" and "items" in doc:
+            for sub, item in enumerate(doc["items"], start=1):
+                yield index * 1000 + sub, item
+            continue
+        yield index, doc
+
+
+def load_policies(path: str | Path) -> list[Policy]:
+    """All policies in a file (several YAML documents or a List); raises on the first bad one."""
+    results = parse_policies_text(Path(path).read_text() if str(path) != "-" else
+                                  _stdin(), str(path))
+    bad = [r for r in results if isinstance(r, PolicyError)]
+    if bad:
+        raise PolicyError("", [line for err in bad for line in err.lines()])
+    return [r for r in results if isinstance(r, Policy)]
+
+
+def parse_policies_text(text: str, source: str) -> list[Policy | PolicyError]:
+    """Each document's result: a Policy or the PolicyError that names its fields and rules."""
+    results: list[Policy | PolicyError] = []
+    for index, doc in iter_documents(text, source):
+        where = f"{source}#{index}"
+        if not isinstance(doc, Mapping):
+            results.append(PolicyError(where, ["document is not an object"]))
+            continue
+        try:
+            results.append(policy_from_object(doc, where))
+        except PolicyError as err:
+            results.append(err)
+    if not results:
+        results.append(PolicyError(source, ["no policy documents found"]))
+    return results
+
+
+def _stdin() -> str:
+    import sys
+
+    return sys.stdin.read()
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)

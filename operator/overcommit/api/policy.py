@@ -1,0 +1,459 @@
+"""The MemoryOvercommitPolicy API: one declaration that yields the CRD schema and the model.
+
+Field names are snake_case here and camelCase on the wire (``pages_to_scan`` ↔ ``pagesToScan``).
+An unset field (None) means "leave this setting as the node has it": the agent changes only what
+a policy names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from overcommit.api.schema import Quantity, Rule, doc, register_rules
+
+GROUP = "memoryovercommit.io"
+VERSION = "v1alpha1"
+POLICY_KIND = "MemoryOvercommitPolicy"
+NODE_STATE_KIND = "MemoryOvercommitNodeState"
+
+LABEL_KEY_PATTERN = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+UKSM_RATIO_PATTERN = r"^([1-9][0-9]{0,3}|10000|MAX/([1-9][0-9]{0,3}|10000))$"
+
+
+class SelectorOperator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class KsmMode(StrEnum):
+    STATIC = "Static"
+    ADAPTIVE = "Adaptive"
+    KERNEL_ADVISOR = "KernelAdvisor"
+
+
+class UksmGovernor(StrEnum):
+    FULL = "full"
+    MEDIUM = "medium"
+    LOW = "low"
+    QUIET = "quiet"
+
+
+class ZswapCompressor(StrEnum):
+    LZO = "lzo"
+    LZO_RLE = "lzo-rle"
+    LZ4 = "lz4"
+    LZ4HC = "lz4hc"
+    ZSTD = "zstd"
+    DEFLATE = "deflate"
+    C842 = "842"
+
+
+class BalloonMode(StrEnum):
+    OFF = "Off"
+    STATIC = "Static"
+    AUTO = "Auto"
+
+
+# ------------------------------------------------------------------------------------------------
+# Selectors
+
+
+@dataclass(frozen=True)
+class LabelSelectorRequirement:
+    """One label requirement: a key, an operator and (for In/NotIn) the values."""
+
+    key: str = doc("The label key the requirement applies to.", required=True,
+                   max_length=317, pattern=LABEL_KEY_PATTERN)
+    operator: SelectorOperator = doc("How the key relates to the values: In, NotIn, Exists or "
+                                     "DoesNotExist.", required=True)
+    values: list[str] | None = doc("The values for In and NotIn; must be empty for Exists and "
+                                   "DoesNotExist.", max_items=64, item_max_length=63,
+                                   list_type="atomic")
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="(self.operator in ['In', 'NotIn']) == "
+                 "(has(self.values) && size(self.values) > 0)",
+             message="values must be non-empty for the In and NotIn operators and empty for "
+                     "Exists and DoesNotExist",
+             check=lambda s: (s["operator"] in ("In", "NotIn")) == bool(s.get("values"))),
+    )
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A standard Kubernetes label selector; an empty selector selects every node."""
+
+    match_labels: dict[str, str] | None = doc(
+        "Labels that must all be present with exactly these values.",
+        max_properties=64, item_max_length=63)
+    match_expressions: list[LabelSelectorRequirement] | None = doc(
+        "Requirements that must all hold.", max_items=32, list_type="atomic")
+
+
+# ------------------------------------------------------------------------------------------------
+# KSM
+
+
+@dataclass(frozen=True)
+class KsmAdvisor:
+    """The kernel's scan-time advisor (advisor_* files): it tunes pages_to_scan by itself."""
+
+    max_cpu_percent: int | None = doc("advisor_max_cpu: the most CPU, in percent of one core, "
+                                      "ksmd may use.", minimum=1, maximum=100)
+    target_scan_time_seconds: int | None = doc(
+        "advisor_target_scan_time: how long one full scan should take.",
+        minimum=1, maximum=86400)
+    min_pages_to_scan: int | None = doc("advisor_min_pages_to_scan: the advisor's starting value "
+                                        "(not a floor).", minimum=1, maximum=10_000_000)
+    max_pages_to_scan: int | None = doc("advisor_max_pages_to_scan: the advisor's ceiling.",
+                                        minimum=1, maximum=10_000_000)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="!has(self.minPagesToScan) || !has(self.maxPagesToScan) || "
+                 "self.minPagesToScan <= self.maxPagesToScan",
+             message="advisor.minPagesToScan must not be greater than advisor.maxPagesToScan",
+             check=lambda s: "minPagesToScan" not in s or "maxPagesToScan" not in s
+             or s["minPagesToScan"] <= s["maxPagesToScan"]),
+    )
+
+
+@dataclass(frozen=True)
+class KsmAdaptive:
+    """Bounds for the agent's Adaptive mode: scan hard while merging pays, within a CPU budget."""
+
+    cpu_budget_percent: int = doc(
+        "The most CPU ksmd may use, in percent of one core, measured from ksmd's own CPU time. "
+        "The agent lowers the scan rate whenever ksmd exceeds it.",
+        default=20, minimum=1, maximum=100)
+    min_pages_to_scan: int = doc("pages_to_scan while idling (the trickle that notices new "
+                                 "guests).", default=64, minimum=1, maximum=100_000)
+    max_pages_to_scan: int = doc("The most pages_to_scan the agent will set.",
+                                 default=8000, minimum=1, maximum=100_000)
+    sleep_millisecs: int = doc("sleep_millisecs while scanning actively.",
+                               default=10, minimum=1, maximum=10_000)
+    idle_sleep_millisecs: int = doc("sleep_millisecs while idling: a full scan found nothing "
+                                    "new to merge and the node is not under memory pressure.",
+                                    default=500, minimum=1, maximum=60_000)
+    pressure_available_percent: int = doc(
+        "Below this share of MemAvailable in MemTotal the node counts as under memory pressure "
+        "and the agent scans at the full CPU budget even when merging yields little.",
+        default=20, minimum=0, maximum=100)
+    interval_seconds: int = doc("Seconds between the agent's adaptive decisions (the node's "
+                                "cycle runs at least this often while the mode is Adaptive).",
+                                default=2, minimum=1, maximum=300)
+    min_yield_percent: int = doc(
+        "Merging 'pays' while a full scan turns at least this share (percent of the pages it "
+        "scanned) into newly shared pages; below it the agent backs off to the idle trickle.",
+        default=1, minimum=0, maximum=100)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="self.minPagesToScan <= self.maxPagesToScan",
+             message="adaptive.minPagesToScan must not be greater than adaptive.maxPagesToScan",
+             check=lambda s: s["minPagesToScan"] <= s["maxPagesToScan"]),
+        Rule(cel="self.sleepMillisecs <= self.idleSleepMillisecs",
+             message="adaptive.sleepMillisecs must not be greater than "
+                     "adaptive.idleSleepMillisecs",
+             check=lambda s: s["sleepMillisecs"] <= s["idleSleepMillisecs"]),
+    )
+
+
+@dataclass(frozen=True)
+class KsmSpec:
+    """Kernel samepage merging (/sys/kernel/mm/ksm). Unset fields are left as the node has them."""
+
+    mode: KsmMode = doc(
+        "Static writes the values as given; Adaptive lets the agent tune pages_to_scan and "
+        "sleep_millisecs from memory pressure, merge yield and ksmd's CPU use; KernelAdvisor "
+        "hands the scan rate to the kernel's scan-time advisor (advisor_mode=scan-time).",
+        default=KsmMode.STATIC)
+    enabled: bool | None = doc("run: true starts ksmd (run=1), false stops it (run=0, or run=2 "
+                               "with unmergeOnDisable).")
+    unmerge_on_disable: bool = doc(
+        "With enabled=false, write run=2: stop and unmerge every merged page. Unmerging needs "
+        "the memory back at once; the writing process is the kernel's preferred OOM victim "
+        "meanwhile.", default=False)
+    allow_unmerge: bool = doc(
+        "Allow the agent to unmerge everything (run=2) when mergeAcrossNodes or maxPageSharing "
+        "must change while pages are merged (the kernel refuses with EBUSY otherwise). Without "
+        "it such a change is reported, not forced.", default=False)
+    pages_to_scan: int | None = doc("pages_to_scan: pages ksmd scans per wake-up (Static mode "
+                                    "only).", minimum=1, maximum=100_000)
+    sleep_millisecs: int | None = doc("sleep_millisecs: how long ksmd sleeps between batches.",
+                                      minimum=1, maximum=60_000)
+    max_page_sharing: int | None = doc(
+        "max_page_sharing: the most mappings one merged page may have. Changing it needs "
+        "nothing merged (see allowUnmerge).", minimum=2, maximum=1_048_576)
+    merge_across_nodes: bool | None = doc(
+        "merge_across_nodes: merge pages from different NUMA nodes. Changing it needs nothing "
+        "merged (see allowUnmerge).")
+    use_zero_pages: bool | None = doc("use_zero_pages: merge empty pages with the kernel's zero "
+                                      "page (affects later merges only).")
+    smart_scan: bool | None = doc("smart_scan: skip pages that did not merge in earlier scans "
+                                  "(newer kernels).")
+    stable_node_chains_prune_millisecs: int | None = doc(
+        "stable_node_chains_prune_millisecs: how often stale stable-node chains are pruned.",
+        minimum=0, maximum=86_400_000)
+    advisor: KsmAdvisor | None = doc("The kernel's scan-time advisor (mode KernelAdvisor only).")
+    adaptive: KsmAdaptive | None = doc("Bounds for the agent's tuning (mode Adaptive only).")
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="!has(self.advisor) || self.mode == 'KernelAdvisor'",
+             message="advisor settings apply only with mode KernelAdvisor",
+             check=lambda s: "advisor" not in s or s["mode"] == "KernelAdvisor"),
+        Rule(cel="!has(self.adaptive) || self.mode == 'Adaptive'",
+             message="adaptive settings apply only with mode Adaptive",
+             check=lambda s: "adaptive" not in s or s["mode"] == "Adaptive"),
+        Rule(cel="!has(self.pagesToScan) || self.mode == 'Static'",
+             message="pagesToScan can be set only with mode Static: the agent chooses it in "
+                     "Adaptive mode and the kernel's advisor in KernelAdvisor mode",
+             check=lambda s: "pagesToScan" not in s or s["mode"] == "Static"),
+        Rule(cel="!has(self.sleepMillisecs) || self.mode != 'Adaptive'",
+             message="sleepMillisecs is chosen by the agent in Adaptive mode; bound it with "
+                     "adaptive.sleepMillisecs and adaptive.idleSleepMillisecs",
+             check=lambda s: "sleepMillisecs" not in s or s["mode"] != "Adaptive"),
+        Rule(cel="self.mode == 'Static' || !has(self.enabled) || self.enabled",
+             message="modes Adaptive and KernelAdvisor run ksmd; enabled: false goes only with "
+                     "mode Static",
+             check=lambda s: s["mode"] == "Static" or s.get("enabled", True) is True),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# UKSM
+
+
+@dataclass(frozen=True)
+class UksmSpec:
+    """UKSM (/sys/kernel/mm/uksm, an out-of-tree patch that replaces KSM and scans all anonymous
+    memory). Applied only on nodes whose kernel has it."""
+
+    enabled: bool | None = doc("run: true runs UKSM (1), false stops it (0). UKSM has no "
+                               "unmerge-all.")
+    cpu_governor: UksmGovernor | None = doc(
+        "cpu_governor preset: full, medium, low or quiet. Writing it resets cpuRatios, "
+        "evalIntervals and maxCpuPercentage to the preset, so the agent writes it first.")
+    max_cpu_percentage: int | None = doc("max_cpu_percentage: UKSM's CPU ceiling in percent "
+                                         "(the kernel stores 100 as 99 and raises <10 to 10).",
+                                         minimum=10, maximum=99)
+    cpu_ratios: list[str] | None = doc(
+        "cpu_ratios: four scan-level CPU ratios, each a number in 1/10000 of CPU time (1-10000) "
+        "or MAX/n (maxCpuPercentage divided by n). Written only when it changes (the patch "
+        "leaks a buffer per write).", min_items=4, max_items=4, item_max_length=10,
+        item_pattern=UKSM_RATIO_PATTERN, list_type="atomic")
+    eval_intervals: list[int] | None = doc(
+        "eval_intervals: four evaluation intervals in milliseconds. The patch's store function "
+        "has a memory-safety bug: set this only if you must; the agent warns when it writes it.",
+        min_items=4, max_items=4, item_minimum=0, item_maximum=86_400_000, list_type="atomic")
+    abundant_threshold: int | None = doc("abundant_threshold: percent (0-99).",
+                                         minimum=0, maximum=99)
+    thrash_threshold: int | None = doc("thrash_threshold: percent (0-99); 0 turns the thrash "
+                                       "filter off.", minimum=0, maximum=99)
+    sleep_millisecs: int | None = doc("sleep_millisecs: UKSM's sleep between scan rounds, at "
+                                      "most 1000 (UKSM adapts it; the value read back can "
+                                      "differ).", minimum=1, maximum=1000)
+
+
+# ------------------------------------------------------------------------------------------------
+# Swap and zswap
+
+
+@dataclass(frozen=True)
+class SwapSpec:
+    """Node swap. Swap devices are reported, never created; vm.swappiness is set if named."""
+
+    swappiness: int | None = doc("/proc/sys/vm/swappiness (0-200).", minimum=0, maximum=200)
+
+
+@dataclass(frozen=True)
+class ZswapSpec:
+    """zswap, the compressed cache in front of swap (/sys/module/zswap/parameters)."""
+
+    enabled: bool | None = doc("enabled: turn zswap on or off. Turning it off does not flush "
+                               "the pool.")
+    compressor: ZswapCompressor | None = doc(
+        "compressor: the compression algorithm; the node reports a clear error if its kernel "
+        "lacks it.")
+    max_pool_percent: int | None = doc("max_pool_percent: the most RAM, in percent, the "
+                                       "compressed pool may use.", minimum=1, maximum=100)
+    accept_threshold_percent: int | None = doc(
+        "accept_threshold_percent: once the pool was full, accept new pages again only below "
+        "this percent of the limit.", minimum=0, maximum=100)
+    shrinker_enabled: bool | None = doc("shrinker_enabled: write cold compressed pages back to "
+                                        "swap under memory pressure.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Ballooning
+
+
+@dataclass(frozen=True)
+class VmSelector:
+    """Which guests the balloon section applies to; an empty selector selects every guest."""
+
+    namespaces: list[str] | None = doc("KubeVirt: only VMIs in these namespaces.",
+                                       max_items=64, item_max_length=63,
+                                       item_pattern=NAMESPACE_PATTERN, list_type="set")
+    match_labels: dict[str, str] | None = doc("KubeVirt: VMI labels that must all match.",
+                                              max_properties=64, item_max_length=63)
+    match_expressions: list[LabelSelectorRequirement] | None = doc(
+        "KubeVirt: VMI label requirements that must all hold.", max_items=32,
+        list_type="atomic")
+    domain_name_pattern: str | None = doc(
+        "Plain libvirt hosts: a shell-style pattern (fnmatch: *, ?, [seq]) the libvirt domain "
+        "name must match.", max_length=253)
+
+
+@dataclass(frozen=True)
+class BalloonStatic:
+    """A fixed balloon target per selected guest: a share of its maximum, or a size."""
+
+    target_percent: int | None = doc("Target memory in percent of the guest's maximum.",
+                                     minimum=1, maximum=100)
+    target: Quantity | None = doc("Target memory as a quantity (e.g. 768Mi); capped at the "
+                                  "guest's maximum.")
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="has(self.targetPercent) != has(self.target)",
+             message="set exactly one of static.targetPercent and static.target",
+             check=lambda s: ("targetPercent" in s) != ("target" in s)),
+    )
+
+
+@dataclass(frozen=True)
+class BalloonFloor:
+    """Hard floors no balloon decision crosses."""
+
+    min_percent: int = doc("Never below this percent of the guest's maximum.",
+                           default=25, minimum=1, maximum=100)
+    min: Quantity | None = doc("Never below this size (e.g. 512Mi).")
+    guest_free_margin_percent: int = doc(
+        "Always leave the guest this share (percent of its current memory) of usable memory on "
+        "top of what it uses now.", default=10, minimum=0, maximum=90)
+
+
+@dataclass(frozen=True)
+class BalloonAuto:
+    """Automatic ballooning from host and guest pressure."""
+
+    host_available_low_percent: int = doc(
+        "Below this share of MemAvailable the host is short of memory and idle guests give "
+        "memory back.", default=20, minimum=1, maximum=99)
+    host_available_high_percent: int = doc(
+        "Above this share the host has plenty and guests are grown back toward their maximum.",
+        default=40, minimum=1, maximum=100)
+    max_step_percent: int = doc("The most a guest's balloon moves in one cycle, in percent of "
+                                "its maximum.", default=10, minimum=1, maximum=100)
+    interval_seconds: int = doc("Seconds between balloon decisions.", default=10,
+                                minimum=1, maximum=3600)
+    pressure_major_faults_per_second: int = doc(
+        "A guest with more major faults per second than this counts as under pressure and is "
+        "grown first.", default=20, minimum=1, maximum=1_000_000)
+    pressure_swap_in_pages_per_second: int = doc(
+        "A guest swapping in more pages per second than this counts as under pressure.",
+        default=20, minimum=1, maximum=1_000_000)
+    default_shares: int = doc("Weight of a guest when memory is shared out (annotation "
+                              "memoryovercommit.io/balloon-shares overrides it).",
+                              default=1000, minimum=1, maximum=100_000)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="self.hostAvailableLowPercent < self.hostAvailableHighPercent",
+             message="auto.hostAvailableLowPercent must be below auto.hostAvailableHighPercent",
+             check=lambda s: s["hostAvailableLowPercent"] < s["hostAvailableHighPercent"]),
+    )
+
+
+def _static_not_below_floor_percent(s: Mapping[str, Any]) -> bool:
+    static, floor = s.get("static", {}), s.get("floor", {})
+    if "targetPercent" not in static or "minPercent" not in floor:
+        return True
+    return bool(static["targetPercent"] >= floor["minPercent"])
+
+
+def _static_not_below_floor_size(s: Mapping[str, Any]) -> bool:
+    from overcommit.api.schema import quantity_bytes
+
+    static, floor = s.get("static", {}), s.get("floor", {})
+    if "target" not in static or "min" not in floor:
+        return True
+    return quantity_bytes(static["target"]) >= quantity_bytes(floor["min"])
+
+
+@dataclass(frozen=True)
+class BalloonSpec:
+    """Guest ballooning through libvirt (virtio-balloon)."""
+
+    mode: BalloonMode = doc("Off leaves balloons alone; Static sets a fixed target; Auto moves "
+                            "memory from idle to pressured guests.", default=BalloonMode.OFF)
+    vm_selector: VmSelector | None = doc("Which guests to manage; empty means all.")
+    static: BalloonStatic | None = doc("The fixed target (mode Static).")
+    floor: BalloonFloor | None = doc("Hard floors (defaults apply even when omitted).")
+    auto: BalloonAuto | None = doc("Automatic ballooning parameters (mode Auto).")
+    stats_period_seconds: int = doc("Balloon statistics period the agent enables on each guest.",
+                                    default=10, minimum=1, maximum=3600)
+    restore_on_release: bool = doc("When the policy stops applying, grow guests back to their "
+                                   "maximum.", default=True)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="self.mode != 'Static' || has(self.static)",
+             message="mode Static needs a static section with targetPercent or target",
+             check=lambda s: s["mode"] != "Static" or "static" in s),
+        Rule(cel="!has(self.static) || self.mode == 'Static'",
+             message="static settings apply only with mode Static",
+             check=lambda s: "static" not in s or s["mode"] == "Static"),
+        Rule(cel="!has(self.auto) || self.mode == 'Auto'",
+             message="auto settings apply only with mode Auto",
+             check=lambda s: "auto" not in s or s["mode"] == "Auto"),
+        Rule(cel="!has(self.static) || !has(self.static.targetPercent) || !has(self.floor) || "
+                 "self.static.targetPercent >= self.floor.minPercent",
+             message="static.targetPercent must not be below floor.minPercent",
+             check=_static_not_below_floor_percent),
+        Rule(cel="!has(self.static) || !has(self.static.target) || !has(self.floor) || "
+                 "!has(self.floor.min) || quantity(string(self.static.target))"
+                 ".compareTo(quantity(string(self.floor.min))) >= 0",
+             message="static.target must not be below floor.min",
+             check=_static_not_below_floor_size, portable_cel=False),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The policy
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a MemoryOvercommitPolicy asks of the nodes it selects."""
+
+    node_selector: LabelSelector | None = doc("Which nodes the policy applies to; empty or "
+                                              "absent selects every node.")
+    priority: int = doc("When several policies select a node the highest priority wins; ties "
+                        "go to the oldest policy, then to the name in alphabetical order.",
+                        default=0, minimum=-1_000_000, maximum=1_000_000)
+    dry_run: bool = doc("Observe and report the planned changes without touching the node.",
+                        default=False)
+    ksm: KsmSpec | None = doc("Kernel samepage merging settings.")
+    uksm: UksmSpec | None = doc("UKSM settings, for nodes whose kernel has UKSM instead of KSM.")
+    swap: SwapSpec | None = doc("Swap settings.")
+    zswap: ZswapSpec | None = doc("zswap settings.")
+    balloon: BalloonSpec | None = doc("Guest ballooning through libvirt.")
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="has(self.ksm) || has(self.uksm) || has(self.swap) || has(self.zswap) || "
+                 "has(self.balloon)",
+             message="a policy must configure at least one of ksm, uksm, swap, zswap or balloon",
+             check=lambda s: any(k in s for k in ("ksm", "uksm", "swap", "zswap", "balloon"))),
+    )
+
+
+API_CLASSES: tuple[type, ...] = (
+    LabelSelectorRequirement, LabelSelector, KsmAdvisor, KsmAdaptive, KsmSpec, UksmSpec,
+    SwapSpec, ZswapSpec, VmSelector, BalloonStatic, BalloonFloor, BalloonAuto, BalloonSpec,
+    PolicySpec,
+)
+register_rules(*API_CLASSES)

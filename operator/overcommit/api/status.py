@@ -1,0 +1,165 @@
+"""Status schemas: the policy's small cluster summary and the per-node state.
+
+Declared like the spec (documented dataclasses) so the CRDs explain every status field too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from overcommit.api.schema import doc
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A standard Kubernetes condition (kstatus conventions)."""
+
+    type: str = doc("The condition's type: Ready, Reconciling, Stalled or Degraded.",
+                    required=True, max_length=316)
+    status: str = doc("True, False or Unknown.", required=True, max_length=16)
+    reason: str | None = doc("A CamelCase machine-readable reason.", max_length=1024)
+    message: str | None = doc("A human-readable explanation.", max_length=32768)
+    observed_generation: int | None = doc("The .metadata.generation the condition was set for.",
+                                          minimum=0)
+    last_transition_time: str | None = doc("When the status last changed (RFC 3339).",
+                                           max_length=64)
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    """The policy in force on a node."""
+
+    name: str | None = doc("The policy's name.", max_length=253)
+    uid: str | None = doc("The policy's uid.", max_length=64)
+    generation: int | None = doc("The policy generation applied.", minimum=0)
+
+
+@dataclass(frozen=True)
+class OverriddenPolicy:
+    """A policy that selects the node but lost to the one in force."""
+
+    name: str | None = doc("The losing policy.", max_length=253)
+    reason: str | None = doc("Why it lost (priority, age or name).", max_length=1024)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One kernel interface found on the node."""
+
+    name: str | None = doc("ksm, uksm, zswap, swap, meminfo or psi.", max_length=32)
+    present: bool | None = doc("Whether the node's kernel has it.")
+
+
+@dataclass(frozen=True)
+class Saved:
+    """Memory the node saves, in bytes."""
+
+    merged_bytes: int | None = doc("Saved by page merging: (pages_sharing + zero pages) x page "
+                                   "size.", minimum=0)
+    merging_profit_bytes: int | None = doc("KSM's general_profit: merged savings net of its "
+                                           "metadata (may be negative).")
+    ballooned_bytes: int | None = doc("Taken back from guests by their balloons.", minimum=0)
+    compressed_bytes: int | None = doc("Saved by zswap: original minus compressed size.",
+                                       minimum=0)
+    total_bytes: int | None = doc("Sum of the above savings.", minimum=0)
+    summary: str | None = doc("The total in human units, for kubectl get.", max_length=32)
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    """Host memory and pressure."""
+
+    total_bytes: int | None = doc("MemTotal.", minimum=0)
+    available_bytes: int | None = doc("MemAvailable.", minimum=0)
+    swap_total_bytes: int | None = doc("SwapTotal.", minimum=0)
+    swap_free_bytes: int | None = doc("SwapFree.", minimum=0)
+    psi_some_avg10: str | None = doc("PSI memory 'some' avg10, percent.", max_length=16)
+    psi_full_avg10: str | None = doc("PSI memory 'full' avg10, percent.", max_length=16)
+
+
+@dataclass(frozen=True)
+class Guest:
+    """One guest's balloon state."""
+
+    domain: str | None = doc("The libvirt domain name.", max_length=253)
+    vmi_namespace: str | None = doc("KubeVirt VMI namespace, when known.", max_length=63)
+    vmi_name: str | None = doc("KubeVirt VMI name, when known.", max_length=253)
+    vmi_uid: str | None = doc("KubeVirt VMI uid, when known.", max_length=64)
+    max_bytes: int | None = doc("The guest's maximum memory.", minimum=0)
+    current_bytes: int | None = doc("The balloon's current size.", minimum=0)
+    target_bytes: int | None = doc("The target the agent set.", minimum=0)
+    usable_bytes: int | None = doc("The guest's own MemAvailable as reported by the driver.",
+                                   minimum=0)
+    reason: str | None = doc("Why the last decision was taken, or why the guest is skipped.",
+                             max_length=1024)
+
+
+@dataclass(frozen=True)
+class NodeStateSpec:
+    """Identifies the node; the agent writes everything else into status."""
+
+    node_name: str = doc("The node this state belongs to (equal to metadata.name).",
+                         required=True, max_length=253)
+
+
+@dataclass(frozen=True)
+class NodeStateStatus:
+    """What the node's agent found, applied and saved."""
+
+    policy: PolicyRef | None = doc("The policy in force; absent when none selects the node.")
+    overridden: list[OverriddenPolicy] | None = doc(
+        "Policies that select the node but lost to the one in force.", max_items=64,
+        list_type="atomic")
+    conditions: list[Condition] | None = doc("Ready and Degraded, with reasons.", max_items=8,
+                                             list_type="atomic")
+    engine: str | None = doc("The merging engine in use: ksm, uksm or none.", max_length=16)
+    engines: list[Engine] | None = doc("Kernel interfaces found on the node.", max_items=16,
+                                       list_type="atomic")
+    settings: dict[str, str] | None = doc(
+        "Current values of every setting the agent reads, keyed by path under the host root.",
+        max_properties=128, item_max_length=256)
+    counters: dict[str, int] | None = doc("Engine counters (KSM/UKSM/zswap/swap), by name.",
+                                          max_properties=128)
+    originals: dict[str, str] | None = doc(
+        "The value each touched setting had before the agent first changed it; what restore "
+        "puts back.", max_properties=128, item_max_length=256)
+    saved: Saved | None = doc("Memory saved on this node.")
+    memory: HostMemory | None = doc("Host memory and pressure.")
+    guest_count: int | None = doc("Number of guests seen.", minimum=0)
+    guests: list[Guest] | None = doc("One entry per guest.", max_items=1024, list_type="atomic")
+    last_errors: list[str] | None = doc("Errors from the last cycle.", max_items=32,
+                                        item_max_length=1024, list_type="atomic")
+    last_update: str | None = doc("When the agent last wrote this status (RFC 3339).",
+                                  max_length=64)
+
+
+@dataclass(frozen=True)
+class NodeCounts:
+    """How many nodes the policy reaches."""
+
+    matched: int | None = doc("Nodes the selector matches.", minimum=0)
+    applied: int | None = doc("Nodes where this policy is in force and applied.", minimum=0)
+    failed: int | None = doc("Nodes where applying it failed.", minimum=0)
+    overridden: int | None = doc("Nodes where a higher-priority policy wins.", minimum=0)
+
+
+@dataclass(frozen=True)
+class NodeProblem:
+    """A node where the policy has a problem."""
+
+    node: str | None = doc("The node.", max_length=253)
+    reason: str | None = doc("A CamelCase reason.", max_length=128)
+    message: str | None = doc("What is wrong.", max_length=1024)
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    """The cluster-wide summary the controller writes (small, bounded)."""
+
+    observed_generation: int | None = doc("The generation this status describes.", minimum=0)
+    conditions: list[Condition] | None = doc("Ready, Reconciling and Stalled (kstatus).",
+                                             max_items=8, list_type="atomic")
+    nodes: NodeCounts | None = doc("Node counts.")
+    saved: Saved | None = doc("Bytes saved on all nodes where the policy is in force.")
+    problems: list[NodeProblem] | None = doc("Up to 20 nodes with problems.", max_items=20,
+                                             list_type="atomic")

@@ -1,0 +1,206 @@
+"""``overcommit``: local mode (validate, plan, run, restore, status) and the cluster components.
+
+Exit codes: 0 success, 1 a cycle ran but something failed (details printed), 2 bad input
+(an invalid policy, a bad flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from overcommit import report as reporting
+from overcommit.api.model import PolicyError, load_policies, parse_policies_text
+from overcommit.api.policy import KsmMode
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+DEFAULT_STATE_DIR = "/var/lib/memory-overcommit"
+
+
+def parse_labels(text: str | None) -> dict[str, str]:
+    """``k=v,k2=v2`` -> dict; stands in for the Node's labels in local mode."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--node-labels: {item!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+def _emit(data: Any, output: str, text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if output == "json" else text)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    worst = EXIT_OK
+    for path in args.file:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        except OSError as exc:
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+            worst = EXIT_INVALID
+            continue
+        try:
+            results = parse_policies_text(text, path)
+        except PolicyError as err:
+            results = [err]
+        for result in results:
+            if isinstance(result, PolicyError):
+                worst = EXIT_INVALID
+                for line in result.lines():
+                    print(line, file=sys.stderr)
+            else:
+                print(f"{path}: {result.name}: valid")
+    return worst
+
+
+def _load(args: argparse.Namespace) -> list[Any]:
+    return load_policies(args.file)
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from overcommit.engine.cycle import NodeEngine
+
+    return NodeEngine(host_root=args.host_root, state_dir=args.state_dir)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from overcommit.planning.plan import preview, with_restores
+
+    policies = _load(args)
+    engine = _engine(args)
+    selection, plan, obs = engine.plan(policies, args.node_labels)
+    originals = engine.store.load().originals
+    changes = preview(with_restores(plan.desired, originals), obs.settings())
+    data = reporting.plan_json(selection, plan, changes)
+    _emit(data, args.output, reporting.plan_text(data))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    policies = _load(args)
+    while True:
+        report = engine.cycle(policies, args.node_labels)
+        data = reporting.cycle_json(report)
+        _emit(data, args.output, reporting.cycle_text(data))
+        sys.stdout.flush()
+        if args.once:
+            return EXIT_OK if report.ok else EXIT_FAILED
+        if stop.wait(_next_interval(args.interval, report.plan.policy)):
+            return EXIT_OK
+        policies = _reload(args, policies)
+
+
+def _next_interval(interval: float, policy: Any) -> float:
+    ksm = policy.spec.ksm if policy is not None else None
+    if ksm is not None and ksm.mode is KsmMode.ADAPTIVE:
+        adaptive_interval = ksm.adaptive.interval_seconds if ksm.adaptive else 2
+        return min(interval, float(adaptive_interval))
+    return interval
+
+
+def _reload(args: argparse.Namespace, previous: list[Any]) -> list[Any]:
+    """Re-read the policy file each cycle; keep the last good policies if it turned invalid."""
+    try:
+        return _load(args)
+    except (PolicyError, OSError) as exc:
+        print(f"overcommit: keeping the previous policies: {exc}", file=sys.stderr)
+        return previous
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    report = _engine(args).restore()
+    data = reporting.cycle_json(report)
+    _emit(data, args.output, reporting.cycle_text(data))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    data = reporting.status_json(engine.observe(), engine.store.load().originals)
+    _emit(data, args.output, reporting.status_text(data))
+    return EXIT_OK
+
+
+def _host_options(parser: argparse.ArgumentParser, *, labels: bool, state: bool = True) -> None:
+    parser.add_argument("--host-root", default="/", metavar="DIR",
+                        help="where the host's / is mounted (default: /)")
+    if state:
+        parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                            help=f"where the originals are recorded (default: {DEFAULT_STATE_DIR})")
+    if labels:
+        parser.add_argument("--node-labels", type=parse_labels, default={}, metavar="K=V,...",
+                            help="this host's labels for policy selection (default: none, so "
+                                 "only policies with an empty nodeSelector match)")
+    parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="overcommit",
+        description="Memory overcommit for KVM/KubeVirt nodes: KSM/UKSM, swap/zswap and "
+                    "ballooning from one declarative policy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    validate = sub.add_parser("validate", help="check policy files against the API's rules")
+    validate.add_argument("-f", "--file", action="append", required=True,
+                          help="a policy file (YAML or JSON; several documents allowed; - is "
+                               "stdin); repeatable")
+    validate.set_defaults(func=cmd_validate)
+
+    plan = sub.add_parser("plan", help="print what a policy would change here, change nothing")
+    plan.add_argument("-f", "--file", required=True, help="the policy file")
+    _host_options(plan, labels=True)
+    plan.set_defaults(func=cmd_plan)
+
+    run = sub.add_parser("run", help="the observe -> plan -> act loop on this host")
+    run.add_argument("-f", "--file", required=True, help="the policy file (re-read every cycle)")
+    run.add_argument("--once", action="store_true", help="one cycle, then exit (0 on success)")
+    run.add_argument("--interval", type=float, default=10.0, metavar="S",
+                     help="seconds between cycles (default 10; Adaptive KSM runs at least "
+                          "every adaptive.intervalSeconds)")
+    _host_options(run, labels=True)
+    run.set_defaults(func=cmd_run)
+
+    restore = sub.add_parser("restore", help="put back every recorded original setting")
+    _host_options(restore, labels=False)
+    restore.set_defaults(func=cmd_restore)
+
+    status = sub.add_parser("status", help="engines, settings, counters and savings here")
+    _host_options(status, labels=False)
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except PolicyError as err:
+        for line in err.lines():
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    except PermissionError as exc:
+        print(f"overcommit: permission denied: {exc.filename or exc} (run as root, or point "
+              "--host-root/--state-dir at writable directories)", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"overcommit: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""One observe -> plan -> act -> report cycle on this host; shared by local mode and the agent."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from overcommit.api.model import Policy
+from overcommit.engine.state import NodeRecord, StateStore
+from overcommit.host.base import ApplyError, ApplyResult, Change, HostFS
+from overcommit.host.ksm import find_ksmd_pid, ksm_saved_bytes, ksmd_cpu_seconds
+from overcommit.host.sources import HostAdapter
+from overcommit.planning.adaptive import AdaptiveState
+from overcommit.planning.observation import Observation
+from overcommit.planning.plan import NodePlan, Problem, plan_node, preview, with_restores
+from overcommit.planning.selection import Selection, select_policy
+
+KSM_RUN = "sys/kernel/mm/ksm/run"
+
+
+@dataclass
+class CycleReport:
+    """Everything one cycle saw and did: the input to status, events and the CLI's output."""
+
+    selection: Selection
+    plan: NodePlan
+    observation: Observation
+    changes: list[Change] = field(default_factory=list)
+    errors: list[ApplyError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    restored: bool = False
+    originals: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return self.plan.problems
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class NodeEngine:
+    """The host side of the operator: owns the adapters, the originals and the adaptive state."""
+
+    def __init__(self, host_root: str | os.PathLike[str] = "/",
+                 state_dir: str | os.PathLike[str] = "/var/lib/memory-overcommit",
+                 clock: Any = time.monotonic, fs: HostFS | None = None) -> None:
+        self.fs = fs if fs is not None else HostFS(host_root)
+        self.host = HostAdapter(self.fs)
+        self.store = StateStore(state_dir)
+        self.clock = clock
+        self._adaptive: AdaptiveState | None = None
+        self._adaptive_for: tuple[str, int] | None = None
+        self._ksmd_pid: int | None = None
+
+    # -- observe ---------------------------------------------------------------------------
+    def observe(self) -> Observation:
+        readings = self.host.read_all()
+        return Observation(time=self.clock(), readings=readings,
+                           ksmd_cpu_seconds=self._ksmd_cpu(), page_size=os.sysconf("SC_PAGESIZE"))
+
+    def _ksmd_cpu(self) -> float | None:
+        if self._ksmd_pid is None:
+            self._ksmd_pid = find_ksmd_pid(self.fs)
+        if self._ksmd_pid is None:
+            return None
+        try:
+            return ksmd_cpu_seconds(self.fs, self._ksmd_pid)
+        except (OSError, ValueError):
+            self._ksmd_pid = None
+            return None
+
+    # -- plan ------------------------------------------------------------------------------
+    def plan(self, policies: Sequence[Policy], labels: Mapping[str, str],
+             obs: Observation | None = None) -> tuple[Selection, NodePlan, Observation]:
+        obs = obs or self.observe()
+        selection = select_policy(policies, labels)
+        key = (selection.winner.uid or selection.winner.name, selection.winner.generation) \
+            if selection.winner else None
+        previous = self._adaptive if key == self._adaptive_for else None
+        plan = plan_node(selection.winner, obs, previous)
+        return selection, plan, obs
+
+    # -- act -------------------------------------------------------------------------------
+    def cycle(self, policies: Sequence[Policy], labels: Mapping[str, str]) -> CycleReport:
+        """Observe, plan, then apply the differences (or restore when nothing selects us)."""
+        selection, plan, obs = self.plan(policies, labels)
+        report = CycleReport(selection, plan, obs)
+        record = self.store.load()
+        if plan.policy is None:
+            report.restored = bool(record.originals)
+            self._restore_into(report, record)
+            return report
+        if plan.dry_run:
+            report.changes = preview(with_restores(plan.desired, record.originals),
+                                     obs.settings())
+            report.notes.append("dry run: nothing was changed")
+            report.originals = dict(record.originals)
+            return report
+        self._apply(report, record, plan, obs)
+        self._adaptive = plan.adaptive
+        self._adaptive_for = (plan.policy.uid or plan.policy.name, plan.policy.generation)
+        return report
+
+    def _apply(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
+               obs: Observation) -> None:
+        assert plan.policy is not None
+        target = with_restores(plan.desired, record.originals)
+        current = obs.settings()
+        to_touch = [c.path for c in preview(target, current)]
+        grew = self.store.record_before_change(record, to_touch, current)
+        if grew or record.allow_unmerge != plan.allow_unmerge \
+                or record.policy != plan.policy.name:
+            record.allow_unmerge = record.allow_unmerge or plan.allow_unmerge
+            record.policy = plan.policy.name
+            self.store.save(record)  # durably, before the first write
+        result = self.host.apply(target, allow_unmerge=plan.allow_unmerge)
+        self._collect(report, result)
+        self._forget_restored(record, plan.desired)
+        report.originals = dict(record.originals)
+
+    def restore(self) -> CycleReport:
+        """Put back every recorded original (``overcommit restore``, policy removed)."""
+        obs = self.observe()
+        report = CycleReport(Selection(None), NodePlan(None), obs)
+        record = self.store.load()
+        report.restored = bool(record.originals)
+        self._restore_into(report, record)
+        return report
+
+    def _restore_into(self, report: CycleReport, record: NodeRecord) -> None:
+        self._adaptive = None
+        if not record.originals:
+            return
+        result = self.host.apply(dict(record.originals), allow_unmerge=record.allow_unmerge)
+        self._collect(report, result)
+        self._forget_restored(record, {})
+        report.originals = dict(record.originals)
+
+    def _forget_restored(self, record: NodeRecord, still_wanted: Mapping[str, str]) -> None:
+        """Drop originals that are back in place and no longer named by the policy."""
+        current = self.host.current_settings()
+        done = [path for path, value in record.originals.items()
+                if path not in still_wanted and _same(path, current.get(path), value)]
+        if not done:
+            return
+        for path in done:
+            del record.originals[path]
+        if not record.originals:
+            record.allow_unmerge = False
+            record.policy = ""
+        self.store.save(record)
+
+    @staticmethod
+    def _collect(report: CycleReport, result: ApplyResult) -> None:
+        report.changes.extend(result.changes)
+        report.errors.extend(result.errors)
+        report.notes.extend(result.notes)
+
+
+def _same(path: str, current: str | None, original: str) -> bool:
+    if current is None:
+        return True  # the file went away; nothing left to restore there
+    return current == original or (path == KSM_RUN and original == "2" and current == "0")
+
+
+def saved_bytes(obs: Observation) -> int:
+    reading = obs.readings.get("ksm")
+    return ksm_saved_bytes(reading.counters, obs.page_size) if reading else 0
