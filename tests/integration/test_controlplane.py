@@ -12,9 +12,6 @@ import pytest
 
 from overcommit.testing import ControlPlane
 
-# The root conftest is owned elsewhere; registering the plugin here keeps this file standalone.
-pytest_plugins = ["overcommit.testing.pytest_plugin"]
-
 NS = "cp-harness"
 NODE = "worker-1"
 NO_FORBIDDEN_KEY = "!has(object.data) || !('forbidden' in object.data)"

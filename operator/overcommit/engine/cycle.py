@@ -19,6 +19,8 @@ from overcommit.planning.plan import NodePlan, Problem, plan_node, preview, with
 from overcommit.planning.selection import Selection, select_policy
 
 KSM_RUN = "sys/kernel/mm/ksm/run"
+KSM_PAGES_TO_SCAN = "sys/kernel/mm/ksm/pages_to_scan"
+ADVISOR_MODE = "sys/kernel/mm/ksm/advisor_mode"
 
 
 @dataclass
@@ -111,7 +113,7 @@ class NodeEngine:
         assert plan.policy is not None
         target = with_restores(plan.desired, record.originals)
         current = obs.settings()
-        to_touch = [c.path for c in preview(target, current)]
+        to_touch = [c.path for c in preview(target, current) if _restorable(c.path, current)]
         grew = self.store.record_before_change(record, to_touch, current)
         if grew or record.allow_unmerge != plan.allow_unmerge \
                 or record.policy != plan.policy.name:
@@ -160,6 +162,12 @@ class NodeEngine:
         report.changes.extend(result.changes)
         report.errors.extend(result.errors)
         report.notes.extend(result.notes)
+
+
+def _restorable(path: str, current: Mapping[str, str]) -> bool:
+    """pages_to_scan belongs to the kernel's advisor while it runs: putting advisor_mode back
+    hands it back, and writing the advisor's old value would be refused (EINVAL)."""
+    return not (path == KSM_PAGES_TO_SCAN and current.get(ADVISOR_MODE, "none") != "none")
 
 
 def _same(path: str, current: str | None, original: str) -> bool:
