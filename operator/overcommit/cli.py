@@ -133,6 +133,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    # kopf imports the official client whenever it is installed (~20 MiB per node, for a login
+    # path we do not use): hide it from the agent process.
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+    from overcommit.agent.runner import run
+    from overcommit.agent.settings import AgentSettings
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        node = args.node_name or AgentSettings.node_name_from_env()
+    except ValueError as exc:
+        print(f"overcommit agent: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    settings = AgentSettings(node_name=node, host_root=args.host_root, state_dir=args.state_dir,
+                             interval_seconds=args.interval,
+                             status_interval_seconds=args.status_interval,
+                             kubeconfig=args.kubeconfig)
+    asyncio.run(run(settings))
+    return EXIT_OK
+
+
 def _host_options(parser: argparse.ArgumentParser, *, labels: bool, state: bool = True) -> None:
     parser.add_argument("--host-root", default="/", metavar="DIR",
                         help="where the host's / is mounted (default: /)")
@@ -180,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="engines, settings, counters and savings here")
     _host_options(status, labels=False)
     status.set_defaults(func=cmd_status)
+    agent = sub.add_parser("agent", help="the per-node Kubernetes agent (DaemonSet)")
+    agent.add_argument("--node-name", help="this node's name (default: $NODE_NAME)")
+    agent.add_argument("--interval", type=float, default=30.0, metavar="S",
+                       help="seconds between cycles when nothing changes (default 30)")
+    agent.add_argument("--status-interval", type=float, default=60.0, metavar="S",
+                       help="at most one counter-only status write per S seconds (default 60)")
+    agent.add_argument("--kubeconfig", help="a kubeconfig (default: the pod's service account)")
+    agent.add_argument("-v", "--verbose", action="store_true", help="log each cycle's news")
+    _host_options(agent, labels=False)
+    agent.set_defaults(func=cmd_agent)
     return parser
 
 

@@ -89,7 +89,8 @@ def _crd(plural: str, kind: str, singular: str, short: str, description: str,
             "apiVersion": {"type": "string", "description": "The API version (memoryovercommit"
                            ".io/v1alpha1)."},
             "kind": {"type": "string", "description": f"The kind ({kind})."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server forbids anything but the type here (it owns metadata's schema).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },

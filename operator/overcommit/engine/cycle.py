@@ -37,6 +37,14 @@ class CycleReport:
     originals: dict[str, str] = field(default_factory=dict)
 
     @property
+    def settings_after(self) -> dict[str, str]:
+        """The node's settings once this cycle's writes landed (observed, plus what changed)."""
+        settings = self.observation.settings()
+        if not self.plan.dry_run:
+            settings.update({c.path: c.after for c in self.changes})
+        return settings
+
+    @property
     def problems(self) -> tuple[Problem, ...]:
         return self.plan.problems
 
@@ -78,19 +86,21 @@ class NodeEngine:
 
     # -- plan ------------------------------------------------------------------------------
     def plan(self, policies: Sequence[Policy], labels: Mapping[str, str],
-             obs: Observation | None = None) -> tuple[Selection, NodePlan, Observation]:
+             obs: Observation | None = None,
+             ksm_owner: str | None = None) -> tuple[Selection, NodePlan, Observation]:
         obs = obs or self.observe()
         selection = select_policy(policies, labels)
         key = (selection.winner.uid or selection.winner.name, selection.winner.generation) \
             if selection.winner else None
         previous = self._adaptive if key == self._adaptive_for else None
-        plan = plan_node(selection.winner, obs, previous)
+        plan = plan_node(selection.winner, obs, previous, ksm_owner)
         return selection, plan, obs
 
     # -- act -------------------------------------------------------------------------------
-    def cycle(self, policies: Sequence[Policy], labels: Mapping[str, str]) -> CycleReport:
+    def cycle(self, policies: Sequence[Policy], labels: Mapping[str, str],
+              ksm_owner: str | None = None) -> CycleReport:
         """Observe, plan, then apply the differences (or restore when nothing selects us)."""
-        selection, plan, obs = self.plan(policies, labels)
+        selection, plan, obs = self.plan(policies, labels, ksm_owner=ksm_owner)
         report = CycleReport(selection, plan, obs)
         record = self.store.load()
         if plan.policy is None:

@@ -41,8 +41,13 @@ class HostFS:
             return None
 
     def write(self, rel: str, value: str) -> None:
-        """One write(2) of ``value``, like ``echo value > file``; OSError carries the errno."""
-        fd = os.open(self.path(rel), os.O_WRONLY)
+        """One write(2) of ``value``, like ``echo value > file``; OSError carries the errno.
+
+        O_TRUNC as the shell uses it: sysfs ignores it, a plain file (a host root copied for
+        tests or a dry run) would otherwise keep the tail of a longer old value.
+        No O_CREAT: a missing attribute must fail with ENOENT, not appear as a new file.
+        """
+        fd = os.open(self.path(rel), os.O_WRONLY | os.O_TRUNC)
         try:
             os.write(fd, value.encode())
         finally:

@@ -43,8 +43,13 @@ class NodePlan:
 
 
 def plan_node(policy: Policy | None, obs: Observation,
-              adaptive_prev: adaptive.AdaptiveState | None = None) -> NodePlan:
-    """Desired settings for this node under ``policy`` (None: nothing selects the node)."""
+              adaptive_prev: adaptive.AdaptiveState | None = None,
+              ksm_owner: str | None = None) -> NodePlan:
+    """Desired settings for this node under ``policy`` (None: nothing selects the node).
+
+    ``ksm_owner`` names another manager of KSM on this node (KubeVirt's KSM handler): the plan
+    then leaves KSM alone and says so instead of fighting it every few minutes.
+    """
     if policy is None:
         return NodePlan(None)
     spec = policy.spec
@@ -55,7 +60,10 @@ def plan_node(policy: Policy | None, obs: Observation,
     adaptive_state = None
     engine = "ksm" if obs.present("ksm") else "uksm" if obs.present("uksm") else "none"
 
-    if spec.ksm is not None and engine == "ksm":
+    if spec.ksm is not None and engine == "ksm" and ksm_owner:
+        problems.append(Problem("KsmManagedElsewhere", f"KSM on this node is managed by "
+                                f"{ksm_owner}; the policy's ksm section is not applied"))
+    elif spec.ksm is not None and engine == "ksm":
         desired.update(ksm_static_settings(spec.ksm, current))
         if spec.ksm.mode is KsmMode.ADAPTIVE:
             cfg = spec.ksm.adaptive or KsmAdaptive()

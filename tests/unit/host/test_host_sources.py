@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
 
 from overcommit.host.base import ApplyResult, Change, SourceReading
 from overcommit.host.ksm import KsmSource
@@ -84,3 +87,16 @@ def test_allow_unmerge_is_passed_through(kernel: FakeKernel) -> None:
     path = "sys/kernel/mm/ksm/merge_across_nodes"
     assert not HostAdapter(kernel).apply({path: "0"}).ok
     assert HostAdapter(kernel).apply({path: "0"}, allow_unmerge=True).ok
+
+
+def test_plain_file_writes_replace_the_whole_value(tmp_path: Path) -> None:
+    # A host root made of plain files (tests, simulated hosts) must behave like sysfs:
+    # writing "100" over "2000" reads back "100", not "1000".
+    from overcommit.host.base import HostFS
+
+    (tmp_path / "value").write_text("2000\n")
+    fs = HostFS(tmp_path)
+    fs.write("value", "100")
+    assert fs.read("value") == "100"
+    with pytest.raises(FileNotFoundError):
+        fs.write("missing", "1")

@@ -1,0 +1,264 @@
+"""The per-node agent: kopf watches, the engine cycles, the node state reports.
+
+kopf keeps three server-side-filtered watches alive (reconnecting through API-server restarts):
+all policies, this agent's own Node, and this node's MemoryOvercommitNodeState. Policies and the
+Node are kopf *indexes*, so kopf guarantees the first cycle sees the complete initial listing
+(an agent that restarts never mistakes a not-yet-listed policy for a deleted one and restores).
+Every watch event wakes one reconcile loop; a timer wakes it otherwise. The loop runs the same
+``NodeEngine.cycle`` as local mode in a worker thread, then writes the node state's status
+(only when it changed, counter-only changes at most once per status interval) and Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from overcommit.agent.kubeapi import ApiError, KubeApi
+from overcommit.agent.settings import AgentSettings
+from overcommit.agent.status import detail, node_status, now_rfc3339, significant
+from overcommit.api.model import Policy, PolicyError, policy_from_object
+from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION, KsmMode
+from overcommit.engine.cycle import CycleReport, NodeEngine
+
+log = logging.getLogger("overcommit.agent")
+
+KUBEVIRT_KSM_ANNOTATION = "kubevirt.io/ksm-handler-managed"
+COMPONENT = "memory-overcommit-agent"
+RETRY_SECONDS = 2.0
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.engine = NodeEngine(host_root=settings.host_root, state_dir=settings.state_dir)
+        self.api = KubeApi(self._login)
+        self.wake = asyncio.Event()
+        self.policy_index: Mapping[Any, Any] | None = None
+        self.node_index: Mapping[Any, Any] | None = None
+        self.state_uid: str | None = None
+        self.recreate_state = True
+        self.last_status: dict[str, Any] | None = None
+        self.last_write = 0.0
+        self.last_events: dict[str, str] = {}
+        self.writes = 0  # status writes, for the benchmark and metrics
+        self.cycles = 0
+        self._kopf_settings: kopf.OperatorSettings | None = None
+
+    # -- kopf wiring -----------------------------------------------------------------------
+    def configure(self, settings: kopf.OperatorSettings) -> None:
+        node = self.settings.node_name
+        settings.peering.standalone = True
+        settings.posting.enabled = False  # our own Events, on our own object
+        settings.scanning.disabled = True  # no CRD watch: needs no RBAC on CRDs
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.error_backoffs = [1, 1, 2, 4, 8]
+        # Server-side filters: an agent receives events of its own node only, never O(N).
+        settings.watching.field_selectors["v1", "nodes"] = f"metadata.name={node}"
+        settings.watching.field_selectors[GROUP, "memoryovercommitnodestates"] = \
+            f"metadata.name={node}"
+        self._kopf_settings = settings
+
+    async def _login(self) -> kopf.ConnectionInfo:
+        assert self._kopf_settings is not None
+        if self.settings.kubeconfig:
+            os.environ["KUBECONFIG"] = self.settings.kubeconfig
+            info = kopf.login_with_kubeconfig(settings=self._kopf_settings)
+        else:
+            info = kopf.login_with_service_account(settings=self._kopf_settings)
+        if info is None:
+            raise kopf.LoginError("no kubeconfig and no in-cluster service account found")
+        return info
+
+    def registry(self) -> kopf.OperatorRegistry:
+        registry = kopf.OperatorRegistry()
+        agent = self
+
+        @kopf.on.login(registry=registry)
+        async def login(**_: Any) -> kopf.ConnectionInfo:
+            return await agent._login()
+
+        @kopf.index(GROUP, VERSION, "memoryovercommitpolicies", id="policy_index",
+                    registry=registry)
+        def policy_index(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
+            return {name: _plain(body)}
+
+        @kopf.index("", "v1", "nodes", id="node_index", registry=registry)
+        def node_index(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
+            meta = body.get("metadata", {})
+            return {name: {"uid": meta.get("uid"), "labels": dict(meta.get("labels") or {}),
+                           "annotations": dict(meta.get("annotations") or {})}}
+
+        @kopf.on.event("", "v1", "nodes", registry=registry)
+        def node_event(**kwargs: Any) -> None:
+            # kopf passes each index under its function's name: live, always complete views.
+            agent.policy_index, agent.node_index = kwargs["policy_index"], kwargs["node_index"]
+            agent.wake.set()
+
+        @kopf.on.event(GROUP, VERSION, "memoryovercommitpolicies", registry=registry)
+        def policy_event(**_: Any) -> None:
+            agent.wake.set()
+
+        @kopf.on.event(GROUP, VERSION, "memoryovercommitnodestates", registry=registry)
+        def state_event(type: str | None, **_: Any) -> None:
+            if type == "DELETED":  # someone removed our report: make it again
+                agent.recreate_state = True
+                agent.wake.set()
+
+        return registry
+
+    # -- the loop --------------------------------------------------------------------------
+    async def run_loop(self, stop: asyncio.Event) -> None:
+        delay = 0.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=delay or None)
+            self.wake.clear()
+            if stop.is_set():
+                break
+            delay = await self.reconcile_safely()
+
+    async def reconcile_safely(self) -> float:
+        try:
+            return await self.reconcile()
+        except (TimeoutError, ApiError, OSError) as exc:
+            log.warning("cycle failed, retrying in %ss: %s", RETRY_SECONDS, exc)
+            return RETRY_SECONDS
+        except Exception:
+            log.exception("cycle failed unexpectedly")
+            return RETRY_SECONDS
+
+    async def reconcile(self) -> float:
+        node = self._node()
+        if node is None:
+            log.info("waiting for Node %s to appear", self.settings.node_name)
+            return self.settings.interval_seconds
+        policies, invalid = self._policies()
+        owner = None
+        if KUBEVIRT_KSM_ANNOTATION in node["annotations"]:
+            owner = f"KubeVirt's KSM handler (annotation {KUBEVIRT_KSM_ANNOTATION})"
+        report = await asyncio.to_thread(self.engine.cycle, policies, node["labels"], owner)
+        self.cycles += 1
+        log.info("cycle %d: policy=%s labels=%s changes=%d errors=%d restored=%s", self.cycles,
+                 report.selection.winner.name if report.selection.winner else None,
+                 node["labels"], len(report.changes), len(report.errors), report.restored)
+        status = node_status(report, invalid, self.last_status)
+        await self.publish(status, node["uid"])
+        await self.emit_events(report)
+        return self._interval(report)
+
+    def _node(self) -> dict[str, Any] | None:
+        if self.node_index is None:
+            return None
+        for value in self.node_index.get(self.settings.node_name, []):
+            return dict(value)
+        return None
+
+    def _policies(self) -> tuple[list[Policy], list[PolicyError]]:
+        policies, invalid = [], []
+        for store in (self.policy_index or {}).values():
+            for body in store:
+                try:
+                    policies.append(policy_from_object(body, "cluster"))
+                except PolicyError as err:  # admission bypassed or an older CRD: report it
+                    invalid.append(err)
+        return policies, invalid
+
+    def _interval(self, report: CycleReport) -> float:
+        interval = self.settings.interval_seconds
+        policy = report.selection.winner
+        ksm = policy.spec.ksm if policy else None
+        if ksm is not None and ksm.mode is KsmMode.ADAPTIVE and report.plan.adaptive:
+            interval = min(interval, float(ksm.adaptive.interval_seconds if ksm.adaptive
+                                           else 2))
+        return interval
+
+    # -- reporting -------------------------------------------------------------------------
+    async def publish(self, status: dict[str, Any], node_uid: str | None) -> bool:
+        """Write the status if it changed (counter-only changes at most once per interval)."""
+        force = False
+        if self.recreate_state or self.state_uid is None:
+            obj = await self.api.get_node_state(self.settings.node_name) or \
+                await self.api.create_node_state(self.settings.node_name, node_uid)
+            self.state_uid = obj["metadata"]["uid"]
+            self.recreate_state = False
+            force = obj.get("status") is None or self.last_status is None
+        last = self.last_status or {}
+        due = time.monotonic() - self.last_write >= self.settings.status_interval_seconds
+        if not (force or significant(status) != significant(last)
+                or (due and detail(status) != detail(last))):
+            return False
+        status["lastUpdate"] = now_rfc3339()
+        await self.api.replace_status(self.settings.node_name, status)
+        self.last_status, self.last_write = status, time.monotonic()
+        self.writes += 1
+        return True
+
+    async def emit_events(self, report: CycleReport) -> None:
+        """One Event per kind of news, and only when its message changed since the last one."""
+        news: list[tuple[str, str, str]] = []
+        adaptive_paths = {"sys/kernel/mm/ksm/pages_to_scan", "sys/kernel/mm/ksm/sleep_millisecs"}
+        tuned = report.plan.adaptive is not None
+        changes = [c for c in report.changes if not (tuned and c.path in adaptive_paths)]
+        if changes:
+            text = ", ".join(f"{c.path.rsplit('/', 1)[-1]} {c.before}->{c.after}"
+                             for c in changes)
+            reason = "OriginalsRestored" if report.restored else "SettingsApplied"
+            policy = report.selection.winner.name if report.selection.winner else "none"
+            news.append(("Normal", reason, f"policy {policy}: {text}"))
+        if report.errors:
+            news.append(("Warning", "ApplyFailed", "; ".join(
+                f"{e.path}: {e.errno_name}: {e.reason}" for e in report.errors)))
+        for problem in report.problems:
+            news.append(("Warning", problem.reason, problem.message))
+        if report.plan.adaptive is not None:
+            news.append(("Normal", "AdaptiveKsm", f"{report.plan.adaptive.phase.value}: "
+                         f"{report.plan.adaptive.reason}"))
+        for event_type, reason, message in news:
+            if self.last_events.get(reason) == message and reason != "SettingsApplied":
+                continue
+            self.last_events[reason] = message
+            await self._post(event_type, reason, message)
+
+    async def _post(self, event_type: str, reason: str, message: str) -> None:
+        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": NODE_STATE_KIND,
+                    "name": self.settings.node_name, "uid": self.state_uid or ""}
+        try:
+            await self.api.post_event(self.settings.event_namespace, involved, event_type,
+                                      reason, message, COMPONENT, self.settings.node_name)
+        except ApiError as exc:  # an Event is best effort; the status carries the truth
+            log.warning("could not post event %s: %s", reason, exc)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until ``stop`` is set (or SIGTERM/SIGINT, which kopf handles)."""
+    agent = Agent(settings)
+    registry = agent.registry()
+    kopf_settings = kopf.OperatorSettings()
+    agent.configure(kopf_settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.create_task(agent.run_loop(stop))
+    try:
+        await kopf.operator(registry=registry, settings=kopf_settings, standalone=True,
+                            clusterwide=True, stop_flag=stop)
+    finally:
+        stop.set()
+        agent.wake.set()
+        await loop
+        await agent.api.close()

@@ -1,0 +1,41 @@
+"""The agent's settings: one documented dataclass, filled from flags and the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How one node's agent runs. Defaults suit a DaemonSet pod; flags override them."""
+
+    node_name: str
+    """The Node this agent manages (from the downward API: ``spec.nodeName`` -> NODE_NAME)."""
+
+    host_root: str = "/"
+    """Where the host's / is mounted; sysfs and procfs paths are read and written under it."""
+
+    state_dir: str = "/var/lib/memory-overcommit"
+    """Host directory for the recorded originals; must survive pod restarts (a hostPath)."""
+
+    interval_seconds: float = 30.0
+    """Cycle period when nothing wakes the agent earlier (policy or node changes do)."""
+
+    status_interval_seconds: float = 60.0
+    """At most one status write per this many seconds for counter-only changes; changes of
+    the policy in force, conditions, errors or originals are written at once."""
+
+    kubeconfig: str | None = None
+    """A kubeconfig file; None means in-cluster (the pod's service account)."""
+
+    event_namespace: str = "default"
+    """Namespace of the Events about this cluster-scoped node state (Kubernetes convention)."""
+
+    @classmethod
+    def node_name_from_env(cls) -> str:
+        name = os.environ.get("NODE_NAME", "")
+        if not name:
+            raise ValueError("the agent needs its node's name: pass --node-name or set NODE_NAME "
+                             "(the DaemonSet sets it from spec.nodeName)")
+        return name

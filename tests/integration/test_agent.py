@@ -1,0 +1,204 @@
+"""The agent against a real kube-apiserver: apply, report, follow changes, restore, survive."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overcommit.testing import ControlPlane
+from tests.fakes.kernel import FakeKernel
+from tests.integration.conftest import wait_for
+from tests.integration.kube import (
+    agent_process,
+    apply,
+    get_json,
+    install_crds,
+    node,
+    node_state,
+    policy,
+)
+
+KSM = "sys/kernel/mm/ksm"
+HOOKS = Path(__file__).parent / "hooks"
+
+
+@pytest.fixture(scope="module")
+def cluster(control_plane: ControlPlane) -> ControlPlane:
+    install_crds(control_plane)
+    return control_plane
+
+
+@pytest.fixture
+def names() -> Iterator[dict[str, str]]:
+    suffix = uuid.uuid4().hex[:6]
+    yield {"node": f"node-{suffix}", "policy": f"pol-{suffix}", "role": f"virt-{suffix}"}
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> FakeKernel:
+    return FakeKernel(tmp_path / "host")
+
+
+def sysfs(host: FakeKernel, name: str) -> str:
+    return host.get(f"{KSM}/{name}")
+
+
+def status_of(cluster: ControlPlane, name: str) -> dict[str, Any]:
+    state = node_state(cluster, name) or {}
+    status: dict[str, Any] = state.get("status") or {}
+    return status
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+def test_agent_applies_reports_follows_and_restores(cluster: ControlPlane, host: FakeKernel,
+                                                    names: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    n, p, role = names["node"], names["policy"], names["role"]
+    apply(cluster, node(n, {"role": role}))
+    spec = {"nodeSelector": {"matchLabels": {"role": role}},
+            "ksm": {"enabled": True, "pagesToScan": 1000, "sleepMillisecs": 15}}
+    apply(cluster, policy(p, spec))
+    state_dir = tmp_path / "state"
+    with agent_process(cluster, n, host.root, state_dir):
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "1000", 30, "the policy to apply")
+        wait_for(lambda: (status_of(cluster, n).get("policy") or {}).get("name") == p, 30,
+                 "the node state to name the policy")
+        state = node_state(cluster, n)
+        assert state is not None
+        status = state["status"]
+        assert status["settings"][f"{KSM}/pages_to_scan"] == "1000"
+        assert status["originals"][f"{KSM}/pages_to_scan"] == "100"
+        assert condition(status, "Ready")["status"] == "True"
+        assert status["engine"] == "ksm"
+        assert {e["name"] for e in status["engines"]} >= {"ksm", "zswap", "meminfo"}
+        owner = state["metadata"]["ownerReferences"][0]
+        node_uid = get_json(cluster, "node", n)["metadata"]["uid"]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("Node", n, node_uid)
+
+        # change the policy: the change lands and the generation is reported
+        spec["ksm"]["pagesToScan"] = 2000
+        apply(cluster, policy(p, spec))
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "2000", 30, "the changed policy")
+        wait_for(lambda: status_of(cluster, n)["policy"]["generation"] == 2, 30,
+                 "generation 2 in the node state")
+
+        # the node stops matching: originals come back
+        apply(cluster, node(n, {"role": "something-else"}))
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "100", 30, "originals after relabel")
+        assert sysfs(host, "sleep_millisecs") == "20" and sysfs(host, "run") == "0"
+        wait_for(lambda: condition(status_of(cluster, n), "Ready").get("reason") == "NoPolicy",
+                 30, "the NoPolicy condition")
+        assert status_of(cluster, n)["originals"] == {}
+
+        # matching again, then the policy is deleted: originals come back again
+        apply(cluster, node(n, {"role": role}))
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "2000", 30, "re-apply after relabel")
+        cluster.kubectl("delete", "mop", p)
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "100", 30, "originals after delete")
+        assert sysfs(host, "run") == "0"
+        assert json.loads((state_dir / "originals.json").read_text())["originals"] == {}
+
+    events = get_json(cluster, "events", "-n", "default", "--field-selector",
+                      f"involvedObject.name={n}")
+    reasons = {e["reason"] for e in events["items"]}
+    assert {"SettingsApplied", "OriginalsRestored"} <= reasons
+
+
+def test_overlapping_policies_name_the_winner(cluster: ControlPlane, host: FakeKernel,
+                                              names: dict[str, str], tmp_path: Path) -> None:
+    n, role = names["node"], names["role"]
+    apply(cluster, node(n, {"role": role}))
+    selector = {"matchLabels": {"role": role}}
+    low, high = f"{names['policy']}-low", f"{names['policy']}-high"
+    apply(cluster, policy(low, {"priority": 1, "nodeSelector": selector,
+                                "ksm": {"enabled": True, "pagesToScan": 300}}),
+          policy(high, {"priority": 9, "nodeSelector": selector,
+                        "ksm": {"enabled": True, "pagesToScan": 900}}))
+    with agent_process(cluster, n, host.root, tmp_path / "state"):
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "900", 30, "the winner to apply")
+        wait_for(lambda: status_of(cluster, n).get("overridden"), 30, "losers in the status")
+        status = status_of(cluster, n)
+        assert status["policy"]["name"] == high
+        assert status["overridden"] == [{"name": low, "reason": f"priority 1 is lower than "
+                                                                f"{high}'s 9"}]
+    cluster.kubectl("delete", "mop", low, high)
+
+
+def test_killed_mid_change_converges_with_originals_intact(cluster: ControlPlane,
+                                                          host: FakeKernel,
+                                                          names: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    n, p = names["node"], names["policy"]
+    apply(cluster, node(n, {}))
+    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"kubernetes.io/hostname": n}},
+                              "ksm": {"enabled": True, "pagesToScan": 1111,
+                                      "sleepMillisecs": 33}}))
+    apply(cluster, node(n, {"kubernetes.io/hostname": n}))
+    state_dir = tmp_path / "state"
+    marker = tmp_path / "blocked"
+    hook_env = {"PYTHONPATH": f"{HOOKS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                "OVERCOMMIT_TEST_BLOCK_WRITE": "/run",
+                "OVERCOMMIT_TEST_BLOCK_MARKER": str(marker)}
+    with agent_process(cluster, n, host.root, state_dir, env=hook_env) as agent:
+        wait_for(marker.exists, 30, "the agent to reach the write of run")
+        # pages_to_scan and sleep are written, run is not: the node is half changed
+        assert sysfs(host, "pages_to_scan") == "1111" and sysfs(host, "run") == "0"
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+    originals = json.loads((state_dir / "originals.json").read_text())["originals"]
+    assert originals == {f"{KSM}/pages_to_scan": "100", f"{KSM}/sleep_millisecs": "20",
+                         f"{KSM}/run": "0"}
+    with agent_process(cluster, n, host.root, state_dir):
+        wait_for(lambda: sysfs(host, "run") == "1", 30, "the restarted agent to converge")
+        wait_for(lambda: (status_of(cluster, n).get("originals") or {}) == originals, 30,
+                 "the node state to report the true originals")
+        cluster.kubectl("delete", "mop", p)
+        wait_for(lambda: sysfs(host, "run") == "0", 30, "restore after delete")
+    assert (sysfs(host, "pages_to_scan"), sysfs(host, "sleep_millisecs")) == ("100", "20")
+
+
+def test_agent_survives_an_api_server_restart(cluster: ControlPlane, host: FakeKernel,
+                                              names: dict[str, str], tmp_path: Path) -> None:
+    n, p = names["node"], names["policy"]
+    apply(cluster, node(n, {"pool": n}))
+    spec = {"nodeSelector": {"matchLabels": {"pool": n}},
+            "ksm": {"enabled": True, "pagesToScan": 500}}
+    apply(cluster, policy(p, spec))
+    with agent_process(cluster, n, host.root, tmp_path / "state") as agent:
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "500", 30, "the first apply")
+        cluster.restart_apiserver()
+        spec["ksm"]["pagesToScan"] = 600
+        apply(cluster, policy(p, spec))
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "600", 60,
+                 "a policy change after the API server restarted")
+        wait_for(lambda: status_of(cluster, n).get("policy", {}).get("generation") == 2, 30,
+                 "the node state to be updated after the restart")
+        assert agent.poll() is None
+    states = get_json(cluster, "mons")["items"]
+    assert [s["metadata"]["name"] for s in states].count(n) == 1
+    cluster.kubectl("delete", "mop", p)
+
+
+def test_kubevirt_ksm_handler_is_not_fought(cluster: ControlPlane, host: FakeKernel,
+                                            names: dict[str, str], tmp_path: Path) -> None:
+    n, p = names["node"], names["policy"]
+    apply(cluster, node(n, {"pool": n}, {"kubevirt.io/ksm-handler-managed": "true"}))
+    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
+                              "ksm": {"enabled": True, "pagesToScan": 777},
+                              "swap": {"swappiness": 11}}))
+    with agent_process(cluster, n, host.root, tmp_path / "state"):
+        wait_for(lambda: condition(status_of(cluster, n), "Degraded").get("reason") ==
+                 "KsmManagedElsewhere", 30, "the conflict to be reported")
+        assert sysfs(host, "pages_to_scan") == "100"
+        assert host.get("proc/sys/vm/swappiness") == "11"
+    cluster.kubectl("delete", "mop", p)
