@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="engines, settings, counters and savings here")
     _host_options(status, labels=False)
     status.set_defaults(func=cmd_status)
+    # `demo` parses its own flags (see overcommit.demo); listed here for --help.
+    sub.add_parser("demo", help="the whole operator on this machine (a local control plane, "
+                   "the agent, an example policy), then restore; see overcommit demo --help")
+
     agent = sub.add_parser("agent", help="the per-node Kubernetes agent (DaemonSet)")
     agent.add_argument("--node-name", help="this node's name (default: $NODE_NAME)")
     agent.add_argument("--interval", type=float, default=30.0, metavar="S",
@@ -219,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from overcommit import demo
+
+        return demo.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

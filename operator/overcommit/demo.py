@@ -1,25 +1,40 @@
-"""The local demo (``scripts/demo``): an Adaptive KSM policy on this host, start to restore.
+"""``overcommit demo``: the whole operator on this one machine, start to restore.
 
-As root it drives the real ``/sys/kernel/mm/ksm`` with a real merge workload (processes with
-identical ``MADV_MERGEABLE`` memory); otherwise it runs the same loop against a simulated host
-root in a temporary directory. Either way every original setting is restored at the end.
+1. starts a real kube-apiserver + etcd on loopback (binaries from ``scripts/install-kube``),
+2. installs the CRDs and ``deploy/manifests`` (namespace, RBAC, the node-restricted admission
+   policy),
+3. registers this machine as a Node and a Pod of the agent's ServiceAccount bound to it, and
+   runs ``overcommit agent`` with that pod-bound token (so the shipped RBAC and admission policy
+   are what it runs under),
+4. applies ``examples/adaptive-ksm.yaml`` and, as root, starts a real merge workload so KSM has
+   something to merge (the real ``/sys/kernel/mm/ksm``; a simulated host root otherwise),
+5. prints ``kubectl get overcommit`` and the node state until Ctrl-C (or, with ``--once``, until
+   the policy is applied and merging shows), then deletes the policy, waits for the agent to
+   restore every original setting, and stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from overcommit import report as reporting
-from overcommit.api.model import Policy, load_policies
-from overcommit.engine.cycle import NodeEngine, saved_bytes
+from overcommit.testing.controlplane import ControlPlane, ControlPlaneError, find_binaries
 from overcommit.testing.workload import MergeWorkload
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "adaptive-ksm.yaml"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "adaptive-ksm.yaml"
+NAMESPACE = "memory-overcommit"
 SIMULATED_KSM = {
     "run": "0", "pages_to_scan": "100", "sleep_millisecs": "20", "max_page_sharing": "256",
     "merge_across_nodes": "1", "use_zero_pages": "0", "smart_scan": "1",
@@ -29,54 +44,153 @@ SIMULATED_KSM = {
 
 
 def simulated_host(root: Path) -> None:
-    """A host root with KSM files and this machine's /proc/meminfo, for non-root runs."""
+    """A host root with KSM files and this machine's /proc/meminfo, for runs without root."""
     ksm = root / "sys/kernel/mm/ksm"
     ksm.mkdir(parents=True)
     for name, value in SIMULATED_KSM.items():
         (ksm / name).write_text(value + "\n")
     (root / "proc").mkdir()
-    shutil.copy("/proc/meminfo", root / "proc/meminfo")
+    (root / "proc/meminfo").write_text(Path("/proc/meminfo").read_text())
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+class Demo:
+    def __init__(self, cp: ControlPlane, work: Path, real: bool, policy_file: Path) -> None:
+        self.cp, self.work, self.real, self.policy_file = cp, work, real, policy_file
+        self.node = socket.gethostname().lower()
+        self.host_root = Path("/") if real else work / "host"
+        self.state_dir = work / "state"
+        self.agent: subprocess.Popen[bytes] | None = None
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        return self.cp.kubectl(*args, input=input).stdout
+
+    def install(self) -> None:
+        for crd in sorted((REPO / "deploy/crds").glob("memoryovercommit.io_*.yaml")):
+            self.kubectl("apply", "--server-side", "-f", str(crd))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     "crd/memoryovercommitpolicies.memoryovercommit.io",
+                     "crd/memoryovercommitnodestates.memoryovercommit.io")
+        self.kubectl("apply", "-k", str(REPO / "deploy/manifests"))
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {
+            "name": self.node, "labels": {"kubernetes.io/hostname": self.node}}}
+        self.kubectl("apply", "-f", "-", input=json.dumps(node))
+
+    def agent_kubeconfig(self) -> Path:
+        """A token bound to a Pod on this node, exactly what the DaemonSet's pod would hold."""
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": f"overcommit-agent-{self.node}", "namespace": NAMESPACE},
+            "spec": {"nodeName": self.node, "serviceAccountName": "overcommit-agent",
+                     "containers": [{"name": "agent", "image": "memory-overcommit:dev"}]}}
+        self.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        token = self.kubectl("create", "token", "overcommit-agent", "-n", NAMESPACE,
+                             "--bound-object-kind", "Pod", "--bound-object-name",
+                             pod["metadata"]["name"], "--duration", "24h").strip()
+        return self.cp.kubeconfig_for_token(token, name="overcommit-agent")
+
+    def start_agent(self) -> None:
+        log = (self.work / "agent.log").open("ab")
+        self.agent = subprocess.Popen(
+            [sys.executable, "-m", "overcommit.cli", "agent", "--node-name", self.node,
+             "--kubeconfig", str(self.agent_kubeconfig()), "--host-root", str(self.host_root),
+             "--state-dir", str(self.state_dir), "--interval", "5",
+             "--status-interval", "5", "-v"], stdout=log, stderr=subprocess.STDOUT)
+
+    def status(self) -> dict[str, Any]:
+        out = self.cp.kubectl("get", "mons", self.node, "-o", "json", check=False)
+        if out.returncode != 0:
+            return {}
+        data: dict[str, Any] = json.loads(out.stdout).get("status") or {}
+        return data
+
+    def show(self) -> None:
+        print(self.kubectl("get", "overcommit"))
+        status = self.status()
+        settings = status.get("settings", {})
+        ksm = {k.rsplit("/", 1)[1]: v for k, v in settings.items() if "/ksm/" in k and
+               k.rsplit("/", 1)[1] in ("run", "pages_to_scan", "sleep_millisecs")}
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        print(f"node state {self.node}: policy={(status.get('policy') or {}).get('name')} "
+              f"ready={ready.get('status')} ({ready.get('reason')}) "
+              f"saved={(status.get('saved') or {}).get('summary')} ksm={ksm}")
+        print(f"  originals (restored on exit): {status.get('originals')}\n")
+        sys.stdout.flush()
+
+    def applied(self) -> bool:
+        status = self.status()
+        return bool(status.get("policy")) and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+
+    def merged(self) -> bool:
+        return bool(self.status().get("saved", {}).get("mergedBytes")) or not self.real
+
+    def release(self) -> None:
+        """Delete the policy and wait for the agent to put every original back."""
+        self.cp.kubectl("delete", "-f", str(self.policy_file), "--ignore-not-found", check=False)
+        try:
+            wait_until(lambda: not self.status().get("originals")
+                       and not (self.status().get("policy")), 60, "the agent to restore")
+            print("policy deleted: the agent restored every original setting")
+            self.show()
+        finally:
+            if self.agent is not None:
+                self.agent.terminate()
+                self.agent.wait(timeout=30)
+            # Belt and braces: whatever the agent left recorded goes back now.
+            from overcommit.engine.cycle import NodeEngine
+
+            NodeEngine(self.host_root, self.state_dir).restore()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=20.0, help="how long to run the loop")
-    parser.add_argument("-f", "--file", default=str(EXAMPLE), help="the policy to apply")
+    parser = argparse.ArgumentParser(prog="overcommit demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--once", action="store_true", help="exit once the policy is applied")
     parser.add_argument("--simulate", action="store_true",
                         help="use a simulated host root even as root")
+    parser.add_argument("-f", "--file", default=str(EXAMPLE), help="the policy to apply")
     args = parser.parse_args(argv)
+    try:
+        find_binaries()
+    except ControlPlaneError as exc:
+        print(f"overcommit demo: {exc}", file=sys.stderr)
+        return 2
     real = os.geteuid() == 0 and Path("/sys/kernel/mm/ksm/run").exists() and not args.simulate
-    with tempfile.TemporaryDirectory(prefix="overcommit-demo-") as tmp:
-        root = Path("/") if real else Path(tmp) / "host"
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(prefix="overcommit-demo-") as tmp, ControlPlane() as cp:
+        demo = Demo(cp, Path(tmp), real, Path(args.file))
         if not real:
-            simulated_host(root)
-        print(f"host: {'this machine (real KSM)' if real else f'simulated at {root}'}")
-        engine = NodeEngine(host_root=root, state_dir=Path(tmp) / "state")
-        policies = load_policies(args.file)
+            simulated_host(demo.host_root)
+        print(f"control plane: {cp.url}; host: "
+              f"{'this machine (real KSM)' if real else f'simulated at {demo.host_root}'}")
+        demo.install()
         workload = MergeWorkload(workers=4, size_mib=64).start() if real else None
         try:
-            run_loop(engine, policies, args.seconds)
+            demo.start_agent()
+            demo.kubectl("apply", "-f", args.file)
+            wait_until(demo.applied, 60, "the agent to apply the policy")
+            if args.once:
+                wait_until(demo.merged, 60, "KSM to merge the workload")
+                demo.show()
+            else:
+                print("running; Ctrl-C to restore and stop\n")
+                while not stop.wait(10):
+                    demo.show()
+        except KeyboardInterrupt:
+            pass
         finally:
-            if workload:
+            if workload is not None:
                 workload.stop()
-            restored = engine.restore()
-            print("\nrestore:")
-            print(reporting.cycle_text(reporting.cycle_json(restored)))
+            demo.release()
     return 0
-
-
-def run_loop(engine: NodeEngine, policies: list[Policy], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        report = engine.cycle(policies, {})
-        state = report.plan.adaptive
-        phase = f"{state.phase.value}: {state.reason}" if state else "-"
-        saved = reporting.human_bytes(saved_bytes(report.observation))
-        print(f"[{time.strftime('%H:%M:%S')}] saved {saved:>9}  changes "
-              f"{len(report.changes)}  adaptive {phase}")
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(2)
 
 
 if __name__ == "__main__":
