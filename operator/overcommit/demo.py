@@ -85,14 +85,15 @@ class Demo:
 
     def agent_kubeconfig(self) -> Path:
         """A token bound to a Pod on this node, exactly what the DaemonSet's pod would hold."""
+        pod_name = f"overcommit-agent-{self.node}"
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
-            "name": f"overcommit-agent-{self.node}", "namespace": NAMESPACE},
+            "name": pod_name, "namespace": NAMESPACE},
             "spec": {"nodeName": self.node, "serviceAccountName": "overcommit-agent",
                      "containers": [{"name": "agent", "image": "memory-overcommit:dev"}]}}
         self.kubectl("apply", "-f", "-", input=json.dumps(pod))
         token = self.kubectl("create", "token", "overcommit-agent", "-n", NAMESPACE,
                              "--bound-object-kind", "Pod", "--bound-object-name",
-                             pod["metadata"]["name"], "--duration", "24h").strip()
+                             pod_name, "--duration", "24h").strip()
         return self.cp.kubeconfig_for_token(token, name="overcommit-agent")
 
     def start_agent(self) -> None:
@@ -116,7 +117,8 @@ class Demo:
         settings = status.get("settings", {})
         ksm = {k.rsplit("/", 1)[1]: v for k, v in settings.items() if "/ksm/" in k and
                k.rsplit("/", 1)[1] in ("run", "pages_to_scan", "sleep_millisecs")}
-        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        ready: dict[str, Any] = next(
+            (c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
         print(f"node state {self.node}: policy={(status.get('policy') or {}).get('name')} "
               f"ready={ready.get('status')} ({ready.get('reason')}) "
               f"saved={(status.get('saved') or {}).get('summary')} ksm={ksm}")
