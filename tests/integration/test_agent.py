@@ -202,3 +202,67 @@ def test_kubevirt_ksm_handler_is_not_fought(cluster: ControlPlane, host: FakeKer
         assert sysfs(host, "pages_to_scan") == "100"
         assert host.get("proc/sys/vm/swappiness") == "11"
     cluster.kubectl("delete", "mop", p)
+
+
+def _pod_bound_kubeconfig(cluster: ControlPlane, node_name: str) -> Path:
+    pod_name = f"overcommit-agent-{node_name}"
+    apply(cluster, {"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod_name, "namespace": "memory-overcommit"},
+                    "spec": {"nodeName": node_name, "serviceAccountName": "overcommit-agent",
+                             "containers": [{"name": "agent", "image": "agent:test"}]}})
+    token = cluster.kubectl("create", "token", "overcommit-agent", "-n", "memory-overcommit",
+                            "--bound-object-kind", "Pod", "--bound-object-name",
+                            pod_name).stdout.strip()
+    return cluster.kubeconfig_for_token(token, name=f"agent-{node_name}")
+
+
+def test_agent_does_its_job_under_the_shipped_rbac(cluster: ControlPlane, host: FakeKernel,
+                                                   names: dict[str, str],
+                                                   tmp_path: Path) -> None:
+    cluster.kubectl("apply", "-k", str(Path(__file__).parents[2] / "deploy/manifests"))
+    n, other, p = names["node"], f"{names['node']}-b", names["policy"]
+    apply(cluster, node(n, {"pool": n}), node(other, {"pool": n}))
+    kubeconfig = _pod_bound_kubeconfig(cluster, n)
+    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
+                              "ksm": {"enabled": True, "pagesToScan": 4321}}))
+    with agent_process(cluster, n, host.root, tmp_path / "state", kubeconfig=kubeconfig):
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "4321", 60,
+                 "the agent (pod-bound token, shipped RBAC) to apply the policy")
+        wait_for(lambda: (status_of(cluster, n).get("policy") or {}).get("name") == p, 30,
+                 "the agent to report its node state")
+    # the same identity cannot write another node's state, nor touch policies
+    foreign = {"apiVersion": "memoryovercommit.io/v1alpha1", "kind": "MemoryOvercommitNodeState",
+               "metadata": {"name": other}, "spec": {"nodeName": other}}
+    denied = cluster.kubectl("create", "-f", "-", input=json.dumps(foreign),
+                             kubeconfig=kubeconfig, check=False)
+    assert denied.returncode != 0 and n in denied.stderr and other in denied.stderr, \
+        denied.stderr
+    patched = cluster.kubectl("patch", "mop", p, "--type=merge", "-p",
+                              '{"spec":{"priority":5}}', kubeconfig=kubeconfig, check=False)
+    assert patched.returncode != 0 and "forbidden" in patched.stderr
+    cluster.kubectl("delete", "mop", p)
+
+
+def test_agent_on_the_real_ksm(cluster: ControlPlane, real_ksm: dict[str, str],
+                               names: dict[str, str], tmp_path: Path) -> None:
+    n, p = names["node"], names["policy"]
+    apply(cluster, node(n, {"pool": n}))
+    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
+                              "ksm": {"enabled": True, "pagesToScan": 1357,
+                                      "sleepMillisecs": 31}}))
+    real = Path("/sys/kernel/mm/ksm")
+    with agent_process(cluster, n, Path("/"), tmp_path / "state"):
+        wait_for(lambda: (real / "pages_to_scan").read_text().strip() == "1357", 30,
+                 "the agent to write the real pages_to_scan")
+        assert (real / "sleep_millisecs").read_text().strip() == "31"
+        assert (real / "run").read_text().strip() == "1"
+        wait_for(lambda: status_of(cluster, n).get("settings", {}).get(
+            f"{KSM}/pages_to_scan") == "1357", 30, "the node state to report the real value")
+        assert status_of(cluster, n)["originals"][f"{KSM}/pages_to_scan"] == \
+            real_ksm[f"{KSM}/pages_to_scan"]
+        cluster.kubectl("delete", "mop", p)
+        wait_for(lambda: (real / "pages_to_scan").read_text().strip() ==
+                 real_ksm[f"{KSM}/pages_to_scan"], 30, "the real originals to come back")
+    for path, value in real_ksm.items():
+        text = Path("/", path).read_text().strip()
+        assert value in text, (path, value, text)

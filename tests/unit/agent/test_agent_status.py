@@ -1,0 +1,159 @@
+"""The agent's reporting logic without a cluster: status content, change gating, events."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overcommit.agent.runner import Agent
+from overcommit.agent.settings import AgentSettings
+from overcommit.agent.status import detail, node_status, significant
+from overcommit.api.model import PolicyError, policy_from_object
+from overcommit.engine.cycle import CycleReport, NodeEngine
+from tests.cases import policy_document
+from tests.fakes.kernel import FakeKernel
+
+KSM = "sys/kernel/mm/ksm"
+
+
+class RecordingApi:
+    """Stands in for KubeApi: records what the agent would send."""
+
+    def __init__(self) -> None:
+        self.writes: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.created = 0
+
+    async def get_node_state(self, name: str) -> dict[str, Any] | None:
+        return {"metadata": {"uid": "u1"}, "status": {}} if self.created else None
+
+    async def create_node_state(self, name: str, node_uid: str | None) -> dict[str, Any]:
+        self.created += 1
+        return {"metadata": {"uid": "u1"}}
+
+    async def replace_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.writes.append(status)
+        return {}
+
+    async def post_event(self, namespace: str, involved: dict[str, Any], event_type: str,
+                         reason: str, message: str, component: str, host: str) -> None:
+        self.events.append((event_type, reason, message))
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> FakeKernel:
+    return FakeKernel(tmp_path / "host")
+
+
+def cycle(kernel: FakeKernel, tmp_path: Path, spec: dict[str, Any] | None) -> CycleReport:
+    engine = NodeEngine(state_dir=tmp_path / "state", fs=kernel)
+    policies = [policy_from_object(policy_document("p", spec))] if spec else []
+    return engine.cycle(policies, {})
+
+
+def agent_with(api: RecordingApi, tmp_path: Path, status_interval: float = 60.0) -> Agent:
+    agent = Agent(AgentSettings(node_name="n1", host_root=str(tmp_path / "host"),
+                                state_dir=str(tmp_path / "state"),
+                                status_interval_seconds=status_interval))
+    agent.api = api  # type: ignore[assignment]
+    return agent
+
+
+def test_status_reports_policy_settings_after_apply_and_originals(kernel: FakeKernel,
+                                                                  tmp_path: Path) -> None:
+    report = cycle(kernel, tmp_path, {"ksm": {"enabled": True, "pagesToScan": 900}})
+    status = node_status(report)
+    assert status["policy"]["name"] == "p"
+    assert status["settings"][f"{KSM}/pages_to_scan"] == "900"
+    assert status["originals"][f"{KSM}/pages_to_scan"] == "100"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Applied")
+    assert status["counters"]["ksm.pages_sharing"] == 0
+
+
+def test_failed_write_makes_ready_false(kernel: FakeKernel, tmp_path: Path) -> None:
+    kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
+    report = cycle(kernel, tmp_path, {"ksm": {"enabled": True, "sleepMillisecs": 5}})
+    status = node_status(report)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+    assert degraded["status"] == "True"
+    assert "sleep_millisecs" in status["lastErrors"][0]
+
+
+def test_invalid_cluster_policies_are_reported(kernel: FakeKernel, tmp_path: Path) -> None:
+    report = cycle(kernel, tmp_path, None)
+    bad = PolicyError("cluster (MemoryOvercommitPolicy x)", ["spec.ksm.pagesToScan: too big"])
+    status = node_status(report, [bad])
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "InvalidPolicy"
+    assert "spec.ksm.pagesToScan" in status["lastErrors"][0]
+
+
+def test_transition_time_is_kept_while_status_holds(kernel: FakeKernel, tmp_path: Path) -> None:
+    report = cycle(kernel, tmp_path, {"ksm": {"enabled": True}})
+    first = node_status(report)
+    for c in first["conditions"]:
+        c["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    second = node_status(report, previous=first)
+    assert {c["lastTransitionTime"] for c in second["conditions"]} == {"2020-01-01T00:00:00Z"}
+
+
+def test_counters_alone_are_detail_not_news(kernel: FakeKernel, tmp_path: Path) -> None:
+    report = cycle(kernel, tmp_path, {"ksm": {"enabled": True}})
+    before = node_status(report)
+    kernel.merge(shared=10, sharing=40)
+    after = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), previous=before)
+    assert significant(after) == significant(before)
+    assert detail(after) != detail(before)
+
+
+def test_publish_writes_once_then_only_on_news(kernel: FakeKernel, tmp_path: Path) -> None:
+    api = RecordingApi()
+    agent = agent_with(api, tmp_path)
+    spec = {"ksm": {"enabled": True}}
+
+    async def scenario() -> None:
+        await agent.publish(node_status(cycle(kernel, tmp_path, spec)), "node-uid")
+        assert len(api.writes) == 1 and api.created == 1
+        # nothing changed: no write
+        assert not await agent.publish(node_status(cycle(kernel, tmp_path, spec),
+                                                   previous=agent.last_status), "node-uid")
+        # counters changed, but the status interval has not passed: no write
+        kernel.merge(shared=10, sharing=40)
+        assert not await agent.publish(node_status(cycle(kernel, tmp_path, spec),
+                                                   previous=agent.last_status), "node-uid")
+        # the interval passes: the counter change is written
+        agent.last_write -= 61
+        assert await agent.publish(node_status(cycle(kernel, tmp_path, spec),
+                                               previous=agent.last_status), "node-uid")
+        # news (a failure) is written at once
+        kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
+        bad = {"ksm": {"enabled": True, "sleepMillisecs": 7}}
+        assert await agent.publish(node_status(cycle(kernel, tmp_path, bad),
+                                               previous=agent.last_status), "node-uid")
+
+    asyncio.run(scenario())
+    assert len(api.writes) == 3
+    assert all("lastUpdate" in w for w in api.writes)
+
+
+def test_events_are_posted_once_per_news(kernel: FakeKernel, tmp_path: Path) -> None:
+    api = RecordingApi()
+    agent = agent_with(api, tmp_path)
+    kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
+    spec = {"ksm": {"enabled": True, "sleepMillisecs": 7}}
+
+    async def scenario() -> None:
+        await agent.emit_events(cycle(kernel, tmp_path, spec))
+        await agent.emit_events(cycle(kernel, tmp_path, spec))
+
+    asyncio.run(scenario())
+    reasons = [reason for _, reason, _ in api.events]
+    assert reasons.count("ApplyFailed") == 1
+    assert reasons.count("SettingsApplied") == 1  # run=1 landed once; nothing new after
