@@ -26,6 +26,7 @@ from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import detail, node_status, now_rfc3339, significant
 from overcommit.api.model import Policy, PolicyError, policy_from_object
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION, KsmMode
+from overcommit.api.schema import plain
 from overcommit.engine.cycle import CycleReport, NodeEngine
 
 log = logging.getLogger("overcommit.agent")
@@ -89,7 +90,7 @@ class Agent:
         @kopf.index(GROUP, VERSION, "memoryovercommitpolicies", id="policy_index",
                     registry=registry)
         def policy_index(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
-            return {name: _plain(body)}
+            return {name: plain(body)}
 
         @kopf.index("", "v1", "nodes", id="node_index", registry=registry)
         def node_index(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
@@ -236,14 +237,6 @@ class Agent:
                                       reason, message, COMPONENT, self.settings.node_name)
         except ApiError as exc:  # an Event is best effort; the status carries the truth
             log.warning("could not post event %s: %s", reason, exc)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
