@@ -228,6 +228,20 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _json_type(value: Any) -> str:
+    """The JSON type of a value, as the API server's type errors name it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    names = {str: "string", dict: "object", list: "array"}
+    return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)
+
+
 def _type_ok(schema: JSON, value: Any) -> bool:
     if schema.get("x-kubernetes-int-or-string"):
         return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
@@ -250,7 +264,9 @@ def _type_name(schema: JSON) -> str:
 def validate(value: Any, schema: JSON, path: str) -> list[str]:
     """Apply defaults in place and return every violation as ``path: reason`` lines."""
     if not _type_ok(schema, value):
-        return [f"{path}: Invalid value: {_show(value)}: must be of type {_type_name(schema)}"]
+        actual = _json_type(value)  # the API server names the type given, not the value
+        return [f'{path}: Invalid value: "{actual}": {path} in body must be of type '
+                f'{_type_name(schema)}: "{actual}"']
     errors = _scalar_errors(value, schema, path)
     if isinstance(value, dict):
         errors += _object_errors(value, schema, path)
@@ -269,16 +285,16 @@ def _scalar_errors(value: Any, schema: JSON, path: str) -> list[str]:
         errors.append(f"{path}: Unsupported value: {_show(value)}: supported values: {supported}")
     if isinstance(value, int | float) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{path}: Invalid value: {value}: should be greater than or equal to "
-                          f"{schema['minimum']}")
+            errors.append(f"{path}: Invalid value: {value}: {path} in body should be greater "
+                          f"than or equal to {schema['minimum']}")
         if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{path}: Invalid value: {value}: should be less than or equal to "
-                          f"{schema['maximum']}")
+            errors.append(f"{path}: Invalid value: {value}: {path} in body should be less than "
+                          f"or equal to {schema['maximum']}")
     if isinstance(value, str):
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             errors.append(f"{path}: Too long: may not be more than {schema['maxLength']} bytes")
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{path}: Invalid value: {_show(value)}: should match "
+            errors.append(f"{path}: Invalid value: {_show(value)}: {path} in body should match "
                           f"'{schema['pattern']}'")
     return errors
 
@@ -292,7 +308,7 @@ def _object_errors(value: dict[str, Any], schema: JSON, path: str) -> list[str]:
                       f"{schema['maxProperties']} items")
     for name, sub in props.items():
         if name not in value and "default" in sub:
-            value[name] = _copy(sub["default"])
+            value[name] = plain(sub["default"])
     for name in schema.get("required", []):
         if name not in value:
             errors.append(f"{path}.{name}: Required value")
@@ -312,10 +328,14 @@ def _array_errors(value: list[Any], schema: JSON, path: str) -> list[str]:
         errors.append(f"{path}: Too many: {len(value)}: must have at most "
                       f"{schema['maxItems']} items")
     if "minItems" in schema and len(value) < schema["minItems"]:
-        errors.append(f"{path}: Invalid value: {len(value)}: should have at least "
-                      f"{schema['minItems']} items")
-    if schema.get("x-kubernetes-list-type") == "set" and len(set(map(repr, value))) < len(value):
-        errors.append(f"{path}: Duplicate value: the list must not repeat an entry")
+        errors.append(f"{path}: Invalid value: {len(value)}: {path} in body should have at "
+                      f"least {schema['minItems']} items")
+    if schema.get("x-kubernetes-list-type") == "set":
+        seen: set[str] = set()
+        for index, item in enumerate(value):
+            if repr(item) in seen:
+                errors.append(f"{path}[{index}]: Duplicate value: {_show(item)}")
+            seen.add(repr(item))
     for index, item in enumerate(value):
         errors += validate(item, schema.get("items", {}), f"{path}[{index}]")
     return errors
@@ -333,11 +353,12 @@ def _rule_errors(value: Any, schema: JSON, path: str) -> list[str]:
     return errors
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
+def plain(value: Any) -> Any:
+    """A deep copy as plain dicts and lists (of any mappings, e.g. kopf's bodies)."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_copy(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
