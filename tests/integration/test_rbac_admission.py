@@ -1,0 +1,317 @@
+"""deploy/manifests against a real kube-apiserver: what the agent's and the controller's identities
+may and may not do, by RBAC and by the admission policy that keeps each agent to its own node."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overcommit.testing import ControlPlane
+from tests.cases import policy_document
+from tests.integration.conftest import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP = "memoryovercommit.io"
+API_VERSION = f"{GROUP}/v1alpha1"
+NS = "memory-overcommit"
+AGENT_SA, CONTROLLER_SA = "overcommit-agent", "overcommit-controller"
+VAP = "memory-overcommit-agent-own-node-state"
+NODE_A, NODE_B = "node-a", "node-b"
+AGENT_POD = "overcommit-agent-node-a"
+POLICY = "rbac-policy"
+GONE_NODE = "rbac-gone-node"  # a node state the controller sweeps
+MISSING_NODE_NAME = "missing node-name"
+LEASE = "rbac-test-leader"  # not the controller's real lease name: another test may elect
+# The policy selects no node, so an agent another test runs in this session ignores it.
+NO_NODE = {"matchLabels": {"memoryovercommit.io/test-selects": "nothing"}}
+
+
+@dataclass(frozen=True)
+class Identity:
+    cp: ControlPlane
+    kubeconfig: Path
+
+    def kubectl(self, *args: str, input: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cp.kubectl(*args, kubeconfig=self.kubeconfig, input=input, check=check)
+
+    def create(self, doc: dict[str, Any], *flags: str) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("create", *flags, "-f", "-", input=json.dumps(doc), check=False)
+
+    def can(self, verb: str, resource: str, *flags: str) -> bool:
+        out = self.kubectl("auth", "can-i", verb, resource, *flags, check=False).stdout.strip()
+        assert out in ("yes", "no"), out
+        return out == "yes"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def node_state(node: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "MemoryOvercommitNodeState",
+            "metadata": {"name": node}, "spec": {"nodeName": node}}
+
+
+def apply(cp: ControlPlane, *objects: dict[str, Any]) -> None:
+    body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+    cp.kubectl("apply", "-f", "-", input=body)
+
+
+def token(cp: ControlPlane, sa: str, *bound_to_pod: str) -> Path:
+    """A TokenRequest for ``sa``; bound to a pod (so carrying its node) when a name is given."""
+    bind = ["--bound-object-kind", "Pod", "--bound-object-name", *bound_to_pod] if bound_to_pod \
+        else []
+    text = cp.kubectl("create", "token", sa, "-n", NS, *bind).stdout.strip()
+    return cp.kubeconfig_for_token(text, name=sa)
+
+
+def denied(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert result.returncode != 0, f"expected a denial, got:\n{result.stdout}"
+    assert "Forbidden" in result.stderr or "forbidden" in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, f"{needle!r} not in:\n{result.stderr}"
+    return result.stderr
+
+
+def rbac_denied(result: subprocess.CompletedProcess[str], sa: str, verb: str,
+                resource: str) -> None:
+    denied(result, f'User "system:serviceaccount:{NS}:{sa}" cannot {verb} resource "{resource}"')
+
+
+def vap_denied(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    denied(result, f"ValidatingAdmissionPolicy '{VAP}'", *needles)
+
+
+def wrong_node(own: str, other: str) -> str:
+    return f"agent on node {own} may only write the node state of {own}, not {other}"
+
+
+def status_patch(status: dict[str, Any]) -> str:
+    return json.dumps({"status": status})
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def deployed(control_plane: ControlPlane) -> Iterator[ControlPlane]:
+    """deploy/manifests applied, nodes node-a and node-b, an agent pod on node-a, a policy."""
+    cp = control_plane
+    cp.kubectl("apply", "-k", str(REPO / "deploy/manifests"))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+               f"crd/memoryovercommitpolicies.{GROUP}", f"crd/memoryovercommitnodestates.{GROUP}")
+    apply(
+        cp,
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE_A}},
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE_B}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": AGENT_POD, "namespace": NS},
+         "spec": {"nodeName": NODE_A, "serviceAccountName": AGENT_SA,
+                  "containers": [{"name": "agent", "image": "overcommit-agent:test"}]}},
+        policy_document(POLICY, {"priority": 5, "nodeSelector": NO_NODE,
+                                 "ksm": {"enabled": True}}),
+        node_state(NODE_B), node_state(GONE_NODE),
+    )  # fmt: skip
+    yield cp
+    cp.kubectl("delete", "--ignore-not-found", "--wait=false", "mop", POLICY)
+    cp.kubectl("delete", "--ignore-not-found", "--wait=false", "mons", NODE_A, NODE_B, GONE_NODE)
+
+
+@pytest.fixture(scope="module")
+def agent(deployed: ControlPlane) -> Identity:
+    """The agent pod's identity on node-a: a pod-bound token, as a projected volume gives it.
+
+    Waits until the admission policy is in force (it reaches the API server's admission plugin
+    through an informer): probes with a dry-run write to node-b's state until it is denied.
+    """
+    identity = Identity(deployed, token(deployed, AGENT_SA, AGENT_POD))
+    extra = json.loads(identity.kubectl("auth", "whoami", "-o", "json").stdout)[
+        "status"]["userInfo"]["extra"]
+    assert extra["authentication.kubernetes.io/node-name"] == [NODE_A]
+
+    def policy_in_force() -> bool:
+        probe = identity.kubectl("patch", "mons", NODE_B, "--dry-run=server", "--type=merge",
+                                 "-p", '{"metadata":{"labels":{"probe":"1"}}}', check=False)
+        return probe.returncode != 0 and VAP in probe.stderr
+
+    wait_for(policy_in_force, 30, "the ValidatingAdmissionPolicy to be in force")
+    return identity
+
+
+@pytest.fixture(scope="module")
+def legacy_agent(agent: Identity) -> Identity:
+    """The same service account with a token bound to no pod: it carries no node name."""
+    return Identity(agent.cp, token(agent.cp, AGENT_SA))
+
+
+@pytest.fixture(scope="module")
+def controller(deployed: ControlPlane) -> Identity:
+    return Identity(deployed, token(deployed, CONTROLLER_SA))
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+def test_agent_reads_policies_and_nodes(agent: Identity) -> None:
+    for resource in ("memoryovercommitpolicies", "nodes"):
+        for verb in ("get", "list", "watch"):
+            assert agent.can(verb, resource), (verb, resource)
+    assert POLICY in agent.kubectl("get", "mop", "-o", "name").stdout
+    assert NODE_A in agent.kubectl("get", "nodes", "-o", "name").stdout
+    for path in (f"/apis/{API_VERSION}/memoryovercommitpolicies", "/api/v1/nodes"):
+        # A real watch (from resourceVersion 0: the existing objects arrive as ADDED).
+        watch = agent.kubectl("get", "--raw", f"{path}?watch=1&resourceVersion=0&timeoutSeconds=1")
+        assert '"type":"ADDED"' in watch.stdout, watch.stdout
+
+
+def test_agent_writes_its_own_node_state(agent: Identity) -> None:
+    result = agent.create(node_state(NODE_A))
+    assert result.returncode == 0, result.stderr
+    agent.kubectl("label", "mons", NODE_A, "probe=1")  # an update of the main resource
+    agent.kubectl("patch", "mons", NODE_A, "--subresource=status", "--type=merge",
+                  "-p", status_patch({"engine": "ksm", "guestCount": 2}))
+    stored = json.loads(agent.kubectl("get", "mons", NODE_A, "-o", "json").stdout)
+    assert stored["status"] == {"engine": "ksm", "guestCount": 2}
+    assert stored["metadata"]["labels"] == {"probe": "1"}
+
+
+def test_agent_posts_events(agent: Identity) -> None:
+    assert agent.can("create", "events", "-n", NS)
+    assert agent.can("create", "events.events.k8s.io", "-n", NS)
+    assert agent.can("patch", "events", "-n", NS)
+    # As kopf posts them: core v1, in its own namespace, also for a cluster-scoped object.
+    kopf_event = {"apiVersion": "v1", "kind": "Event",
+                  "metadata": {"generateName": "overcommit-agent-", "namespace": NS},
+                  "involvedObject": {"apiVersion": API_VERSION, "namespace": NS,
+                                     "kind": "MemoryOvercommitNodeState", "name": NODE_A},
+                  "reason": "Applied", "message": "KSM settings applied", "type": "Normal",
+                  "source": {"component": "overcommit-agent", "host": NODE_A}}
+    # As the Kubernetes client's event recorder does: events.k8s.io, "default" for a Node.
+    recorder_event = {"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                      "metadata": {"generateName": "overcommit-agent-", "namespace": "default"},
+                      "regarding": {"apiVersion": "v1", "kind": "Node", "name": NODE_A},
+                      "reason": "Applied", "note": "KSM settings applied", "type": "Normal",
+                      "action": "Apply", "eventTime": "2026-01-01T00:00:00.000000Z",
+                      "reportingController": f"{GROUP}/agent", "reportingInstance": NODE_A}
+    for event in (kopf_event, recorder_event):
+        result = agent.create(event)
+        assert result.returncode == 0, result.stderr
+    assert not agent.can("delete", "events", "-n", NS)
+
+
+def test_agent_cannot_write_another_nodes_state(agent: Identity) -> None:
+    vap_denied(agent.create(node_state("node-c")), wrong_node(NODE_A, "node-c"))
+    vap_denied(agent.kubectl("label", "mons", NODE_B, "stolen=1", check=False),
+               wrong_node(NODE_A, NODE_B))
+    vap_denied(agent.kubectl("patch", "mons", NODE_B, "--subresource=status", "--type=merge",
+                             "-p", status_patch({"engine": "none"}), check=False),
+               wrong_node(NODE_A, NODE_B))
+    assert "stolen" not in agent.kubectl("get", "mons", NODE_B, "-o", "json").stdout
+    # RBAC alone would allow all three: it is the admission policy that refuses.
+    assert agent.can("create", "memoryovercommitnodestates")
+    assert agent.can("patch", "memoryovercommitnodestates", "--subresource=status")
+
+
+def test_agent_cannot_delete_node_states(agent: Identity) -> None:
+    assert not agent.can("delete", "memoryovercommitnodestates")
+    rbac_denied(agent.kubectl("delete", "mons", NODE_B, check=False),
+                AGENT_SA, "delete", "memoryovercommitnodestates")
+    agent.cp.kubectl("get", "mons", NODE_B)  # still there
+
+
+def test_agent_cannot_touch_policies(agent: Identity) -> None:
+    for verb in ("create", "update", "patch", "delete"):
+        assert not agent.can(verb, "memoryovercommitpolicies"), verb
+    assert not agent.can("patch", "memoryovercommitpolicies", "--subresource=status")
+    rbac_denied(agent.create(policy_document("agent-made", {"ksm": {"enabled": True}})),
+                AGENT_SA, "create", "memoryovercommitpolicies")
+    rbac_denied(agent.kubectl("patch", "mop", POLICY, "--type=merge",
+                              "-p", '{"spec":{"priority":1000}}', check=False),
+                AGENT_SA, "patch", "memoryovercommitpolicies")
+    rbac_denied(agent.kubectl("delete", "mop", POLICY, check=False),
+                AGENT_SA, "delete", "memoryovercommitpolicies")
+
+
+def test_agent_has_nothing_else(agent: Identity) -> None:
+    for verb, resource in [("list", "secrets"), ("list", "pods"), ("patch", "nodes"),
+                           ("list", "namespaces"), ("get", "customresourcedefinitions"),
+                           ("create", "customresourcedefinitions")]:
+        assert not agent.can(verb, resource, "-A"), (verb, resource)
+    assert agent.can("watch", "customresourcedefinitions")  # kopf's resource observation
+
+
+def test_token_without_node_name_writes_no_node_state(legacy_agent: Identity) -> None:
+    info = json.loads(legacy_agent.kubectl("auth", "whoami", "-o", "json").stdout)
+    assert info["status"]["userInfo"]["username"] == f"system:serviceaccount:{NS}:{AGENT_SA}"
+    assert "authentication.kubernetes.io/node-name" not in info["status"]["userInfo"].get(
+        "extra", {})
+    vap_denied(legacy_agent.create(node_state("node-d"), "--dry-run=server"),
+               MISSING_NODE_NAME, "node-d")
+    vap_denied(legacy_agent.kubectl("patch", "mons", NODE_B, "--subresource=status",
+                                    "--type=merge", "-p", status_patch({"engine": "none"}),
+                                    check=False),
+               MISSING_NODE_NAME, NODE_B)
+    assert legacy_agent.kubectl("get", "mop", POLICY).returncode == 0  # reading still works
+
+
+# --------------------------------------------------------------------------- the controller
+
+
+def test_controller_writes_policy_status_not_spec(controller: Identity) -> None:
+    controller.kubectl("patch", "mop", POLICY, "--subresource=status", "--type=merge",
+                       "-p", status_patch({"observedGeneration": 1,
+                                           "nodes": {"matched": 2, "applied": 1}}))
+    stored = json.loads(controller.kubectl("get", "mop", POLICY, "-o", "json").stdout)
+    assert stored["status"]["nodes"] == {"matched": 2, "applied": 1}
+    rbac_denied(controller.kubectl("patch", "mop", POLICY, "--type=merge",
+                                   "-p", '{"spec":{"priority":7}}', check=False),
+                CONTROLLER_SA, "patch", "memoryovercommitpolicies")
+    for verb in ("create", "update", "patch", "delete"):
+        assert not controller.can(verb, "memoryovercommitpolicies"), verb
+
+
+def test_controller_reads_and_sweeps_node_states(controller: Identity) -> None:
+    listed = controller.kubectl("get", "mons", "-o", "name").stdout
+    assert f"memoryovercommitnodestate.{GROUP}/{NODE_B}" in listed
+    assert controller.can("watch", "memoryovercommitnodestates")
+    assert controller.can("list", "nodes") and controller.can("watch", "nodes")
+    controller.kubectl("delete", "mons", GONE_NODE)
+    assert controller.cp.kubectl("get", "mons", GONE_NODE, check=False).returncode != 0
+
+
+def test_controller_cannot_write_node_states(controller: Identity) -> None:
+    rbac_denied(controller.create(node_state("node-e")),
+                CONTROLLER_SA, "create", "memoryovercommitnodestates")
+    rbac_denied(controller.kubectl("label", "mons", NODE_B, "x=1", check=False),
+                CONTROLLER_SA, "patch", "memoryovercommitnodestates")
+    for verb in ("update", "patch"):
+        assert not controller.can(verb, "memoryovercommitnodestates", "--subresource=status")
+    assert not controller.can("patch", "nodes")
+
+
+def test_controller_leader_election_lease_only_in_its_namespace(controller: Identity) -> None:
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": LEASE, "namespace": NS},
+             "spec": {"holderIdentity": "controller-0", "leaseDurationSeconds": 15}}
+    result = controller.create(lease)
+    try:
+        assert result.returncode == 0, result.stderr
+        lease["spec"]["holderIdentity"] = "controller-1"  # a take-over: get, then update
+        current = json.loads(controller.kubectl("get", "lease", "-n", NS, LEASE,
+                                                "-o", "json").stdout)
+        lease["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        controller.kubectl("replace", "-f", "-", input=json.dumps(lease))
+        rbac_denied(controller.kubectl("delete", "lease", "-n", NS, LEASE, check=False),
+                    CONTROLLER_SA, "delete", "leases")
+    finally:
+        controller.cp.kubectl("delete", "lease", "-n", NS, LEASE, "--ignore-not-found")
+    for verb in ("get", "create", "update"):
+        assert controller.can(verb, "leases.coordination.k8s.io", "-n", NS), verb
+        assert not controller.can(verb, "leases.coordination.k8s.io", "-n", "kube-system"), verb
+    assert not controller.can("delete", "leases.coordination.k8s.io", "-n", NS)
+    assert not controller.can("list", "leases.coordination.k8s.io", "-n", NS)
