@@ -142,8 +142,9 @@ class KsmAdaptive:
                                     "new to merge and the node is not under memory pressure.",
                                     default=500, minimum=1, maximum=60_000)
     pressure_available_percent: int = doc(
-        "Below this share of MemAvailable in MemTotal the node counts as under memory pressure "
-        "and the agent scans at the full CPU budget even when merging yields little.",
+        "Below this share of MemAvailable in MemTotal the node counts as under memory pressure: "
+        "an idle agent re-probes (scans at the CPU budget for a full scan) every minute instead "
+        "of every five.",
         default=20, minimum=0, maximum=100)
     interval_seconds: int = doc("Seconds between the agent's adaptive decisions (the node's "
                                 "cycle runs at least this often while the mode is Adaptive).",

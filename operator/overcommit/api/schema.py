@@ -306,6 +306,8 @@ def _object_errors(value: dict[str, Any], schema: JSON, path: str) -> list[str]:
     if "maxProperties" in schema and len(value) > schema["maxProperties"]:
         errors.append(f"{path}: Too many: {len(value)}: must have at most "
                       f"{schema['maxProperties']} items")
+    for name in [n for n, v in value.items() if v is None and n in props]:
+        del value[name]  # the API server drops nulls of non-nullable fields, then defaults
     for name, sub in props.items():
         if name not in value and "default" in sub:
             value[name] = plain(sub["default"])

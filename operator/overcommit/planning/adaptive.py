@@ -8,12 +8,17 @@ never ask whether scanning still finds anything. This controller looks at three 
 * **ksmd's own CPU time** (``/proc/<ksmd>/stat``) against ``cpuBudgetPercent``, which sets the
   scan rate: rate = budget / measured CPU cost per scanned page;
 * **memory pressure** (MemAvailable share): when the host is short of memory, or loses memory
-  to a new workload, the controller looks again sooner.
+  to a new workload, the controller looks again sooner;
+* **volatile pages** (``pages_volatile``): pages whose content changed since ksmd last saw them.
+  Once a full scan has compared every page with every other, only they (and pages written from
+  now on) can still merge, so they bound what another full scan can yield.
 
 Phases: ``probe`` (scan at the budget until two full scans are done), ``boost`` (keep scanning
 at the budget while each full scan yields at least ``minYieldPercent``), ``idle`` (the trickle:
 ``minPagesToScan`` every ``idleSleepMillisecs``) until new merges show up, memory drops, or the
-re-probe timer fires.
+re-probe timer fires. An active phase idles as soon as another full scan cannot pay: after a full
+scan, fewer than ``minYieldPercent`` of the tracked pages are volatile and merging has stopped;
+otherwise after ``LOW_YIELD_SCANS_TO_IDLE`` full scans in a row that yielded too little.
 
 Everything here is pure: state in, observation in, (settings, state) out.
 """
@@ -68,6 +73,8 @@ class AdaptiveState:
     last_yield_percent: float | None = None
     last_cpu_percent: float | None = None
     reason: str = ""
+    last_saved: int = 0
+    interval_yield_percent: float | None = None  # over the last control interval
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,17 @@ def scanned_pages(obs: Observation) -> int:
     tracked = sum(obs.counter("ksm", n) for n in
                   ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile"))
     return obs.counter("ksm", "full_scans") * max(tracked, 1)
+
+
+def volatile_percent(obs: Observation) -> float | None:
+    """Share of the pages KSM tracks whose content changed since ksmd last looked at them;
+    None when unknown (no such counter, nothing tracked): then only full-scan yields count."""
+    reading = obs.readings.get("ksm")
+    if reading is None or "pages_volatile" not in reading.counters:
+        return None
+    tracked = sum(obs.counter("ksm", n) for n in
+                  ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile"))
+    return 100.0 * obs.counter("ksm", "pages_volatile") / tracked if tracked > 0 else None
 
 
 def under_pressure(obs: Observation, cfg: KsmAdaptive) -> bool:
@@ -111,7 +129,7 @@ def start(obs: Observation, cfg: KsmAdaptive) -> AdaptiveDecision:
         scan_start_sharing=saved_pages(obs), scan_start_scanned=scanned_pages(obs),
         low_yield_scans=0, full_scans_in_phase=0, cost_per_page_s=PRIOR_COST_PER_PAGE_S,
         idle_available=obs.mem_available, pages_to_scan=pages, sleep_ms=cfg.sleep_millisecs,
-        reason="probing: no merge yield measured yet")
+        reason="probing: no merge yield measured yet", last_saved=saved_pages(obs))
     return AdaptiveDecision(pages, cfg.sleep_millisecs, state)
 
 
@@ -135,16 +153,25 @@ def _measure(prev: AdaptiveState, obs: Observation) -> AdaptiveState:
     """Update the CPU-cost estimate from ksmd's CPU time and the pages it scanned."""
     elapsed = obs.time - prev.last_time
     scanned = scanned_pages(obs)
+    pages = scanned - prev.last_scanned
     cost, cpu_percent = prev.cost_per_page_s, prev.last_cpu_percent
     if obs.ksmd_cpu_seconds is not None and prev.last_cpu is not None:
         cpu = max(0.0, obs.ksmd_cpu_seconds - prev.last_cpu)
         cpu_percent = 100.0 * cpu / elapsed
-        pages = scanned - prev.last_scanned
         if cpu >= MIN_CPU_SAMPLE_S and pages > 0:
-            # Exponential average: one noisy sample must not swing the rate.
-            cost = 0.5 * cost + 0.5 * (cpu / pages)
+            cost = _new_cost(cost, cpu / pages)
+    saved = saved_pages(obs)
+    interval_yield = 100.0 * max(saved - prev.last_saved, 0) / pages if pages > 0 else None
     return replace(prev, last_time=obs.time, last_cpu=obs.ksmd_cpu_seconds,
-                   last_scanned=scanned, cost_per_page_s=cost, last_cpu_percent=cpu_percent)
+                   last_scanned=scanned, cost_per_page_s=cost, last_cpu_percent=cpu_percent,
+                   last_saved=saved, interval_yield_percent=interval_yield)
+
+
+def _new_cost(estimate: float, sample: float) -> float:
+    """Rise at once, fall gradually. The cost per page changes between passes (the merging pass
+    costs several times the checksum-only first one): a costlier pass must slow the scan at
+    once, while one cheap sample (a stretch of already-merged pages) must not speed it up much."""
+    return sample if sample > estimate else 0.5 * estimate + 0.5 * sample
 
 
 def _account_full_scans(state: AdaptiveState, obs: Observation,
@@ -170,6 +197,9 @@ def _next_phase(state: AdaptiveState, obs: Observation, cfg: KsmAdaptive) -> Ada
         if wake:
             return _enter(state, obs, Phase.PROBE, wake)
         return state
+    settled = _settled(state, obs, cfg)
+    if settled:
+        return _enter(state, obs, Phase.IDLE, settled)
     if state.phase is Phase.PROBE and state.full_scans_in_phase >= LOW_YIELD_SCANS_TO_IDLE \
             and state.low_yield_scans == 0:
         return _enter(state, obs, Phase.BOOST,
@@ -179,6 +209,25 @@ def _next_phase(state: AdaptiveState, obs: Observation, cfg: KsmAdaptive) -> Ada
                       f"{state.low_yield_scans} full scans found little new to merge "
                       f"({state.last_yield_percent or 0:.2f}% yield)")
     return state
+
+
+def _settled(state: AdaptiveState, obs: Observation, cfg: KsmAdaptive) -> str:
+    """Why another full scan cannot pay, or "" while it still might.
+
+    After a full scan in this phase (so every page, new ones included, has been seen), only
+    volatile pages can still merge: if they are fewer than ``minYieldPercent`` of the tracked
+    pages and the last interval merged (almost) nothing, the next scan's yield is bounded below
+    the threshold, and waiting for it to prove that would only burn CPU.
+    """
+    volatile = volatile_percent(obs)
+    merging = state.interval_yield_percent
+    seen_all = state.phase is Phase.BOOST or state.full_scans_in_phase >= 1  # boost: after 2
+    if not seen_all or volatile is None or merging is None:
+        return ""
+    if volatile >= cfg.min_yield_percent or merging >= cfg.min_yield_percent:
+        return ""
+    return (f"merging stopped ({merging:.2f}% yield in the last interval) and only "
+            f"{volatile:.2f}% of pages are volatile after a full scan: another scan cannot pay")
 
 
 def _wake_reason(state: AdaptiveState, obs: Observation, cfg: KsmAdaptive) -> str:

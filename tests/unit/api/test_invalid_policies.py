@@ -73,3 +73,12 @@ def test_malformed_documents(text: str, needle: str, tmp_path: Path,
 def test_missing_file_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "-f", "/nonexistent/policy.yaml"]) == EXIT_INVALID
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_nulls_are_dropped_like_the_api_server_does(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(policy_document("nulls", {"ksm": {"pagesToScan": None,
+                                                                      "enabled": True}})))
+    assert main(["validate", "-f", str(path)]) == 0
+    assert "nulls: valid" in capsys.readouterr().out
