@@ -94,8 +94,9 @@ def test_agent_applies_reports_follows_and_restores(cluster: ControlPlane, host:
 
         # the node stops matching: originals come back
         apply(cluster, node(n, {"role": "something-else"}))
-        wait_for(lambda: sysfs(host, "pages_to_scan") == "100", 30, "originals after relabel")
-        assert sysfs(host, "sleep_millisecs") == "20" and sysfs(host, "run") == "0"
+        # run is written last in a cycle: wait for it, then the rest is in place too
+        wait_for(lambda: sysfs(host, "run") == "0", 30, "originals after relabel")
+        assert (sysfs(host, "pages_to_scan"), sysfs(host, "sleep_millisecs")) == ("100", "20")
         wait_for(lambda: condition(status_of(cluster, n), "Ready").get("reason") == "NoPolicy",
                  30, "the NoPolicy condition")
         assert status_of(cluster, n)["originals"] == {}
@@ -104,9 +105,10 @@ def test_agent_applies_reports_follows_and_restores(cluster: ControlPlane, host:
         apply(cluster, node(n, {"role": role}))
         wait_for(lambda: sysfs(host, "pages_to_scan") == "2000", 30, "re-apply after relabel")
         cluster.kubectl("delete", "mop", p)
-        wait_for(lambda: sysfs(host, "pages_to_scan") == "100", 30, "originals after delete")
-        assert sysfs(host, "run") == "0"
-        assert json.loads((state_dir / "originals.json").read_text())["originals"] == {}
+        wait_for(lambda: sysfs(host, "run") == "0", 30, "originals after delete")
+        assert sysfs(host, "pages_to_scan") == "100"
+        wait_for(lambda: json.loads((state_dir / "originals.json").read_text())["originals"]
+                 == {}, 30, "the agent to forget the restored originals")
 
     events = get_json(cluster, "events", "-n", "default", "--field-selector",
                       f"involvedObject.name={n}")

@@ -120,8 +120,11 @@ class Agent:
     async def run_loop(self, stop: asyncio.Event) -> None:
         delay = 0.0
         while not stop.is_set():
+            # asyncio.timeout, not wait_for: wait_for runs the wait in a new task, which kopf
+            # cancels as "hung" 5 s after SIGTERM, killing this loop with a CancelledError.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=delay or None)
+                async with asyncio.timeout(delay or None):
+                    await self.wake.wait()
             self.wake.clear()
             if stop.is_set():
                 break
@@ -245,13 +248,17 @@ async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> Non
     registry = agent.registry()
     kopf_settings = kopf.OperatorSettings()
     agent.configure(kopf_settings)
-    stop = stop or asyncio.Event()
-    loop = asyncio.create_task(agent.run_loop(stop))
+    # No stop_flag for kopf unless the caller has one: kopf awaits it in a task that a signal
+    # leaves pending, and then waits 5 s for that "hung" task on every SIGTERM.
+    loop_stop = stop or asyncio.Event()
+    loop = asyncio.create_task(agent.run_loop(loop_stop))
     try:
         await kopf.operator(registry=registry, settings=kopf_settings, standalone=True,
                             clusterwide=True, stop_flag=stop)
     finally:
-        stop.set()
+        loop_stop.set()
         agent.wake.set()
-        await loop
-        await agent.api.close()
+        try:
+            await loop
+        finally:
+            await agent.api.close()

@@ -1,0 +1,1 @@
+"""Benchmarks that run against the real kernel (see bench/README.md)."""
