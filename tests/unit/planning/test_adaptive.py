@@ -112,3 +112,38 @@ def test_cheap_scanning_raises_the_rate_but_not_past_the_maximum() -> None:
 def test_budget_pages_respects_bounds() -> None:
     assert adaptive.budget_pages(CFG, 1.0) == CFG.min_pages_to_scan
     assert adaptive.budget_pages(CFG, 1e-12) == CFG.max_pages_to_scan
+
+
+def obs_v(t: float, *, sharing: int, scanned: int, full_scans: int, cpu: float,
+          volatile: int, unshared: int = 1000, shared: int = 1000) -> Observation:
+    ksm = SourceReading("ksm", True, {}, {
+        "pages_sharing": sharing, "pages_scanned": scanned, "full_scans": full_scans,
+        "ksm_zero_pages": 0, "pages_volatile": volatile, "pages_unshared": unshared,
+        "pages_shared": shared})
+    mem = SourceReading("meminfo", True, {}, {"MemTotal": 16 * GIB, "MemAvailable": 10 * GIB})
+    return Observation(time=t, readings={"ksm": ksm, "meminfo": mem}, ksmd_cpu_seconds=cpu)
+
+
+def test_idles_as_soon_as_nothing_volatile_is_left_to_merge() -> None:
+    d = adaptive.step(None, obs_v(0, sharing=0, scanned=0, full_scans=0, cpu=0, volatile=0),
+                      CFG)
+    # a full scan, merging in progress: keep going
+    d = adaptive.step(d.state, obs_v(2, sharing=5000, scanned=50_000, full_scans=1, cpu=0.2,
+                                     volatile=0), CFG)
+    assert d.state.phase is not Phase.IDLE
+    # merging stopped, nothing volatile: another scan cannot pay -> idle without waiting for
+    # two more low-yield full scans
+    d = adaptive.step(d.state, obs_v(4, sharing=5000, scanned=100_000, full_scans=2, cpu=0.3,
+                                     volatile=0), CFG)
+    assert d.state.phase is Phase.IDLE, d.state.reason
+    assert "volatile" in d.state.reason
+
+
+def test_many_volatile_pages_keep_it_scanning() -> None:
+    d = adaptive.step(None, obs_v(0, sharing=0, scanned=0, full_scans=0, cpu=0, volatile=0),
+                      CFG)
+    d = adaptive.step(d.state, obs_v(2, sharing=5000, scanned=50_000, full_scans=1, cpu=0.2,
+                                     volatile=900), CFG)
+    d = adaptive.step(d.state, obs_v(4, sharing=5000, scanned=100_000, full_scans=1, cpu=0.3,
+                                     volatile=900), CFG)
+    assert d.state.phase is not Phase.IDLE  # a third of the tracked pages may still merge
