@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from overcommit.api.model import Policy
-from overcommit.api.policy import LabelSelector, LabelSelectorRequirement, SelectorOperator
+from overcommit.api.policy import LabelSelectorRequirement, SelectorOperator
 
 
-def selector_matches(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
-    """Kubernetes label-selector semantics; an absent or empty selector matches everything."""
+class LabelTerms(Protocol):
+    """The two label-selector fields, shared by ``LabelSelector`` (nodes) and ``VmSelector``
+    (guests), so both match with one implementation."""
+
+    @property
+    def match_labels(self) -> Mapping[str, str] | None: ...
+
+    @property
+    def match_expressions(self) -> Sequence[LabelSelectorRequirement] | None: ...
+
+
+def selector_matches(selector: LabelTerms | None, labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics; an absent or empty selector matches everything.
+    Only the label terms count: a ``VmSelector``'s namespaces and name pattern are the
+    balloon planner's business."""
     if selector is None:
         return True
     for key, value in (selector.match_labels or {}).items():

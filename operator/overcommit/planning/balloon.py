@@ -1,0 +1,629 @@
+"""Guest ballooning: which guests, how far and why. Pure: observations and state in, plan out.
+
+No libvirt, no clock: time comes from the observations (``GuestObservation.time`` is monotonic,
+``stats["last_update"]`` stamps a statistics sample, ``stats_age_s`` is computed by the adapter).
+Sizes are KiB, as libvirt reports them; the host ``Observation`` is in bytes.
+
+The anchors (oVirt MOM, Proxmox) move every guest by host memory alone and read the guest's
+``MemFree``. This planner reads the guest's own ``MemAvailable`` (``usable``) and its major-fault
+and swap-in rates, and in mode Auto, every cycle:
+
+1. **Pressured guests first, whatever the host.** A guest faulting or swapping above the
+   policy's thresholds, or with ``usable`` below its free margin, grows at once by its margin
+   deficit plus headroom (one step, doubled for each further cycle it stays pressured) — never
+   shrinks. A guest below its floor is raised to it.
+2. **Host band**, from MemAvailable after that growth: below ``hostAvailableLowPercent`` idle
+   guests give (most surplus per share first, one step each at most, never below the floor)
+   only what brings the host back to the middle of the band, cycle after cycle until it gets
+   there; above ``hostAvailableHighPercent`` guests grow back toward their maximum (most used
+   first, then most recently shrunk), one step each, no further than the high mark; in
+   between all hold.
+3. **Floors are absolute** (``guest_floor``), moves under ``min_move_kib`` are dropped (no
+   flapping), a guest recently under pressure is not shrunk again for a few intervals, and a
+   statistics sample older than the balloon's last move is corrected for that move.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from overcommit.api.policy import (
+    BalloonAuto,
+    BalloonFloor,
+    BalloonMode,
+    BalloonSpec,
+    BalloonStatic,
+    VmSelector,
+)
+from overcommit.api.schema import quantity_bytes
+from overcommit.planning.observation import Observation
+from overcommit.planning.selection import selector_matches
+from overcommit.virt.model import BalloonTarget, GuestDecision, GuestObservation
+
+MIB = 1024  # KiB
+PAGE_KIB = 4  # libvirt's swap_in is in KiB; the policy's thresholds are in 4 KiB pages
+SHARES_ANNOTATION = "memoryovercommit.io/balloon-shares"
+# Statistics older than this many stats periods are stale: the guest may have changed since.
+STALE_PERIODS = 3
+# A guest that was under pressure is not shrunk again for this many Auto intervals, so a guest
+# held near its margin does not bounce between "give" and "grow" (the Proxmox complaint).
+COOLDOWN_INTERVALS = 3
+# Headroom for a pressured guest doubles for each further cycle it stays pressured (swapped-out
+# memory is invisible in the stats, so one step may not be enough), up to 2**this steps.
+MAX_HEADROOM_DOUBLINGS = 4
+MIN_MOVE_KIB = MIB
+MIN_MOVE_PERCENT = 1
+
+Key = tuple[str, str]
+
+
+# ------------------------------------------------------------------------------------------------
+# State and plan
+
+
+@dataclass(frozen=True)
+class GuestMemory:
+    """What the planner remembers of one guest between cycles."""
+
+    uuid: str  # a new uuid under the same name is a new guest: its counters start again
+    time: float  # monotonic time of the sample the counters come from
+    stamp: int | None  # that sample's ``last_update`` (epoch seconds), when reported
+    swap_in_kib: int | None
+    major_faults: int | None
+    sample_current_kib: int | None = None  # the balloon's size when that sample was first seen
+    last_target_kib: int | None = None  # the last balloon target this planner set
+    last_shrink_time: float | None = None
+    last_pressure_time: float | None = None
+    pressure_streak: int = 0  # consecutive cycles under pressure, up to the last one
+
+
+@dataclass(frozen=True)
+class BalloonState:
+    guests: Mapping[Key, GuestMemory] = field(default_factory=dict)
+    # Auto: the host fell below the low mark and has not reached the middle of the band yet.
+    reclaiming: bool = False
+
+
+@dataclass(frozen=True)
+class BalloonPlan:
+    targets: tuple[BalloonTarget, ...]  # only the balloons that move this cycle
+    decisions: tuple[GuestDecision, ...]  # one per observed guest, in the order observed
+    state: BalloonState
+
+
+# ------------------------------------------------------------------------------------------------
+# Selection
+
+
+def select_guests(selector: VmSelector | None, guests: Iterable[GuestObservation]
+                  ) -> tuple[tuple[GuestObservation, ...], tuple[GuestDecision, ...]]:
+    """The guests a ``VmSelector`` names, and a decision saying why for each one it does not.
+
+    Every set term must hold: namespaces (the VMI's), matchLabels/matchExpressions (the VMI's
+    labels, Kubernetes semantics), domainNamePattern (fnmatch, case-sensitive, on the libvirt
+    domain name). Absent or empty terms (an empty ``namespaces`` list included) select all.
+    """
+    selected: list[GuestObservation] = []
+    excluded: list[GuestDecision] = []
+    for guest in guests:
+        why = _not_selected_because(selector, guest)
+        if why:
+            excluded.append(GuestDecision(guest, None, f"not selected: {why}"))
+        else:
+            selected.append(guest)
+    return tuple(selected), tuple(excluded)
+
+
+def _not_selected_because(selector: VmSelector | None, guest: GuestObservation) -> str:
+    if selector is None:
+        return ""
+    pattern = selector.domain_name_pattern
+    if pattern and not fnmatch.fnmatchcase(guest.domain, pattern):
+        return f"domain name {guest.domain!r} does not match {pattern!r}"
+    wants_vmi = bool(selector.namespaces or selector.match_labels or selector.match_expressions)
+    if wants_vmi and guest.vmi_namespace is None:
+        # Matching a plain domain's empty labels would let NotIn/DoesNotExist select it.
+        return ("no KubeVirt VMI metadata (a plain libvirt domain): a namespace or label "
+                "selector never matches it")
+    if selector.namespaces and guest.vmi_namespace not in selector.namespaces:
+        return (f"namespace {guest.vmi_namespace} is not one of "
+                f"{', '.join(selector.namespaces)}")
+    if not selector_matches(selector, guest.labels):
+        return "the VMI's labels do not match the selector"
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------
+# Floors and pressure
+
+
+def _ceil_percent(kib: int, percent: int) -> int:
+    return -(-kib * percent // 100)
+
+
+def margin_kib(floor: BalloonFloor, guest: GuestObservation) -> int:
+    """The usable memory the guest must keep: guestFreeMarginPercent of its current size."""
+    return _ceil_percent(guest.current_kib, floor.guest_free_margin_percent)
+
+
+def usable_kib(guest: GuestObservation, memory: GuestMemory | None = None) -> int:
+    """The guest's MemAvailable, clamped to its current size.
+
+    The statistics sample can predate the balloon's last move (the stats period and the
+    planner's interval are not in step). While no newer sample came, what the guest uses is
+    unchanged, so every KiB the balloon moved since the sample was first seen is a KiB of
+    usable memory more or less — without this a grown guest would look pressured again and be
+    grown twice on the same sample.
+    """
+    usable = guest.stats["usable"]
+    stamp = _stamp(guest)
+    if memory is not None and memory.uuid == guest.uuid and stamp is not None \
+            and stamp == memory.stamp and memory.sample_current_kib is not None:
+        usable += guest.current_kib - memory.sample_current_kib
+    return max(0, min(usable, guest.current_kib))
+
+
+def guest_floor(floor: BalloonFloor, guest: GuestObservation,
+                usable: int | None = None) -> tuple[int, str]:
+    """The least memory (KiB) the guest may have, and which term sets it. The largest of:
+
+    * ``minPercent`` of the guest's maximum — the policy's relative floor;
+    * ``min`` — the policy's absolute floor;
+    * the VMI's memory request, when known — what Kubernetes promised the guest;
+    * what the guest uses now (current - usable) plus its free margin — what keeps it out of
+      reclaim trouble (needs the driver's ``usable``).
+
+    Never above the guest's maximum, which is the most its balloon can be anyway. ``usable``
+    defaults to the sample's (see ``usable_kib``).
+    """
+    used = guest.current_kib - (usable_kib(guest) if usable is None else usable)
+    return _largest(guest.max_kib, [
+        *_policy_terms(floor, guest.max_kib),
+        (guest.request_kib or 0, "VMI memory request"),
+        (used + margin_kib(floor, guest),
+         f"in use {mib(used)} + {floor.guest_free_margin_percent}% margin"),
+    ])
+
+
+def policy_minimum(floor: BalloonFloor, max_kib: int) -> tuple[int, str]:
+    """The policy's own floor terms only (minPercent, min): the per-guest minimum the
+    baselines are given, as an admin would configure MOM's guarantee or Proxmox's minimum."""
+    return _largest(max_kib, _policy_terms(floor, max_kib))
+
+
+def _policy_terms(floor: BalloonFloor, max_kib: int) -> list[tuple[int, str]]:
+    return [(_ceil_percent(max_kib, floor.min_percent), f"{floor.min_percent}% of max"),
+            (-(-quantity_bytes(floor.min) // 1024) if floor.min is not None else 0,
+             f"floor.min {floor.min}")]
+
+
+def _largest(max_kib: int, terms: list[tuple[int, str]]) -> tuple[int, str]:
+    value, why = max(terms, key=lambda term: term[0])
+    if value > max_kib:
+        return max_kib, f"{why}, capped at max"
+    return value, why
+
+
+def min_move_kib(max_kib: int) -> int:
+    """Moves smaller than this are not worth a balloon operation (and would flap)."""
+    return max(MIN_MOVE_KIB, max_kib * MIN_MOVE_PERCENT // 100)
+
+
+def step_kib(auto: BalloonAuto, max_kib: int) -> int:
+    """The most a balloon moves in one Auto cycle (pressure growth and floors aside)."""
+    return max(1, max_kib * auto.max_step_percent // 100)
+
+
+def headroom_kib(auto: BalloonAuto, max_kib: int, streak: int) -> int:
+    """Growth on top of the margin deficit for a guest pressured ``streak`` cycles before."""
+    return step_kib(auto, max_kib) << min(streak, MAX_HEADROOM_DOUBLINGS)
+
+
+def shares_of(auto: BalloonAuto, guest: GuestObservation) -> int:
+    """The guest's weight: its shares annotation when a positive integer, else the default."""
+    text = guest.annotations.get(SHARES_ANNOTATION, "")
+    return int(text) if text.isdigit() and int(text) > 0 else auto.default_shares
+
+
+def skip_reason(spec: BalloonSpec, guest: GuestObservation) -> str:
+    """Why a selected guest's balloon cannot be managed safely this cycle ("" when it can)."""
+    if guest.problem:
+        return f"skipped: {guest.problem}"
+    if not guest.has_balloon:
+        return "skipped: no balloon device"
+    if "usable" not in guest.stats or "available" not in guest.stats:
+        return "skipped: balloon driver not reporting statistics (no usable/available)"
+    stale_after = STALE_PERIODS * spec.stats_period_seconds
+    if guest.stats_age_s is not None and guest.stats_age_s > stale_after:
+        return (f"skipped: balloon statistics are {guest.stats_age_s:.0f}s old "
+                f"(stale after {STALE_PERIODS} x {spec.stats_period_seconds}s stats period)")
+    if guest.max_kib <= 0 or guest.current_kib <= 0:
+        return "skipped: libvirt reports no memory size"
+    if guest.current_kib > guest.max_kib:  # no sane target: growing it would shrink it
+        return (f"skipped: balloon size {mib(guest.current_kib)} is above the maximum "
+                f"{mib(guest.max_kib)}")
+    return ""
+
+
+@dataclass(frozen=True)
+class GuestView:
+    """A managed guest as judged this cycle (KiB)."""
+
+    obs: GuestObservation
+    usable: int
+    margin: int
+    floor: int
+    floor_why: str
+    pressure: str  # why the guest is under pressure; "" when it is not
+    cooling: bool  # under pressure within the cooldown: not idle yet
+    streak: int  # consecutive earlier cycles under pressure
+    shares: int
+    last_shrink: float | None
+
+    @property
+    def key(self) -> Key:
+        return self.obs.key
+
+    @property
+    def current(self) -> int:
+        return self.obs.current_kib
+
+    @property
+    def surplus(self) -> int:
+        """What the guest could give without crossing its floor."""
+        return max(0, self.current - self.floor)
+
+    @property
+    def deficit(self) -> int:
+        """How far ``usable`` is below the free margin."""
+        return max(0, self.margin - self.usable)
+
+
+def _stamp(guest: GuestObservation) -> int | None:
+    stamp = guest.stats.get("last_update")
+    return stamp if stamp else None
+
+
+def _rates(guest: GuestObservation, memory: GuestMemory | None
+           ) -> tuple[float | None, float | None]:
+    """(major faults/s, swap-in pages/s) since the remembered sample; None when unknown."""
+    if memory is None or memory.uuid != guest.uuid:
+        return None, None
+    stamp = _stamp(guest)
+    # Counters change only with a new sample: time them by the samples' stamps when known.
+    if stamp is not None and memory.stamp is not None:
+        elapsed = float(stamp - memory.stamp)
+    else:
+        elapsed = guest.time - memory.time
+    if elapsed <= 0:
+        return None, None
+    swap_in = guest.stats.get("swap_in")
+    return (_rate(guest.stats.get("major_fault"), memory.major_faults, elapsed),
+            _rate(None if swap_in is None else swap_in // PAGE_KIB,
+                  None if memory.swap_in_kib is None else memory.swap_in_kib // PAGE_KIB,
+                  elapsed))
+
+
+def _rate(now: int | None, before: int | None, elapsed: float) -> float | None:
+    if now is None or before is None or now < before:  # a reboot resets the counters
+        return None
+    return (now - before) / elapsed
+
+
+def _pressure(auto: BalloonAuto, guest: GuestObservation, memory: GuestMemory | None,
+              usable: int, margin: int) -> str:
+    faults, swap_in = _rates(guest, memory)
+    signs = []
+    if faults is not None and faults > auto.pressure_major_faults_per_second:
+        signs.append(f"{faults:.0f} major faults/s > {auto.pressure_major_faults_per_second}")
+    if swap_in is not None and swap_in > auto.pressure_swap_in_pages_per_second:
+        signs.append(f"swap-in {swap_in:.0f} pages/s > "
+                     f"{auto.pressure_swap_in_pages_per_second}")
+    if usable < margin:
+        signs.append(f"usable {mib(usable)} < margin {mib(margin)}")
+    return ", ".join(signs)
+
+
+def assess(spec: BalloonSpec, guest: GuestObservation, memory: GuestMemory | None) -> GuestView:
+    """Judge a guest that ``skip_reason`` let through."""
+    auto, floor = spec.auto or BalloonAuto(), spec.floor or BalloonFloor()
+    mem = memory if memory is not None and memory.uuid == guest.uuid else None
+    usable, margin = usable_kib(guest, mem), margin_kib(floor, guest)
+    floor_kib, floor_why = guest_floor(floor, guest, usable)
+    pressure = _pressure(auto, guest, mem, usable, margin)
+    cooldown = COOLDOWN_INTERVALS * auto.interval_seconds
+    cooling = bool(mem and mem.last_pressure_time is not None
+                   and guest.time - mem.last_pressure_time < cooldown)
+    return GuestView(obs=guest, usable=usable, margin=margin, floor=floor_kib,
+                     floor_why=floor_why, pressure=pressure, cooling=cooling,
+                     streak=mem.pressure_streak if mem else 0, shares=shares_of(auto, guest),
+                     last_shrink=mem.last_shrink_time if mem else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The planner's answer for one managed guest: its target (== current to hold) and why."""
+
+    target: int
+    reason: str
+
+
+def plan_balloons(spec: BalloonSpec, guests: Sequence[GuestObservation], host: Observation,
+                  prev: BalloonState | None) -> BalloonPlan:
+    """One balloon cycle under ``spec``. ``prev`` is None on the first cycle."""
+    if spec.mode is BalloonMode.OFF:
+        return BalloonPlan((), tuple(GuestDecision(g, None, "balloon mode Off: left alone")
+                                     for g in guests), BalloonState())
+    managed = managed_guests(spec, guests, prev)
+    if spec.mode is BalloonMode.STATIC:
+        return assemble(guests, managed, _plan_static(spec, managed.views), prev)
+    reclaiming = prev is not None and prev.reclaiming
+    choices, band = _plan_auto(spec.auto or BalloonAuto(), managed.views, host, reclaiming)
+    return assemble(guests, managed, choices, prev, reclaiming=band.kind == "low")
+
+
+@dataclass(frozen=True)
+class Managed:
+    views: tuple[GuestView, ...]  # selected and manageable this cycle
+    skipped: tuple[GuestDecision, ...]  # selected, but left alone this cycle (why)
+    excluded: tuple[GuestDecision, ...]  # not selected (why)
+
+
+def managed_guests(spec: BalloonSpec, guests: Sequence[GuestObservation],
+                   prev: BalloonState | None) -> Managed:
+    """The selected guests that can be managed, and a decision for every other one."""
+    memory = prev.guests if prev is not None else {}
+    selected, excluded = select_guests(spec.vm_selector, guests)
+    views, skipped = [], []
+    for guest in selected:
+        why = skip_reason(spec, guest)
+        if why:
+            skipped.append(GuestDecision(guest, None, why))
+        else:
+            views.append(assess(spec, guest, memory.get(guest.key)))
+    return Managed(tuple(views), tuple(skipped), excluded)
+
+
+def assemble(guests: Sequence[GuestObservation], managed: Managed,
+             choices: Mapping[Key, Choice], prev: BalloonState | None,
+             reclaiming: bool = False) -> BalloonPlan:
+    """Targets, decisions in the order observed, and the state for the next cycle."""
+    by_key = {d.guest.key: d for d in managed.skipped + managed.excluded}
+    targets = []
+    for view in managed.views:
+        choice = choices[view.key]
+        by_key[view.key] = GuestDecision(view.obs, choice.target, choice.reason, view.usable,
+                                         view.floor, bool(view.pressure))
+        if choice.target != view.current:
+            targets.append(BalloonTarget(view.obs.endpoint, view.obs.domain, view.current,
+                                         choice.target, choice.reason))
+    decisions = tuple(by_key[g.key] for g in guests)
+    return BalloonPlan(tuple(targets), decisions,
+                       _remember(managed, choices, prev, reclaiming))
+
+
+def _remember(managed: Managed, choices: Mapping[Key, Choice], prev: BalloonState | None,
+              reclaiming: bool) -> BalloonState:
+    old = prev.guests if prev is not None else {}
+    # A guest skipped for a cycle (stale stats, a transient problem) keeps its history.
+    kept = {d.guest.key: old[d.guest.key] for d in managed.skipped if d.guest.key in old}
+    for view in managed.views:
+        kept[view.key] = _memory(view, choices[view.key], old.get(view.key))
+    return BalloonState(kept, reclaiming)
+
+
+def _memory(view: GuestView, choice: Choice, old: GuestMemory | None) -> GuestMemory:
+    guest, stamp = view.obs, _stamp(view.obs)
+    memory = old if old is not None and old.uuid == guest.uuid else GuestMemory(
+        uuid=guest.uuid, time=guest.time, stamp=None, swap_in_kib=None, major_faults=None)
+    # A new sample's counters become the base of the next rates; the same sample as last
+    # cycle keeps the older ones, so the next rate spans a real interval.
+    if stamp is None or stamp != memory.stamp:
+        memory = replace(memory, time=guest.time, stamp=stamp,
+                         swap_in_kib=guest.stats.get("swap_in"),
+                         major_faults=guest.stats.get("major_fault"),
+                         sample_current_kib=guest.current_kib)
+    if choice.target != view.current:
+        memory = replace(memory, last_target_kib=choice.target)
+    if choice.target < view.current:
+        memory = replace(memory, last_shrink_time=guest.time)
+    if view.pressure:
+        return replace(memory, last_pressure_time=guest.time, pressure_streak=view.streak + 1)
+    return replace(memory, pressure_streak=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Static
+
+
+def static_target_kib(static: BalloonStatic, max_kib: int) -> int:
+    if static.target is not None:
+        return min(max_kib, quantity_bytes(static.target) // 1024)
+    return max_kib * (static.target_percent or 100) // 100
+
+
+def _plan_static(spec: BalloonSpec, views: Sequence[GuestView]) -> dict[Key, Choice]:
+    """Straight to the static target — no step limit, the target is the user's explicit
+    choice — but never below the floor, and a pressured guest is never shrunk."""
+    static = spec.static or BalloonStatic(target_percent=100)
+    return {view.key: _static_choice(view, static_target_kib(static, view.obs.max_kib))
+            for view in views}
+
+
+def _static_choice(view: GuestView, target: int) -> Choice:
+    desired = max(target, view.floor)
+    at = f"static target {mib(target)}"
+    if desired > target:
+        at = f"held at floor ({mib(view.floor)}: {view.floor_why}) above the {at}"
+    if view.current < view.floor:
+        return Choice(desired, f"{at}: raised from {mib(view.current)}")
+    if view.pressure and desired < view.current:
+        return _hold(view, f"under pressure ({view.pressure}): not shrunk toward the {at}")
+    if abs(desired - view.current) < min_move_kib(view.obs.max_kib):
+        return _hold(view, f"at the {at}" if desired == target else at)
+    return Choice(desired, f"{at}: moved from {mib(view.current)}")
+
+
+def _hold(view: GuestView, why: str) -> Choice:
+    return Choice(view.current, f"{why}; held at {mib(view.current)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Auto
+
+
+@dataclass(frozen=True)
+class HostBand:
+    """Where host MemAvailable stands against the policy's band, after pressured growth."""
+
+    kind: str  # "low", "high", "hold" or "unknown"
+    amount: int  # KiB to reclaim (low) or to give back (high)
+    summary: str
+
+
+def host_band(auto: BalloonAuto, host: Observation, growth_kib: int,
+              reclaiming: bool = False) -> HostBand:
+    """Below the low mark, reclaim up to the middle of the band — and go on reclaiming
+    (``reclaiming``) until the middle is reached, even once above the low mark, so the host
+    does not hover just above it and dip back at the next allocation (MOM flaps there).
+    Above the high mark, give back down to it. """
+    total = host.mem_total // 1024
+    if total <= 0:
+        return HostBand("unknown", 0, "host MemAvailable unknown")
+    available = host.mem_available // 1024
+    projected = available - growth_kib
+    share = 100.0 * projected / total
+    text = f"host MemAvailable {100.0 * available / total:.0f}%"
+    if growth_kib > 0:
+        text += f" ({share:.0f}% after growing pressured guests)"
+    low, high = auto.host_available_low_percent, auto.host_available_high_percent
+    middle = total * (low + high) // 200
+    if share < low:
+        return HostBand("low", middle - projected, f"{text} < {low}%")
+    if reclaiming and projected < middle:
+        return HostBand("low", middle - projected,
+                        f"{text} < {(low + high) / 2:.0f}% (reclaiming up to the middle of "
+                        f"{low}-{high}%)")
+    if share > high:
+        return HostBand("high", projected - _ceil_percent(total, high), f"{text} > {high}%")
+    return HostBand("hold", 0, f"{text} between {low}% and {high}%")
+
+
+def _plan_auto(auto: BalloonAuto, views: Sequence[GuestView], host: Observation,
+               reclaiming: bool) -> tuple[dict[Key, Choice], HostBand]:
+    choices = {v.key: c for v in views if (c := _urgent(auto, v)) is not None}
+    growth = sum(c.target - v.current for v in views if (c := choices.get(v.key)) is not None)
+    band = host_band(auto, host, max(0, growth), reclaiming)
+    rest = [v for v in views if v.key not in choices]
+    if band.kind == "low":
+        choices.update(_reclaim(auto, band, rest))
+    elif band.kind == "high":
+        choices.update(_give_back(auto, band, rest))
+    else:
+        what = "only pressured guests and floors move" if band.kind == "unknown" else "hold"
+        choices.update({v.key: _hold(v, f"{band.summary}: {what}") for v in rest})
+    return choices, band
+
+
+def _urgent(auto: BalloonAuto, view: GuestView) -> Choice | None:
+    """Moves that do not wait for the host: pressured guests and guests below their floor."""
+    if view.pressure:
+        return _grow_pressured(auto, view)
+    if view.current < view.floor:
+        return Choice(view.floor, f"below its floor {mib(view.floor)} ({view.floor_why}): "
+                                  f"raised by {mib(view.floor - view.current)}")
+    return None
+
+
+def _grow_pressured(auto: BalloonAuto, view: GuestView) -> Choice:
+    max_kib = view.obs.max_kib
+    headroom = headroom_kib(auto, max_kib, view.streak)
+    target = min(max_kib, max(view.floor, view.current + view.deficit + headroom))
+    if target - view.current < min_move_kib(max_kib) and view.current >= view.floor:
+        return _hold(view, f"under pressure ({view.pressure}) but no worthwhile growth is left "
+                           f"below its maximum {mib(max_kib)}")
+    return Choice(target, f"under pressure ({view.pressure}): grown by "
+                          f"{mib(target - view.current)} (margin deficit {mib(view.deficit)}"
+                          f" + headroom {mib(headroom)}, max {mib(max_kib)})")
+
+
+def _reclaim(auto: BalloonAuto, band: HostBand, views: Sequence[GuestView]) -> dict[Key, Choice]:
+    """Idle guests give, most surplus per share first, until the host reaches the middle."""
+    need = band.amount
+    choices = {}
+    for view in sorted(views, key=lambda v: -v.surplus * auto.default_shares / v.shares):
+        give = min(step_kib(auto, view.obs.max_kib), view.surplus, need)
+        why_not = _why_not_idle(view) or _too_small(view, give, need)
+        if why_not:
+            choices[view.key] = _hold(view, f"{band.summary}: {why_not}")
+            continue
+        need -= give
+        choices[view.key] = Choice(
+            view.current - give, f"{band.summary}: idle guest (usable {mib(view.usable)}, "
+                                 f"floor {mib(view.floor)}) gives {mib(give)}")
+    return choices
+
+
+def _why_not_idle(view: GuestView) -> str:
+    if view.cooling:
+        return "was under pressure recently, not shrunk yet"
+    if view.usable < view.margin + min_move_kib(view.obs.max_kib):
+        return f"usable {mib(view.usable)} is not well above its margin {mib(view.margin)}"
+    return ""
+
+
+def _too_small(view: GuestView, give: int, need: int) -> str:
+    if give >= min_move_kib(view.obs.max_kib):
+        return ""
+    if need < min_move_kib(view.obs.max_kib):
+        return "other guests already give what the host needs"
+    return f"at its floor {mib(view.floor)} ({view.floor_why})"
+
+
+def _give_back(auto: BalloonAuto, band: HostBand,
+               views: Sequence[GuestView]) -> dict[Key, Choice]:
+    """Grow guests toward their maximum, most used first, then most recently shrunk, no
+    further than the high mark (a guest grown does not use its new memory at once, so the
+    host's MemAvailable only falls later; the next cycles keep the budget honest)."""
+    budget = band.amount
+    choices = {}
+    order = sorted(views, key=lambda v: ((v.usable - v.margin) / v.obs.max_kib,
+                                         -(v.last_shrink or float("-inf"))))
+    for view in order:
+        grow = min(step_kib(auto, view.obs.max_kib), view.obs.max_kib - view.current, budget)
+        if grow < min_move_kib(view.obs.max_kib):
+            near_max = view.obs.max_kib - view.current < min_move_kib(view.obs.max_kib)
+            why = "at its maximum" if near_max else "nothing left to give"
+            choices[view.key] = _hold(view, f"{band.summary}: {why}")
+            continue
+        budget -= grow
+        choices[view.key] = Choice(view.current + grow,
+                                   f"{band.summary}: grown by {mib(grow)} toward its maximum "
+                                   f"{mib(view.obs.max_kib)}")
+    return choices
+
+
+# ------------------------------------------------------------------------------------------------
+# Release
+
+
+def release_targets(guests: Iterable[GuestObservation],
+                    restore_on_release: bool) -> tuple[BalloonTarget, ...]:
+    """When a policy stops applying: every balloon back to its guest's maximum (growing is
+    always safe for a guest), skipping guests without a balloon and those already there."""
+    if not restore_on_release:
+        return ()
+    return tuple(BalloonTarget(g.endpoint, g.domain, g.current_kib, g.max_kib,
+                               "policy released: balloon restored to the guest's maximum")
+                 for g in guests
+                 if g.has_balloon and g.max_kib > 0 and g.current_kib < g.max_kib)
+
+
+def mib(kib: int) -> str:
+    return f"{kib / MIB:.0f} MiB"

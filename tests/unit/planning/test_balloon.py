@@ -1,0 +1,449 @@
+"""The balloon planner, rule by rule, on hand-made observations (pure, no libvirt).
+
+The builders at the top (``vm``, ``host``, ``balloon``) are shared by the other test_balloon_*
+modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from overcommit.api.model import policy_from_object
+from overcommit.api.policy import BalloonFloor, BalloonSpec
+from overcommit.host.base import SourceReading
+from overcommit.planning.balloon import (
+    SHARES_ANNOTATION,
+    BalloonPlan,
+    BalloonState,
+    guest_floor,
+    plan_balloons,
+    release_targets,
+    select_guests,
+)
+from overcommit.planning.observation import Observation
+from overcommit.virt.model import GuestObservation
+from tests.cases import policy_document
+
+MIB = 1024  # KiB
+GIB = 1024 * MIB
+STEP_4G = 4 * GIB * 10 // 100  # the default 10% step of a 4 GiB guest
+
+
+def vm(name: str = "vm", *, max_mib: int = 4096, current_mib: int | None = None,
+       usable_mib: int | None = None, t: float = 100.0, stamp: int | None = None,
+       faults: int = 0, swap_in_kib: int = 0, unused_mib: int | None = None,
+       ns: str | None = "default", labels: dict[str, str] | None = None,
+       annotations: dict[str, str] | None = None, request_mib: int | None = None,
+       has_balloon: bool = True, problem: str | None = None, stats: bool = True,
+       age: float | None = None, uuid: str | None = None) -> GuestObservation:
+    """A guest; sizes in MiB. By default at its maximum with half of it usable, and a fresh
+    statistics sample stamped ``t``."""
+    current = (current_mib if current_mib is not None else max_mib) * MIB
+    usable = usable_mib * MIB if usable_mib is not None else current // 2
+    unused = unused_mib * MIB if unused_mib is not None else usable // 2
+    numbers = {"usable": usable, "available": current, "unused": unused, "major_fault": faults,
+               "swap_in": swap_in_kib, "last_update": stamp if stamp is not None else int(t)}
+    return GuestObservation(
+        endpoint="qemu:///system", domain=f"{ns}_{name}" if ns else name,
+        uuid=uuid or f"uuid-{name}", time=t, max_kib=max_mib * MIB, current_kib=current,
+        has_balloon=has_balloon, stats=numbers if stats else {"last_update": 0},
+        vmi_namespace=ns, vmi_name=name if ns else None, labels=labels or {},
+        annotations=annotations or {},
+        request_kib=request_mib * MIB if request_mib is not None else None, problem=problem,
+        stats_age_s=age)
+
+
+def host(available_percent: float | None = None, *, total_gib: float = 16,
+         available_kib: int | None = None, t: float = 100.0) -> Observation:
+    """A host with this share (or this many KiB) of MemAvailable; MemFree is the same."""
+    total = int(total_gib * GIB * 1024)
+    if available_kib is not None:
+        available = available_kib * 1024
+    else:
+        available = int(total * (available_percent or 0) / 100)
+    counters = {"MemTotal": total, "MemAvailable": available, "MemFree": available,
+                "Buffers": 0, "Cached": 0}
+    return Observation(time=t, readings={"meminfo": SourceReading("meminfo", True, {},
+                                                                  counters)})
+
+
+def balloon(**section: Any) -> BalloonSpec:
+    """A validated balloon section (camelCase, as in a policy); mode Auto by default."""
+    section.setdefault("mode", "Auto")
+    spec = policy_from_object(policy_document("p", {"balloon": section})).spec.balloon
+    assert spec is not None
+    return spec
+
+
+def decision_of(plan: BalloonPlan, g: GuestObservation) -> Any:
+    return next(d for d in plan.decisions if d.guest.key == g.key)
+
+
+def target_of(plan: BalloonPlan, g: GuestObservation) -> int | None:
+    return next((t.to_kib for t in plan.targets if t.domain == g.domain), None)
+
+
+def two_cycles(spec: BalloonSpec, before: list[GuestObservation],
+               after: list[GuestObservation], obs: Observation) -> BalloonPlan:
+    first = plan_balloons(spec, before, obs, None)
+    return plan_balloons(spec, after, obs, first.state)
+
+
+AUTO = balloon()
+MID = 30.0  # in the middle of the default 20-40% band: hold
+
+
+# ------------------------------------------------------------------------------------------------
+# Selection
+
+
+def test_empty_or_absent_selector_selects_every_guest() -> None:
+    guests = [vm("a"), vm("b", ns=None)]
+    assert select_guests(None, guests)[0] == tuple(guests)
+    assert select_guests(balloon(vmSelector={}).vm_selector, guests)[0] == tuple(guests)
+    assert select_guests(balloon(vmSelector={"namespaces": []}).vm_selector,
+                         guests)[0] == tuple(guests)
+
+
+def test_namespace_label_and_expression_terms_all_hold() -> None:
+    sel = balloon(vmSelector={
+        "namespaces": ["prod"], "matchLabels": {"tier": "web"},
+        "matchExpressions": [{"key": "pinned", "operator": "DoesNotExist"}]}).vm_selector
+    ok = vm("ok", ns="prod", labels={"tier": "web"})
+    other_ns = vm("ns", ns="dev", labels={"tier": "web"})
+    other_label = vm("label", ns="prod", labels={"tier": "db"})
+    pinned = vm("pinned", ns="prod", labels={"tier": "web", "pinned": ""})
+    selected, excluded = select_guests(sel, [ok, other_ns, other_label, pinned])
+    assert selected == (ok,)
+    reasons = {d.guest.vmi_name: d.reason for d in excluded}
+    assert "namespace dev is not one of prod" in reasons["ns"]
+    assert "labels do not match" in reasons["label"]
+    assert "labels do not match" in reasons["pinned"]
+
+
+def test_a_plain_domain_never_matches_a_namespace_or_label_selector() -> None:
+    plain = vm("plain", ns=None)
+    # Even a selector an empty label set would satisfy (NotIn) does not take a plain domain.
+    for terms in ({"namespaces": ["default"]}, {"matchLabels": {"a": "x"}},
+                  {"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["x"]}]}):
+        selected, excluded = select_guests(balloon(vmSelector=terms).vm_selector, [plain])
+        assert selected == ()
+        assert "no KubeVirt VMI metadata" in excluded[0].reason
+
+
+def test_domain_name_pattern_is_fnmatch_on_the_libvirt_name() -> None:
+    sel = balloon(vmSelector={"domainNamePattern": "web-[0-9]*"}).vm_selector
+    web, db = vm("web-1", ns=None), vm("db-1", ns=None)
+    selected, excluded = select_guests(sel, [web, db])
+    assert selected == (web,)
+    assert "'db-1' does not match 'web-[0-9]*'" in excluded[0].reason
+
+
+def test_unselected_guests_get_a_decision_and_no_target() -> None:
+    spec = balloon(vmSelector={"namespaces": ["prod"]})
+    small = vm("x", ns="dev", current_mib=512)  # below its floor, but not ours to touch
+    plan = plan_balloons(spec, [small], host(MID), None)
+    assert plan.targets == ()
+    assert plan.decisions[0].target_kib is None
+    assert plan.decisions[0].reason.startswith("not selected")
+
+
+# ------------------------------------------------------------------------------------------------
+# Skipped guests
+
+
+@pytest.mark.parametrize(("guest", "reason"), [
+    (vm(problem="domain is paused"), "skipped: domain is paused"),
+    (vm(has_balloon=False), "no balloon device"),
+    (vm(stats=False), "balloon driver not reporting statistics"),
+    (vm(age=31.0), "statistics are 31s old"),
+])
+def test_guests_that_cannot_be_managed_are_skipped_with_a_reason(
+        guest: GuestObservation, reason: str) -> None:
+    low = replace(guest, current_kib=512 * MIB)  # below the floor: would otherwise move
+    plan = plan_balloons(AUTO, [low, vm("ok")], host(5), None)
+    assert target_of(plan, low) is None
+    assert reason in decision_of(plan, low).reason
+    assert [d.guest for d in plan.decisions] == [low, vm("ok")]
+
+
+def test_a_balloon_above_its_maximum_is_skipped() -> None:
+    odd = vm(max_mib=1024, current_mib=2048, usable_mib=10)  # pressured, but cannot grow
+    plan = plan_balloons(AUTO, [odd], host(MID), None)
+    assert plan.targets == ()
+    assert "balloon size 2048 MiB is above the maximum 1024 MiB" in plan.decisions[0].reason
+
+
+def test_fresh_enough_statistics_are_used() -> None:
+    plan = plan_balloons(AUTO, [vm(age=29.0, current_mib=512)], host(MID), None)
+    assert plan.targets  # raised to the floor: age 29 s < 3 x 10 s
+
+
+def test_mode_off_leaves_everything_alone() -> None:
+    plan = plan_balloons(balloon(mode="Off"), [vm(current_mib=256)], host(5), None)
+    assert plan.targets == ()
+    assert "Off" in plan.decisions[0].reason
+
+
+# ------------------------------------------------------------------------------------------------
+# Floors
+
+
+@pytest.mark.parametrize(("floor", "guest", "expected_mib", "why"), [
+    ({}, vm(usable_mib=4000), 1024, "25% of max"),
+    ({"minPercent": 50}, vm(usable_mib=4000), 2048, "50% of max"),
+    ({"min": "3Gi"}, vm(usable_mib=4000), 3072, "floor.min 3Gi"),
+    ({}, vm(usable_mib=4000, request_mib=2500), 2500, "VMI memory request"),
+    # in use 4096 - 1000 = 3096 MiB + 10% of 4096 MiB (409.6, rounded up in KiB)
+    ({}, vm(usable_mib=1000), 3096 + 409.6, "in use 3096 MiB + 10% margin"),
+    ({"min": "8Gi"}, vm(usable_mib=4000), 4096, "capped at max"),
+])
+def test_the_floor_is_the_largest_term_and_never_above_max(
+        floor: dict[str, Any], guest: GuestObservation, expected_mib: float, why: str) -> None:
+    value, reason = guest_floor(balloon(floor=floor).floor or BalloonFloor(), guest)
+    assert value == pytest.approx(expected_mib * MIB, abs=1)
+    assert why in reason
+
+
+def test_a_guest_below_its_floor_is_raised_whatever_the_host() -> None:
+    g = vm(current_mib=800, usable_mib=600, request_mib=1500)
+    plan = plan_balloons(AUTO, [g], host(5), None)
+    assert target_of(plan, g) == 1500 * MIB
+    assert "below its floor 1500 MiB (VMI memory request)" in plan.targets[0].reason
+
+
+# ------------------------------------------------------------------------------------------------
+# Static
+
+
+def test_static_goes_straight_to_its_target() -> None:
+    spec = balloon(mode="Static", static={"targetPercent": 50})
+    g = vm(usable_mib=3500)  # uses 596 MiB: floor 1024 (25%)
+    plan = plan_balloons(spec, [g], host(MID), None)
+    assert target_of(plan, g) == 2048 * MIB  # a 2 GiB move in one cycle, no step limit
+    assert "static target 2048 MiB" in plan.targets[0].reason
+
+
+def test_static_size_is_capped_at_max_and_held_at_the_floor() -> None:
+    spec = balloon(mode="Static", static={"target": "8Gi"})
+    g = vm(current_mib=2048, usable_mib=1500)
+    assert target_of(plan_balloons(spec, [g], host(MID), None), g) == 4096 * MIB
+    spec = balloon(mode="Static", static={"target": "1Gi"})
+    busy = vm(usable_mib=1000)  # uses 3096 MiB: floor 3096 + 410 margin
+    plan = plan_balloons(spec, [busy], host(MID), None)
+    decision = decision_of(plan, busy)
+    assert decision.target_kib == decision.floor_kib > 1024 * MIB
+    assert "held at floor (3506 MiB: in use 3096 MiB + 10% margin)" in decision.reason
+
+
+def test_static_never_shrinks_a_pressured_guest() -> None:
+    spec = balloon(mode="Static", static={"targetPercent": 50})
+    before, after = vm(t=0, faults=0, usable_mib=3000), vm(t=10, faults=5000, usable_mib=3000)
+    plan = two_cycles(spec, [before], [after], host(MID))
+    assert plan.targets == ()
+    assert "under pressure (500 major faults/s > 20)" in plan.decisions[0].reason
+
+
+def test_static_ignores_moves_below_the_threshold() -> None:
+    spec = balloon(mode="Static", static={"targetPercent": 50})
+    g = vm(current_mib=2048 + 30, usable_mib=1500)  # 30 MiB off, 1% of max is 41 MiB
+    plan = plan_balloons(spec, [g], host(MID), None)
+    assert plan.targets == ()
+    assert "at the static target" in plan.decisions[0].reason
+
+
+# ------------------------------------------------------------------------------------------------
+# Auto: pressure
+
+
+def test_major_faults_make_a_guest_grow_this_cycle_even_when_the_host_is_short() -> None:
+    before = vm(t=0, current_mib=2048, usable_mib=1000, faults=100)
+    after = vm(t=10, current_mib=2048, usable_mib=1000, faults=100 + 10 * 25)
+    plan = two_cycles(AUTO, [before], [after], host(5))
+    assert target_of(plan, after) == 2048 * MIB + STEP_4G  # no margin deficit: one step
+    d = decision_of(plan, after)
+    assert d.pressured
+    assert "under pressure (25 major faults/s > 20): grown by 410 MiB" in d.reason
+
+
+@pytest.mark.parametrize(("swap_kib_per_s", "pressured"), [(100, True), (60, False)])
+def test_swap_in_is_counted_in_4_kib_pages(swap_kib_per_s: int, pressured: bool) -> None:
+    before = vm(t=0, current_mib=2048, usable_mib=1000, swap_in_kib=0)
+    after = vm(t=10, current_mib=2048, usable_mib=1000, swap_in_kib=10 * swap_kib_per_s)
+    plan = two_cycles(AUTO, [before], [after], host(MID))
+    assert decision_of(plan, after).pressured is pressured  # 25 or 15 pages/s against 20
+
+
+def test_rates_use_the_samples_stamps_not_the_observation_times() -> None:
+    before = vm(t=0, stamp=1000, faults=0, usable_mib=1000, current_mib=2048)
+    # Observed 10 s later, but the samples are 100 s apart: 1000 faults are 10/s, not 100/s.
+    after = vm(t=10, stamp=1100, faults=1000, usable_mib=1000, current_mib=2048)
+    assert not decision_of(two_cycles(AUTO, [before], [after], host(MID)), after).pressured
+
+
+def test_counters_of_a_new_guest_under_the_same_name_are_not_compared() -> None:
+    before = vm(t=0, faults=10**6, uuid="old", current_mib=2048, usable_mib=1000)
+    after = vm(t=10, faults=10**6 + 10**5, uuid="new", current_mib=2048, usable_mib=1000)
+    assert not decision_of(two_cycles(AUTO, [before], [after], host(MID)), after).pressured
+
+
+def test_usable_below_the_margin_grows_by_the_deficit_plus_a_step() -> None:
+    g = vm(current_mib=2048, usable_mib=100)  # margin 10% of 2048 = 204.8 MiB
+    plan = plan_balloons(AUTO, [g], host(MID), None)
+    deficit = -(-2048 * MIB * 10 // 100) - 100 * MIB
+    assert target_of(plan, g) == 2048 * MIB + deficit + STEP_4G
+    assert "usable 100 MiB < margin 205 MiB" in plan.targets[0].reason
+
+
+def test_a_guest_still_pressured_gets_twice_the_headroom_and_never_more_than_max() -> None:
+    spec = balloon(auto={"maxStepPercent": 20})
+    step = 4 * GIB * 20 // 100
+    first = plan_balloons(spec, [vm(t=0, current_mib=1024, faults=0, usable_mib=50)],
+                          host(MID), None)
+    assert first.decisions[0].pressured  # usable 50 MiB < margin 103 MiB
+    # The balloon did not get there (the guest is slow to deflate under pressure) and it faults.
+    g = vm(t=10, current_mib=1024, faults=1000, usable_mib=500)
+    second = plan_balloons(spec, [g], host(MID), first.state)
+    assert target_of(second, g) == 1024 * MIB + 2 * step  # pressured in cycle 1 and 2
+    g3 = vm(t=20, current_mib=3500, faults=2000, usable_mib=500)
+    third = plan_balloons(spec, [g3], host(MID), second.state)
+    assert target_of(third, g3) == 4096 * MIB
+
+
+def test_a_grown_guest_is_not_grown_again_on_the_same_statistics_sample() -> None:
+    g = vm(t=0, stamp=50, current_mib=2048, usable_mib=100)
+    first = plan_balloons(AUTO, [g], host(MID), None)
+    grown = target_of(first, g)
+    assert grown is not None
+    # Next cycle: the balloon is at the new size, the guest has not reported since.
+    same_sample = replace(g, time=10.0, current_kib=grown)
+    second = plan_balloons(AUTO, [same_sample], host(MID), first.state)
+    assert second.targets == ()
+    assert decision_of(second, same_sample).usable_kib == 100 * MIB + grown - 2048 * MIB
+
+
+# ------------------------------------------------------------------------------------------------
+# Auto: host short of memory
+
+
+def test_idle_guests_give_most_surplus_per_share_first_and_only_what_the_host_needs() -> None:
+    a = vm("a", usable_mib=3000)  # floor: 1096 in use + 410 margin; surplus 2590 MiB
+    b = vm("b", usable_mib=2000, annotations={SHARES_ANNOTATION: "500"})  # 1590 MiB x 2
+    obs = host(total_gib=4, available_kib=600 * MIB)  # 14.6% < 20%
+    plan = plan_balloons(AUTO, [a, b], obs, None)
+    need = 4 * GIB * 30 // 100 - 600 * MIB  # up to the middle of the band (30%)
+    assert 4096 * MIB - (target_of(plan, b) or 0) == STEP_4G  # b first, a full step
+    assert 4096 * MIB - (target_of(plan, a) or 0) == need - STEP_4G  # a: the rest only
+    assert decision_of(plan, b).reason == ("host MemAvailable 15% < 20%: idle guest (usable "
+                                           "2000 MiB, floor 2506 MiB) gives 410 MiB")
+
+
+def test_reclaim_goes_on_until_the_middle_of_the_band_once_started() -> None:
+    g = vm(usable_mib=3000)
+    started = plan_balloons(AUTO, [g], host(15), None)
+    assert started.state.reclaiming
+    above_low = vm(t=110, current_mib=3686, usable_mib=2590)
+    plan = plan_balloons(AUTO, [above_low], host(25, t=110), started.state)
+    assert "< 30% (reclaiming up to the middle of 20-40%)" in plan.targets[0].reason
+    assert not plan_balloons(AUTO, [above_low], host(25, t=110), None).targets
+    done = plan_balloons(AUTO, [above_low], host(31, t=110), started.state)
+    assert not done.targets and not done.state.reclaiming
+
+
+def test_reclaim_stops_at_the_floor() -> None:
+    g = vm(current_mib=1100, max_mib=4096, usable_mib=1000)  # floor 1024 (25%): 76 to give
+    plan = plan_balloons(AUTO, [g], host(5), None)
+    assert target_of(plan, g) == 1024 * MIB
+
+
+def test_a_guest_at_its_floor_or_without_room_above_its_margin_gives_nothing() -> None:
+    at_floor = vm("f", current_mib=1024, usable_mib=900)
+    tight = vm("t", current_mib=3000, usable_mib=320)  # margin 300: not well above it
+    plan = plan_balloons(AUTO, [at_floor, tight], host(5), None)
+    assert plan.targets == ()
+    assert "at its floor 1024 MiB (25% of max)" in decision_of(plan, at_floor).reason
+    assert "not well above its margin" in decision_of(plan, tight).reason
+
+
+def test_a_recently_pressured_guest_is_not_shrunk() -> None:
+    pressured = plan_balloons(AUTO, [vm(t=0, current_mib=2048, usable_mib=100)],
+                              host(MID), None)
+    recovered = vm(t=10, current_mib=3000, usable_mib=2000)
+    plan = plan_balloons(AUTO, [recovered], host(5, t=10), pressured.state)
+    assert plan.targets == ()
+    assert "under pressure recently" in plan.decisions[0].reason
+    later = vm(t=40, current_mib=3000, usable_mib=2000)  # 3 x 10 s later
+    assert plan_balloons(AUTO, [later], host(5), plan.state).targets
+
+
+def test_growth_for_pressured_guests_is_taken_from_idle_ones() -> None:
+    idle = vm("idle", usable_mib=3500)
+    hungry = vm("hungry", current_mib=2048, usable_mib=0)
+    obs = host(total_gib=16, available_percent=25)  # in the band, until hungry grows
+    plan = plan_balloons(AUTO, [idle, hungry], obs, None)
+    assert (target_of(plan, hungry) or 0) > 2048 * MIB
+    assert (target_of(plan, idle) or 0) < 4096 * MIB
+    assert "after growing pressured guests" in decision_of(plan, idle).reason
+
+
+# ------------------------------------------------------------------------------------------------
+# Auto: host with plenty, and in between
+
+
+def test_with_plenty_guests_grow_back_most_used_first_within_the_budget() -> None:
+    busy = vm("busy", current_mib=2048, usable_mib=300)
+    light = vm("light", current_mib=3000, usable_mib=2000)
+    plenty = plan_balloons(AUTO, [busy, light], host(60), None)
+    assert target_of(plenty, busy) == 2048 * MIB + STEP_4G
+    assert target_of(plenty, light) == 3000 * MIB + STEP_4G
+    assert "host MemAvailable 60% > 40%: grown by 410 MiB" in plenty.targets[0].reason
+    budget = host(total_gib=16, available_kib=int(16 * GIB * 0.41))  # 1% above the mark
+    plan = plan_balloons(AUTO, [light, busy], budget, None)
+    assert [t.domain for t in plan.targets] == [busy.domain]
+    assert (target_of(plan, busy) or 0) - 2048 * MIB <= 16 * GIB // 100 + 1
+    assert "nothing left to give" in decision_of(plan, light).reason
+
+
+def test_in_the_band_guests_hold_but_pressured_ones_still_grow() -> None:
+    idle, hungry = vm("idle", usable_mib=3500), vm("hungry", current_mib=2048, usable_mib=0)
+    plan = plan_balloons(AUTO, [idle, hungry], host(35), None)
+    assert [t.domain for t in plan.targets] == [hungry.domain]
+    assert "between 20% and 40%: hold" in decision_of(plan, idle).reason
+
+
+def test_unknown_host_memory_moves_only_pressured_guests_and_floors() -> None:
+    obs = Observation(time=0.0)
+    plan = plan_balloons(AUTO, [vm("idle", usable_mib=3500),
+                                vm("hungry", current_mib=2048, usable_mib=0)], obs, None)
+    assert [t.domain for t in plan.targets] == ["default_hungry"]
+
+
+def test_tiny_moves_are_not_made() -> None:
+    g = vm(current_mib=4096 - 20, usable_mib=3000)  # 20 MiB below max, threshold 41 MiB
+    plan = plan_balloons(AUTO, [g], host(60), None)
+    assert plan.targets == ()
+
+
+# ------------------------------------------------------------------------------------------------
+# State and release
+
+
+def test_state_keeps_skipped_guests_and_forgets_vanished_or_unselected_ones() -> None:
+    a, b = vm("a"), vm("b")
+    first = plan_balloons(AUTO, [a, b], host(MID), None)
+    second = plan_balloons(AUTO, [replace(a, problem="paused")], host(MID), first.state)
+    assert set(second.state.guests) == {a.key}
+    assert second.state.guests[a.key] == first.state.guests[a.key]
+    spec = balloon(vmSelector={"namespaces": ["other"]})
+    assert plan_balloons(spec, [a], host(MID), first.state).state == BalloonState()
+
+
+def test_release_restores_every_balloon_to_its_maximum() -> None:
+    shrunk, full = vm("s", current_mib=1024), vm("f")
+    none = vm("n", current_mib=1024, has_balloon=False)
+    targets = release_targets([shrunk, full, none], restore_on_release=True)
+    assert [(t.domain, t.to_kib) for t in targets] == [(shrunk.domain, 4096 * MIB)]
+    assert release_targets([shrunk], restore_on_release=False) == ()
