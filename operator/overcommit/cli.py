@@ -65,10 +65,19 @@ def _load(args: argparse.Namespace) -> list[Any]:
     return load_policies(args.file)
 
 
+def _virt(args: argparse.Namespace) -> Any:
+    from overcommit.engine.guests import VirtSettings
+
+    if args.no_libvirt:
+        return None
+    return VirtSettings(uris=tuple(args.libvirt_uri or ()), discover_system=True,
+                        pods_dir=args.kubevirt_pods_dir, host_root=args.host_root)
+
+
 def _engine(args: argparse.Namespace) -> Any:
     from overcommit.engine.cycle import NodeEngine
 
-    return NodeEngine(host_root=args.host_root, state_dir=args.state_dir)
+    return NodeEngine(host_root=args.host_root, state_dir=args.state_dir, virt=_virt(args))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -79,7 +88,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     selection, plan, obs = engine.plan(policies, args.node_labels)
     originals = engine.store.load().originals
     changes = preview(with_restores(plan.desired, originals), obs.settings())
-    data = reporting.plan_json(selection, plan, changes)
+    guests = engine.preview_guests(plan.policy, obs)
+    data = reporting.plan_json(selection, plan, changes, guests)
     _emit(data, args.output, reporting.plan_text(data))
     return EXIT_OK
 
@@ -128,7 +138,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     engine = _engine(args)
-    data = reporting.status_json(engine.observe(), engine.store.load().originals)
+    obs = engine.observe()
+    guests = engine.guests.observe(obs.time) if engine.guests is not None else None
+    data = reporting.status_json(obs, engine.store.load().originals, guests)
     _emit(data, args.output, reporting.status_text(data))
     return EXIT_OK
 
@@ -168,6 +180,14 @@ def _host_options(parser: argparse.ArgumentParser, *, labels: bool, state: bool 
         parser.add_argument("--node-labels", type=parse_labels, default={}, metavar="K=V,...",
                             help="this host's labels for policy selection (default: none, so "
                                  "only policies with an empty nodeSelector match)")
+    parser.add_argument("--libvirt-uri", action="append", metavar="URI",
+                        help="a libvirt endpoint to manage guests on; repeatable (default: "
+                             "qemu:///system when its socket exists under the host root)")
+    parser.add_argument("--kubevirt-pods-dir", metavar="DIR",
+                        help="the host's /var/lib/kubelet/pods, mounted at a short path: find "
+                             "KubeVirt launchers' libvirt sockets there")
+    parser.add_argument("--no-libvirt", action="store_true",
+                        help="do not look at guests at all")
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from overcommit.engine.cycle import CycleReport, saved_bytes
+from overcommit.engine.guests import GuestReport
 from overcommit.host.base import Change
 from overcommit.planning.observation import Observation
 from overcommit.planning.plan import NodePlan
@@ -43,9 +44,34 @@ def _plan_extras(plan: NodePlan) -> JSON:
     }
 
 
-def plan_json(selection: Selection, plan: NodePlan, changes: list[Change]) -> JSON:
+def guests_json(guests: GuestReport | None) -> JSON:
+    """Per-guest state (max, current, target, usable, reason) and the endpoints that failed."""
+    if guests is None:
+        return {"guests": [], "endpointsDown": [], "guestErrors": []}
+    decisions = {(d.guest.endpoint, d.guest.domain): d for d in guests.decisions}
+    entries = []
+    for g in guests.guests:
+        decision = decisions.get((g.endpoint, g.domain))
+        usable = g.stats.get("usable")
+        entries.append({
+            "domain": g.domain, "endpoint": g.endpoint, "vmiNamespace": g.vmi_namespace,
+            "vmiName": g.vmi_name, "vmiUid": g.vmi_uid, "maxBytes": g.max_kib * 1024,
+            "currentBytes": g.current_kib * 1024,
+            "targetBytes": None if decision is None or decision.target_kib is None
+            else decision.target_kib * 1024,
+            "usableBytes": None if usable is None else usable * 1024,
+            "reason": g.problem or (decision.reason if decision else ""),
+        })
+    return {"guests": entries, "endpointsDown": list(guests.endpoints_down),
+            "guestErrors": list(guests.errors)}
+
+
+def plan_json(selection: Selection, plan: NodePlan, changes: list[Change],
+              guests: GuestReport | None = None) -> JSON:
     return {**_selection_json(selection), **_plan_extras(plan),
-            "changes": [c.as_json() for c in changes]}
+            "changes": [c.as_json() for c in changes],
+            "balloons": [t.as_json() for t in (guests.planned if guests else [])],
+            **guests_json(guests)}
 
 
 def cycle_json(report: CycleReport) -> JSON:
@@ -57,13 +83,28 @@ def cycle_json(report: CycleReport) -> JSON:
         "restored": report.restored,
         "originals": report.originals,
         "savedBytes": saved_bytes(report.observation),
+        "balloons": [t.as_json() for t in report.guests.applied],
+        "balloonedBytes": report.guests.ballooned_bytes,
+        **guests_json(report.guests),
     })
     return data
 
 
 def _changes_text(data: JSON) -> list[str]:
     lines = [f"  {c['path']}: {c['from']} -> {c['to']}" for c in data["changes"]]
+    lines += [f"  balloon {b['domain']}: {human_bytes(b['from'])} -> {human_bytes(b['to'])} "
+              f"({b['reason']})" for b in data.get("balloons", [])]
     return lines or ["  (no changes)"]
+
+
+def _guests_text(data: JSON) -> list[str]:
+    lines = [f"guest {g['domain']}: current {human_bytes(g['currentBytes'])} of "
+             f"{human_bytes(g['maxBytes'])}"
+             + (f", usable {human_bytes(g['usableBytes'])}" if g["usableBytes"] else "")
+             + (f": {g['reason']}" if g["reason"] else "") for g in data.get("guests", [])]
+    lines += [f"libvirt endpoint down: {e}" for e in data.get("endpointsDown", [])]
+    lines += [f"guest error: {e}" for e in data.get("guestErrors", [])]
+    return lines
 
 
 def _common_text(data: JSON) -> list[str]:
@@ -75,22 +116,27 @@ def _common_text(data: JSON) -> list[str]:
 
 
 def plan_text(data: JSON) -> str:
-    return "\n".join([*_common_text(data), "planned changes:", *_changes_text(data)])
+    return "\n".join([*_common_text(data), "planned changes:", *_changes_text(data),
+                      *_guests_text(data)])
 
 
 def cycle_text(data: JSON) -> str:
     lines = [*_common_text(data), "changes:", *_changes_text(data)]
     lines += [f"error: {e['path']} = {e['value']}: {e['errno']}: {e['reason']}"
               for e in data["errors"]]
+    lines += _guests_text(data)
     if data["restored"]:
         lines.append("restored the recorded originals")
     lines.append(f"saved by merging: {human_bytes(data['savedBytes'])}")
     return "\n".join(lines)
 
 
-def status_json(obs: Observation, originals: dict[str, str]) -> JSON:
+def status_json(obs: Observation, originals: dict[str, str],
+                guests: GuestReport | None = None) -> JSON:
     merged = saved_bytes(obs)
     return {
+        **guests_json(guests),
+        "balloonedBytes": guests.ballooned_bytes if guests else 0,
         "engines": {name: reading.present for name, reading in sorted(obs.readings.items())},
         "settings": dict(sorted(obs.settings().items())),
         "counters": {name: dict(reading.counters) for name, reading in
@@ -110,6 +156,7 @@ def status_text(data: JSON) -> str:
              f"{human_bytes(data['memory']['totalBytes'])}",
              "settings:"]
     lines += [f"  {path} = {value}" for path, value in data["settings"].items()]
+    lines += _guests_text(data)
     if data["originals"]:
         lines.append("recorded originals (restore puts these back):")
         lines += [f"  {path} = {value}" for path, value in data["originals"].items()]

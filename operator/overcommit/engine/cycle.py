@@ -9,6 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overcommit.api.model import Policy
+from overcommit.api.policy import BalloonMode
+from overcommit.engine.guests import (
+    GuestManager,
+    GuestReport,
+    VirtSettings,
+    guest_key,
+    touched_after,
+)
 from overcommit.engine.state import NodeRecord, StateStore
 from overcommit.host.base import ApplyError, ApplyResult, Change, HostFS
 from overcommit.host.ksm import find_ksmd_pid, ksm_saved_bytes, ksmd_cpu_seconds
@@ -35,6 +43,7 @@ class CycleReport:
     notes: list[str] = field(default_factory=list)
     restored: bool = False
     originals: dict[str, str] = field(default_factory=dict)
+    guests: GuestReport = field(default_factory=GuestReport)
 
     @property
     def settings_after(self) -> dict[str, str]:
@@ -50,7 +59,7 @@ class CycleReport:
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.guests.errors
 
 
 class NodeEngine:
@@ -58,8 +67,11 @@ class NodeEngine:
 
     def __init__(self, host_root: str | os.PathLike[str] = "/",
                  state_dir: str | os.PathLike[str] = "/var/lib/memory-overcommit",
-                 clock: Any = time.monotonic, fs: HostFS | None = None) -> None:
+                 clock: Any = time.monotonic, fs: HostFS | None = None,
+                 virt: VirtSettings | None = None) -> None:
         self.fs = fs if fs is not None else HostFS(host_root)
+        # None: this engine manages no guests (unit tests, hosts without libvirt).
+        self.guests = GuestManager(virt) if virt is not None else None
         self.host = HostAdapter(self.fs)
         self.store = StateStore(state_dir)
         self.clock = clock
@@ -103,20 +115,49 @@ class NodeEngine:
         selection, plan, obs = self.plan(policies, labels, ksm_owner=ksm_owner)
         report = CycleReport(selection, plan, obs)
         record = self.store.load()
+        self._kernel_cycle(report, record, plan, obs)
+        self._guest_cycle(report, record, plan)
+        return report
+
+    def _kernel_cycle(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
+                      obs: Observation) -> None:
         if plan.policy is None:
             report.restored = bool(record.originals)
             self._restore_into(report, record)
-            return report
-        if plan.dry_run:
+        elif plan.dry_run:
             report.changes = preview(with_restores(plan.desired, record.originals),
                                      obs.settings())
             report.notes.append("dry run: nothing was changed")
             report.originals = dict(record.originals)
-            return report
-        self._apply(report, record, plan, obs)
-        self._adaptive = plan.adaptive
-        self._adaptive_for = (plan.policy.uid or plan.policy.name, plan.policy.generation)
-        return report
+        else:
+            self._apply(report, record, plan, obs)
+            self._adaptive = plan.adaptive
+            self._adaptive_for = (plan.policy.uid or plan.policy.name, plan.policy.generation)
+
+    def _guest_cycle(self, report: CycleReport, record: NodeRecord, plan: NodePlan) -> None:
+        """Observe guests, plan balloons (or release them), act. Never fails the cycle."""
+        if self.guests is None:
+            return
+        guests = report.guests = self.guests.observe(self.clock())
+        spec = plan.policy.spec.balloon if plan.policy is not None else None
+        released = spec is None or spec.mode is BalloonMode.OFF
+        self.guests.plan(guests, spec, report.observation, record.guests,
+                         record.restore_on_release)
+        if plan.dry_run:
+            return
+        if not released and spec is not None:
+            # Durably note whom we are about to move, so a restart can still give it back.
+            keys = sorted(set(record.guests) | {guest_key(t.endpoint, t.domain)
+                                                for t in guests.planned})
+            if keys != record.guests or record.restore_on_release != spec.restore_on_release:
+                record.guests, record.restore_on_release = keys, spec.restore_on_release
+                self.store.save(record)
+        self.guests.apply(guests, None if released or spec is None
+                          else spec.stats_period_seconds)
+        after = touched_after(guests, record.guests, released)
+        if after != record.guests:
+            record.guests = after
+            self.store.save(record)
 
     def _apply(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
                obs: Observation) -> None:
@@ -140,9 +181,20 @@ class NodeEngine:
         obs = self.observe()
         report = CycleReport(Selection(None), NodePlan(None), obs)
         record = self.store.load()
-        report.restored = bool(record.originals)
+        report.restored = bool(record.originals) or bool(record.guests)
         self._restore_into(report, record)
+        self._guest_cycle(report, record, report.plan)
         return report
+
+    def preview_guests(self, policy: Policy | None, obs: Observation) -> GuestReport:
+        """The balloon moves a cycle would make now, without making them (``plan``)."""
+        if self.guests is None:
+            return GuestReport()
+        record = self.store.load()
+        guests = self.guests.observe(self.clock())
+        spec = policy.spec.balloon if policy is not None else None
+        self.guests.plan(guests, spec, obs, record.guests, record.restore_on_release)
+        return guests
 
     def _restore_into(self, report: CycleReport, record: NodeRecord) -> None:
         self._adaptive = None

@@ -27,6 +27,9 @@ class NodeRecord:
     # Restoring a setting that needed an unmerge (EBUSY) needs the same permission again.
     allow_unmerge: bool = False
     policy: str = ""
+    # Guests whose balloon we moved ("<uri>\t<domain>"), to give back on release.
+    guests: list[str] = field(default_factory=list)
+    restore_on_release: bool = True
 
 
 class StateStore:
@@ -45,12 +48,16 @@ class StateStore:
             raise ValueError(f"{self.path}: unsupported state format {data.get('version')!r}")
         return NodeRecord(originals=dict(data.get("originals", {})),
                           allow_unmerge=bool(data.get("allowUnmerge", False)),
-                          policy=str(data.get("policy", "")))
+                          policy=str(data.get("policy", "")),
+                          guests=list(data.get("guests", [])),
+                          restore_on_release=bool(data.get("restoreOnRelease", True)))
 
     def save(self, record: NodeRecord) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({"version": FORMAT_VERSION, "originals": record.originals,
-                              "allowUnmerge": record.allow_unmerge, "policy": record.policy},
+                              "allowUnmerge": record.allow_unmerge, "policy": record.policy,
+                              "guests": record.guests,
+                              "restoreOnRelease": record.restore_on_release},
                              indent=2, sort_keys=True)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".originals.", suffix=".tmp")
         try:

@@ -1,0 +1,174 @@
+"""The guest half of a cycle: libvirt endpoints -> observations -> balloon plan -> targets.
+
+Kept apart from the kernel half so a libvirt problem (libvirtd down, a launcher socket gone, a
+guest destroyed between observe and act) only ever fails the guests it concerns: the engine's
+KSM/zswap/swap work never waits on or fails with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from overcommit.api.policy import BalloonMode, BalloonSpec
+from overcommit.planning.balloon import BalloonState, plan_balloons, release_targets
+from overcommit.planning.observation import Observation
+from overcommit.virt.model import BalloonTarget, GuestDecision, GuestObservation
+
+if TYPE_CHECKING:
+    from overcommit.virt.libvirt_source import LibvirtEndpoint
+
+log = logging.getLogger("overcommit.guests")
+
+GuestKey = str  # "<uri>\t<domain>": stable across restarts, stored in the state file
+
+
+def guest_key(endpoint: str, domain: str) -> GuestKey:
+    return f"{endpoint}\t{domain}"
+
+
+@dataclass(frozen=True)
+class VirtSettings:
+    """Where the agent finds guests."""
+
+    uris: tuple[str, ...] = ()  # explicit libvirt URIs (plain hosts, tests)
+    # With no explicit URIs, use qemu:///system when its socket exists.
+    discover_system: bool = True
+    # KubeVirt: the host's /var/lib/kubelet/pods mounted at a short path (e.g. /pods).
+    pods_dir: str | None = None
+    link_dir: str = "/run/memory-overcommit/sockets"
+    # The system daemon's sockets are looked for under the host root (a container mounts the
+    # host elsewhere; a test's temporary host root has none, so it never reaches a real daemon).
+    host_root: str = "/"
+
+
+@dataclass
+class GuestReport:
+    """What the guest half saw and did in one cycle."""
+
+    guests: list[GuestObservation] = field(default_factory=list)
+    decisions: list[GuestDecision] = field(default_factory=list)
+    planned: list[BalloonTarget] = field(default_factory=list)
+    applied: list[BalloonTarget] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # per guest or per endpoint
+    endpoints_down: list[str] = field(default_factory=list)
+
+    @property
+    def ballooned_bytes(self) -> int:
+        return sum(max(0, g.max_kib - g.current_kib) * 1024 for g in self.guests
+                   if g.has_balloon)
+
+
+class GuestManager:
+    def __init__(self, settings: VirtSettings) -> None:
+        self.settings = settings
+        self._endpoints: dict[str, LibvirtEndpoint] = {}
+        self.state: BalloonState | None = None
+
+    def observe(self, now: float) -> GuestReport:
+        report = GuestReport()
+        try:
+            from overcommit.virt.endpoints import discover_endpoints
+            from overcommit.virt.libvirt_source import LibvirtEndpoint
+        except ImportError as exc:  # libvirt-python missing: guests unseen, nothing else lost
+            report.errors.append(f"libvirt-python is not installed ({exc}); guests are not "
+                                 "managed")
+            return report
+        found = discover_endpoints(self._explicit_uris(), self.settings.pods_dir,
+                                   link_dir=self.settings.link_dir, system_sockets=())
+        for endpoint in found:
+            if endpoint.problem:
+                report.endpoints_down.append(f"{endpoint.uri}: {endpoint.problem}")
+                continue
+            client = self._endpoints.setdefault(endpoint.uri, LibvirtEndpoint(endpoint.uri))
+            reading = client.observe(now)
+            if not reading.ok:
+                report.endpoints_down.append(f"{endpoint.uri}: {reading.error}")
+                continue
+            report.guests.extend(reading.guests)
+        self._forget_vanished({e.uri for e in found})
+        return report
+
+    def _explicit_uris(self) -> list[str]:
+        if self.settings.uris or not self.settings.discover_system:
+            return list(self.settings.uris)
+        from overcommit.virt.endpoints import SYSTEM_SOCKETS
+
+        root = Path(self.settings.host_root)
+        for socket in SYSTEM_SOCKETS:
+            path = root / socket.lstrip("/")
+            if path.is_socket():
+                return ["qemu:///system" if root == Path("/") else
+                        f"qemu:///system?socket={quote(str(path), safe='/')}"]
+        return []
+
+    def _forget_vanished(self, live: set[str]) -> None:
+        for uri in [u for u in self._endpoints if u not in live]:
+            self._endpoints.pop(uri).close()
+
+    def plan(self, report: GuestReport, spec: BalloonSpec | None, host: Observation,
+             touched: Sequence[GuestKey], restore_on_release: bool) -> None:
+        """Balloon targets for this cycle: the policy's, or the release of guests we touched."""
+        if spec is not None and spec.mode is not BalloonMode.OFF:
+            plan = plan_balloons(spec, report.guests, host, self.state)
+            self.state = plan.state
+            report.decisions = list(plan.decisions)
+            report.planned = list(plan.targets)
+            return
+        self.state = None
+        ours = [g for g in report.guests if guest_key(g.endpoint, g.domain) in set(touched)]
+        report.planned = list(release_targets(ours, restore_on_release))
+        report.decisions = [GuestDecision(g, None, "no balloon policy applies: left alone")
+                            for g in report.guests]
+
+    def apply(self, report: GuestReport, stats_period: int | None) -> None:
+        """Set every planned target; a failure fails only its guest."""
+        seen = {(g.endpoint, g.domain) for g in report.guests}
+        if stats_period:
+            for guest in report.guests:
+                if guest.has_balloon and guest.problem is None:
+                    self._stats_period(guest, stats_period)
+        for target in report.planned:
+            client = self._endpoints.get(target.endpoint)
+            if client is None or (target.endpoint, target.domain) not in seen:
+                report.errors.append(f"{target.domain}: its endpoint vanished before the "
+                                     "balloon could be set")
+                continue
+            error = client.set_target(target.domain, target.to_kib)
+            if error:
+                report.errors.append(error)
+            else:
+                report.applied.append(target)
+
+    def _stats_period(self, guest: GuestObservation, seconds: int) -> None:
+        client = self._endpoints.get(guest.endpoint)
+        if client is not None and guest.stats_period_s != seconds:
+            error = client.ensure_stats_period(guest.domain, seconds)
+            if error:
+                log.info("stats period for %s: %s", guest.domain, error)
+
+    def close(self) -> None:
+        for client in self._endpoints.values():
+            client.close()
+        self._endpoints.clear()
+
+
+def touched_after(report: GuestReport, touched: Sequence[GuestKey],
+                  released: bool) -> list[GuestKey]:
+    """Guests whose balloon we moved and must give back on release.
+
+    While a policy manages balloons every guest we moved stays on the list; once released,
+    a guest leaves it when it is back at its maximum or gone.
+    """
+    keys = set(touched) | {guest_key(t.endpoint, t.domain) for t in report.applied}
+    if not released:
+        return sorted(keys)
+    live: Mapping[GuestKey, GuestObservation] = {
+        guest_key(g.endpoint, g.domain): g for g in report.guests}
+    restored = {guest_key(t.endpoint, t.domain) for t in report.applied}
+    return sorted(k for k in keys if k in live and k not in restored
+                  and live[k].current_kib < live[k].max_kib)
