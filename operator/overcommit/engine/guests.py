@@ -8,7 +8,7 @@ KSM/zswap/swap work never waits on or fails with it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,8 +64,11 @@ class GuestReport:
 
 
 class GuestManager:
-    def __init__(self, settings: VirtSettings) -> None:
+    def __init__(self, settings: VirtSettings,
+                 endpoint_factory: Callable[[str], LibvirtEndpoint] | None = None) -> None:
         self.settings = settings
+        # Tests inject a factory (e.g. a fixed wall clock for libvirt's test driver).
+        self._factory = endpoint_factory
         self._endpoints: dict[str, LibvirtEndpoint] = {}
         self.state: BalloonState | None = None
 
@@ -84,7 +87,10 @@ class GuestManager:
             if endpoint.problem:
                 report.endpoints_down.append(f"{endpoint.uri}: {endpoint.problem}")
                 continue
-            client = self._endpoints.setdefault(endpoint.uri, LibvirtEndpoint(endpoint.uri))
+            client = self._endpoints.get(endpoint.uri)
+            if client is None:
+                client = (self._factory or LibvirtEndpoint)(endpoint.uri)
+                self._endpoints[endpoint.uri] = client
             reading = client.observe(now)
             if not reading.ok:
                 report.endpoints_down.append(f"{endpoint.uri}: {reading.error}")

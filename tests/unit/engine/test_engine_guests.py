@@ -1,0 +1,146 @@
+"""The engine's guest half on libvirt's test driver: static targets, release, faults, scale."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overcommit.api.model import Policy, policy_from_object
+from overcommit.engine.cycle import NodeEngine
+from overcommit.engine.guests import GuestManager, VirtSettings
+from overcommit.virt.libvirt_source import LibvirtEndpoint
+from tests.cases import policy_document
+from tests.fakes.kernel import FakeKernel
+from tests.fakes.libvirt_xml import FakeDomain, kubevirt_fleet, write_node
+
+GIB_KIB = 1024 * 1024
+# The test driver reports a constant last_update (627319920); a matching wall clock makes its
+# statistics fresh, as a real guest's are.
+TEST_DRIVER_NOW = 627319920 + 1
+
+
+def policy(spec: dict[str, Any]) -> Policy:
+    return policy_from_object(policy_document("p", spec))
+
+
+def engine_with(tmp_path: Path, uri: str) -> NodeEngine:
+    engine = NodeEngine(state_dir=tmp_path / "state", fs=FakeKernel(tmp_path / "host"),
+                        virt=VirtSettings(uris=(uri,), discover_system=False))
+    engine.guests = GuestManager(
+        VirtSettings(uris=(uri,), discover_system=False),
+        lambda u: LibvirtEndpoint(u, wall_clock=lambda: TEST_DRIVER_NOW))
+    return engine
+
+
+def current(engine: NodeEngine, domain: str) -> int:
+    assert engine.guests is not None
+    report = engine.guests.observe(0.0)
+    return next(g.current_kib for g in report.guests if g.domain == domain)
+
+
+STATIC = {"balloon": {"mode": "Static", "static": {"targetPercent": 60},
+                      "floor": {"minPercent": 25, "guestFreeMarginPercent": 0}}}
+
+
+def test_static_targets_are_applied_and_released(tmp_path: Path) -> None:
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=2 * GIB_KIB),
+                                FakeDomain("vm-b", max_kib=GIB_KIB)])
+    engine = engine_with(tmp_path, uri)
+    report = engine.cycle([policy(STATIC)], {})
+    assert report.ok, report.guests.errors
+    assert {t.domain: t.to_kib for t in report.guests.applied} == {
+        "vm-a": int(2 * GIB_KIB * 0.6), "vm-b": int(GIB_KIB * 0.6)}
+    assert current(engine, "vm-a") == int(2 * GIB_KIB * 0.6)
+    state = json.loads((tmp_path / "state/originals.json").read_text())
+    assert sorted(k.split("\t")[1] for k in state["guests"]) == ["vm-a", "vm-b"]
+    # a second cycle: nothing moves
+    assert engine.cycle([policy(STATIC)], {}).guests.applied == []
+    # the policy goes away: guests back to their maximum, record emptied
+    released = engine.cycle([], {})
+    assert {t.domain for t in released.guests.applied} == {"vm-a", "vm-b"}
+    assert current(engine, "vm-a") == 2 * GIB_KIB
+    assert json.loads((tmp_path / "state/originals.json").read_text())["guests"] == []
+
+
+def test_restore_on_release_false_leaves_balloons(tmp_path: Path) -> None:
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB)])
+    engine = engine_with(tmp_path, uri)
+    spec = {"balloon": {**STATIC["balloon"], "restoreOnRelease": False}}
+    engine.cycle([policy(spec)], {})
+    assert engine.cycle([], {}).guests.applied == []
+    assert current(engine, "vm-a") == int(GIB_KIB * 0.6)
+
+
+def test_overcommit_restore_releases_guests(tmp_path: Path) -> None:
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB)])
+    engine = engine_with(tmp_path, uri)
+    engine.cycle([policy(STATIC)], {})
+    assert engine.restore().guests.applied[0].to_kib == GIB_KIB
+
+
+def test_guests_without_balloon_are_reported_and_left_alone(tmp_path: Path) -> None:
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB),
+                                FakeDomain("vm-none", max_kib=GIB_KIB, balloon="none")])
+    report = engine_with(tmp_path, uri).cycle([policy(STATIC)], {})
+    assert [t.domain for t in report.guests.applied] == ["vm-a"]
+    decision = next(d for d in report.guests.decisions if d.guest.domain == "vm-none")
+    assert decision.target_kib is None and "balloon" in decision.reason
+
+
+def test_a_dead_endpoint_fails_only_guests_and_ksm_still_applies(tmp_path: Path) -> None:
+    engine = engine_with(tmp_path, "test:///nonexistent/node.xml")
+    spec = {**STATIC, "ksm": {"enabled": True, "pagesToScan": 555}}
+    report = engine.cycle([policy(spec)], {})
+    assert report.guests.endpoints_down and report.errors == []
+    fs = engine.fs
+    assert isinstance(fs, FakeKernel) and fs.get("sys/kernel/mm/ksm/pages_to_scan") == "555"
+
+
+def test_a_guest_destroyed_between_observe_and_act_fails_alone(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB),
+                                FakeDomain("vm-b", max_kib=GIB_KIB)])
+    engine = engine_with(tmp_path, uri)
+    assert engine.guests is not None
+    real_observe = engine.guests.observe
+
+    def observe_then_destroy(now: float) -> Any:
+        report = real_observe(now)
+        client = engine.guests._endpoints[uri]  # type: ignore[union-attr]
+        client._connection().lookupByName("vm-b").destroy()
+        return report
+
+    monkeypatch.setattr(engine.guests, "observe", observe_then_destroy)
+    report = engine.cycle([policy(STATIC)], {})
+    assert [t.domain for t in report.guests.applied] == ["vm-a"]
+    assert len(report.guests.errors) == 1 and "vm-b" in report.guests.errors[0]
+
+
+def test_dry_run_plans_balloons_without_moving_them(tmp_path: Path) -> None:
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB)])
+    engine = engine_with(tmp_path, uri)
+    report = engine.cycle([policy({**STATIC, "dryRun": True})], {})
+    assert [t.domain for t in report.guests.planned] == ["vm-a"]
+    assert report.guests.applied == [] and current(engine, "vm-a") == GIB_KIB
+
+
+def test_200_guests_auto_cycle_costs_under_a_second_of_cpu(tmp_path: Path) -> None:
+    uri = write_node(tmp_path, kubevirt_fleet(200))
+    engine = engine_with(tmp_path, uri)
+    spec = policy({"balloon": {"mode": "Auto", "auto": {"hostAvailableLowPercent": 99,
+                                                        "hostAvailableHighPercent": 100}}})
+    engine.cycle([spec], {})  # connect and parse every domain's XML once
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    report = engine.cycle([spec], {})
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(f"auto cycle for {len(report.guests.guests)} guests: {cpu * 1000:.0f} ms CPU, "
+          f"{len(report.guests.applied)} balloons moved")
+    assert len(report.guests.guests) == 200
+    assert report.guests.applied, "a host 'short of memory' must reclaim from idle guests"
+    assert cpu < 1.0
