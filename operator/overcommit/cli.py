@@ -165,7 +165,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     settings = AgentSettings(node_name=node, host_root=args.host_root, state_dir=args.state_dir,
                              interval_seconds=args.interval,
                              status_interval_seconds=args.status_interval,
-                             kubeconfig=args.kubeconfig)
+                             kubeconfig=args.kubeconfig,
+                             libvirt_uris=tuple(args.libvirt_uri or ()),
+                             kubevirt_pods_dir=args.kubevirt_pods_dir,
+                             manage_guests=not args.no_libvirt)
     asyncio.run(run(settings))
     return EXIT_OK
 

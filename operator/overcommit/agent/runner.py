@@ -28,6 +28,7 @@ from overcommit.api.model import Policy, PolicyError, policy_from_object
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION, KsmMode
 from overcommit.api.schema import plain
 from overcommit.engine.cycle import CycleReport, NodeEngine
+from overcommit.engine.guests import VirtSettings
 
 log = logging.getLogger("overcommit.agent")
 
@@ -39,7 +40,10 @@ RETRY_SECONDS = 2.0
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
-        self.engine = NodeEngine(host_root=settings.host_root, state_dir=settings.state_dir)
+        virt = VirtSettings(uris=settings.libvirt_uris, pods_dir=settings.kubevirt_pods_dir,
+                            host_root=settings.host_root) if settings.manage_guests else None
+        self.engine = NodeEngine(host_root=settings.host_root, state_dir=settings.state_dir,
+                                 virt=virt)
         self.api = KubeApi(self._login)
         self.wake = asyncio.Event()
         self.policy_index: Mapping[Any, Any] | None = None
@@ -221,13 +225,21 @@ class Agent:
         if report.errors:
             news.append(("Warning", "ApplyFailed", "; ".join(
                 f"{e.path}: {e.errno_name}: {e.reason}" for e in report.errors)))
+        if report.guests.applied:
+            news.append(("Normal", "BalloonsSet", "; ".join(
+                f"{t.domain} {t.from_kib >> 10}->{t.to_kib >> 10} MiB ({t.reason})"
+                for t in report.guests.applied)))
+        if report.guests.errors or report.guests.endpoints_down:
+            news.append(("Warning", "GuestsFailed", "; ".join(
+                report.guests.errors + report.guests.endpoints_down)))
         for problem in report.problems:
             news.append(("Warning", problem.reason, problem.message))
         if report.plan.adaptive is not None:
             news.append(("Normal", "AdaptiveKsm", f"{report.plan.adaptive.phase.value}: "
                          f"{report.plan.adaptive.reason}"))
         for event_type, reason, message in news:
-            if self.last_events.get(reason) == message and reason != "SettingsApplied":
+            if self.last_events.get(reason) == message and \
+                    reason not in ("SettingsApplied", "BalloonsSet"):
                 continue
             self.last_events[reason] = message
             await self._post(event_type, reason, message)

@@ -29,6 +29,16 @@ class AgentSettings:
     kubeconfig: str | None = None
     """A kubeconfig file; None means in-cluster (the pod's service account)."""
 
+    libvirt_uris: tuple[str, ...] = ()
+    """libvirt endpoints to manage guests on; empty: ``qemu:///system`` when its socket exists
+    under the host root."""
+
+    kubevirt_pods_dir: str | None = None
+    """The host's /var/lib/kubelet/pods mounted at a short path: KubeVirt launchers' sockets."""
+
+    manage_guests: bool = True
+    """False: never look at guests (nodes without libvirt)."""
+
     event_namespace: str = "default"
     """Namespace of the Events about this cluster-scoped node state (Kubernetes convention)."""
 

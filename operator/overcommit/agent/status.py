@@ -8,14 +8,14 @@ from typing import Any
 
 from overcommit.api.model import PolicyError
 from overcommit.engine.cycle import CycleReport, saved_bytes
-from overcommit.report import human_bytes
+from overcommit.report import guests_json, human_bytes
 
 JSON = dict[str, Any]
 
 # Fields whose change is news (written at once); everything else is refreshed at most once per
 # status interval, so steady counters never cause a write storm.
 SIGNIFICANT = ("policy", "overridden", "conditions", "engine", "engines", "originals",
-               "lastErrors")
+               "lastErrors", "guestCount")
 
 
 def now_rfc3339() -> str:
@@ -33,7 +33,9 @@ def node_status(report: CycleReport, invalid: Sequence[PolicyError] = (),
         compressed = max(0, zswap.counters.get("zswapped_bytes", 0)
                          - zswap.counters.get("zswap_pool_bytes", 0))
     policy = report.selection.winner
+    ballooned = report.guests.ballooned_bytes
     errors = [f"{e.path}: {e.errno_name}: {e.reason}" for e in report.errors]
+    errors += report.guests.errors + report.guests.endpoints_down
     errors += [line for err in invalid for line in err.lines()]
     status: JSON = {
         "policy": None if policy is None else {"name": policy.name, "uid": policy.uid,
@@ -49,14 +51,23 @@ def node_status(report: CycleReport, invalid: Sequence[PolicyError] = (),
         "originals": dict(sorted(report.originals.items())),
         "saved": {"mergedBytes": merged,
                   "mergingProfitBytes": obs.counter("ksm", "general_profit"),
-                  "balloonedBytes": 0, "compressedBytes": compressed,
-                  "totalBytes": merged + compressed,
-                  "summary": human_bytes(merged + compressed)},
+                  "balloonedBytes": ballooned, "compressedBytes": compressed,
+                  "totalBytes": merged + compressed + ballooned,
+                  "summary": human_bytes(merged + compressed + ballooned)},
         "memory": _memory(report),
-        "guestCount": 0,
+        "guestCount": len(report.guests.guests),
+        "guests": _guests(report),
         "lastErrors": errors[:32],
     }
     return status
+
+
+def _guests(report: CycleReport) -> list[JSON]:
+    """The node state's guest entries (the schema's Guest), capped at the CRD's 1024."""
+    entries = guests_json(report.guests)["guests"][:1024]
+    keep = ("domain", "vmiNamespace", "vmiName", "vmiUid", "maxBytes", "currentBytes",
+            "targetBytes", "usableBytes", "reason")
+    return [{k: v for k, v in e.items() if k in keep and v is not None} for e in entries]
 
 
 def _engine(report: CycleReport) -> str:
@@ -91,6 +102,9 @@ def _conditions(report: CycleReport, invalid: Sequence[PolicyError],
     policy = report.selection.winner
     generation = policy.generation if policy else None
     problems = [(p.reason, p.message) for p in report.problems]
+    guest_trouble = report.guests.errors + report.guests.endpoints_down
+    if guest_trouble:
+        problems.append(("GuestsFailed", "; ".join(guest_trouble)))
     if invalid:
         problems.append(("InvalidPolicy", "; ".join(e.lines()[0] for e in invalid)))
     if report.errors:
