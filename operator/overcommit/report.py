@@ -60,7 +60,9 @@ def guests_json(guests: GuestReport | None) -> JSON:
             "targetBytes": None if decision is None or decision.target_kib is None
             else decision.target_kib * 1024,
             "usableBytes": None if usable is None else usable * 1024,
-            "reason": g.problem or (decision.reason if decision else ""),
+            # The planner's reason covers problems of guests it manages; an unselected guest's
+            # reason says why it is not ours at all.
+            "reason": decision.reason if decision else (g.problem or ""),
         })
     return {"guests": entries, "endpointsDown": list(guests.endpoints_down),
             "guestErrors": list(guests.errors)}

@@ -55,14 +55,14 @@ def node_state(cp: ControlPlane, name: str) -> dict[str, Any] | None:
 @contextmanager
 def agent_process(cp: ControlPlane, node_name: str, host_root: Path, state_dir: Path,
                   kubeconfig: Path | None = None, env: dict[str, str] | None = None,
-                  interval: float = 1.0, status_interval: float = 1.0
-                  ) -> Iterator[subprocess.Popen[str]]:
+                  interval: float = 1.0, status_interval: float = 1.0,
+                  extra_args: list[str] | None = None) -> Iterator[subprocess.Popen[str]]:
     """``overcommit agent`` as its own process (so tests can kill it like a node would)."""
     log = open(state_dir.parent / f"agent-{node_name}.log", "a")  # noqa: SIM115
     argv = [sys.executable, "-m", "overcommit.cli", "agent", "--node-name", node_name,
             "--kubeconfig", str(kubeconfig or cp.admin_kubeconfig), "--host-root",
             str(host_root), "--state-dir", str(state_dir), "--interval", str(interval),
-            "--status-interval", str(status_interval), "-v"]
+            "--status-interval", str(status_interval), "-v", *(extra_args or [])]
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
     try:

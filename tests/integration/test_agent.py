@@ -268,3 +268,51 @@ def test_agent_on_the_real_ksm(cluster: ControlPlane, real_ksm: dict[str, str],
     for path, value in real_ksm.items():
         text = Path("/", path).read_text().strip()
         assert value in text, (path, value, text)
+
+
+VMI_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "virtualmachineinstances.kubevirt.io"},
+    "spec": {"group": "kubevirt.io", "scope": "Namespaced",
+             "names": {"plural": "virtualmachineinstances", "singular": "virtualmachineinstance",
+                       "kind": "VirtualMachineInstance", "shortNames": ["vmi"]},
+             "versions": [{"name": "v1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {
+                               "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def test_kubevirt_vmi_labels_select_guests(cluster: ControlPlane, host: FakeKernel,
+                                           names: dict[str, str], tmp_path: Path) -> None:
+    """VMI labels come from the API (KubeVirt's CRD present): vmSelector.matchLabels works."""
+    from tests.fakes.libvirt_xml import FakeDomain, write_node
+
+    apply(cluster, VMI_CRD)
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/virtualmachineinstances.kubevirt.io")
+    n, p, ns = names["node"], names["policy"], f"ns-{names['node']}"
+    apply(cluster, node(n, {"pool": n}), {"apiVersion": "v1", "kind": "Namespace",
+                                          "metadata": {"name": ns}})
+    for vm, tier in (("vm-db", "db"), ("vm-web", "web")):
+        apply(cluster, {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                        "metadata": {"name": vm, "namespace": ns,
+                                     "labels": {"tier": tier, "kubevirt.io/nodeName": n}},
+                        "spec": {"domain": {"resources": {"requests": {"memory": "256Mi"}}}}})
+    uids = {vm: get_json(cluster, "vmi", vm, "-n", ns)["metadata"]["uid"]
+            for vm in ("vm-db", "vm-web")}
+    uri = write_node(tmp_path, [FakeDomain(f"{ns}_{vm}", vmi_uid=uid)
+                                for vm, uid in uids.items()])
+    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
+                              "balloon": {"mode": "Static",
+                                          "vmSelector": {"matchLabels": {"tier": "db"}},
+                                          "static": {"targetPercent": 50}}}))
+    with agent_process(cluster, n, host.root, tmp_path / "state",
+                       extra_args=["--libvirt-uri", uri]):
+        wait_for(lambda: status_of(cluster, n).get("guestCount") == 2, 30,
+                 "the agent to report both guests")
+        guests = {g["domain"]: g for g in status_of(cluster, n)["guests"]}
+    db, web = guests[f"{ns}_vm-db"], guests[f"{ns}_vm-web"]
+    assert (db["vmiNamespace"], db["vmiName"], db["vmiUid"]) == (ns, "vm-db", uids["vm-db"])
+    assert web["reason"].startswith("not selected"), web
+    assert not db["reason"].startswith("not selected"), db
+    cluster.kubectl("delete", "mop", p)

@@ -48,6 +48,7 @@ class Agent:
         self.wake = asyncio.Event()
         self.policy_index: Mapping[Any, Any] | None = None
         self.node_index: Mapping[Any, Any] | None = None
+        self.vmi_index: Mapping[Any, Any] | None = None
         self.state_uid: str | None = None
         self.recreate_state = True
         self.last_status: dict[str, Any] | None = None
@@ -70,6 +71,9 @@ class Agent:
         settings.watching.field_selectors["v1", "nodes"] = f"metadata.name={node}"
         settings.watching.field_selectors[GROUP, "memoryovercommitnodestates"] = \
             f"metadata.name={node}"
+        # KubeVirt labels each VMI with the node it runs on.
+        settings.watching.label_selectors["kubevirt.io", "virtualmachineinstances"] = \
+            f"kubevirt.io/nodeName={node}"
         self._kopf_settings = settings
 
     async def _login(self) -> kopf.ConnectionInfo:
@@ -102,10 +106,19 @@ class Agent:
             return {name: {"uid": meta.get("uid"), "labels": dict(meta.get("labels") or {}),
                            "annotations": dict(meta.get("annotations") or {})}}
 
+        @kopf.index("kubevirt.io", "v1", "virtualmachineinstances", id="vmi_index",
+                    registry=registry)
+        def vmi_index(body: kopf.Body, name: str, namespace: str | None,
+                      **_: Any) -> dict[Any, Any]:
+            # Labels, annotations and the memory request of this node's VMIs, for vmSelector,
+            # shares and floors. Served only where KubeVirt's CRDs exist.
+            return {(namespace, name): plain(body)}
+
         @kopf.on.event("", "v1", "nodes", registry=registry)
         def node_event(**kwargs: Any) -> None:
             # kopf passes each index under its function's name: live, always complete views.
             agent.policy_index, agent.node_index = kwargs["policy_index"], kwargs["node_index"]
+            agent.vmi_index = kwargs.get("vmi_index")
             agent.wake.set()
 
         @kopf.on.event(GROUP, VERSION, "memoryovercommitpolicies", registry=registry)
@@ -153,7 +166,8 @@ class Agent:
         owner = None
         if KUBEVIRT_KSM_ANNOTATION in node["annotations"]:
             owner = f"KubeVirt's KSM handler (annotation {KUBEVIRT_KSM_ANNOTATION})"
-        report = await asyncio.to_thread(self.engine.cycle, policies, node["labels"], owner)
+        report = await asyncio.to_thread(self.engine.cycle, policies, node["labels"], owner,
+                                         self._vmis())
         self.cycles += 1
         log.info("cycle %d: policy=%s labels=%s changes=%d errors=%d restored=%s", self.cycles,
                  report.selection.winner.name if report.selection.winner else None,
@@ -169,6 +183,13 @@ class Agent:
         for value in self.node_index.get(self.settings.node_name, []):
             return dict(value)
         return None
+
+    def _vmis(self) -> dict[tuple[str, str], Any]:
+        vmis = {}
+        for key, store in (self.vmi_index or {}).items():
+            for body in store:
+                vmis[key] = body
+        return vmis
 
     def _policies(self) -> tuple[list[Policy], list[PolicyError]]:
         policies, invalid = [], []

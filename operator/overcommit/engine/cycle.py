@@ -110,13 +110,14 @@ class NodeEngine:
 
     # -- act -------------------------------------------------------------------------------
     def cycle(self, policies: Sequence[Policy], labels: Mapping[str, str],
-              ksm_owner: str | None = None) -> CycleReport:
+              ksm_owner: str | None = None,
+              vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> CycleReport:
         """Observe, plan, then apply the differences (or restore when nothing selects us)."""
         selection, plan, obs = self.plan(policies, labels, ksm_owner=ksm_owner)
         report = CycleReport(selection, plan, obs)
         record = self.store.load()
         self._kernel_cycle(report, record, plan, obs)
-        self._guest_cycle(report, record, plan)
+        self._guest_cycle(report, record, plan, vmis)
         return report
 
     def _kernel_cycle(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
@@ -134,11 +135,12 @@ class NodeEngine:
             self._adaptive = plan.adaptive
             self._adaptive_for = (plan.policy.uid or plan.policy.name, plan.policy.generation)
 
-    def _guest_cycle(self, report: CycleReport, record: NodeRecord, plan: NodePlan) -> None:
+    def _guest_cycle(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
+                     vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> None:
         """Observe guests, plan balloons (or release them), act. Never fails the cycle."""
         if self.guests is None:
             return
-        guests = report.guests = self.guests.observe(self.clock())
+        guests = report.guests = self.guests.observe(self.clock(), vmis)
         spec = plan.policy.spec.balloon if plan.policy is not None else None
         released = spec is None or spec.mode is BalloonMode.OFF
         self.guests.plan(guests, spec, report.observation, record.guests,

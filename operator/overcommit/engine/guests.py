@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from overcommit.api.policy import BalloonMode, BalloonSpec
@@ -72,7 +72,10 @@ class GuestManager:
         self._endpoints: dict[str, LibvirtEndpoint] = {}
         self.state: BalloonState | None = None
 
-    def observe(self, now: float) -> GuestReport:
+    def observe(self, now: float,
+                vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> GuestReport:
+        """Every guest on every endpoint; ``vmis`` ((namespace, name) -> VMI object, from the
+        API) adds KubeVirt labels, annotations and memory requests."""
         report = GuestReport()
         try:
             from overcommit.virt.endpoints import discover_endpoints
@@ -97,6 +100,10 @@ class GuestManager:
                 continue
             report.guests.extend(reading.guests)
         self._forget_vanished({e.uri for e in found})
+        if vmis:
+            from overcommit.virt.kubevirt import enrich_guests
+
+            report.guests = enrich_guests(report.guests, vmis)
         return report
 
     def _explicit_uris(self) -> list[str]:

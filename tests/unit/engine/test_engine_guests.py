@@ -109,8 +109,8 @@ def test_a_guest_destroyed_between_observe_and_act_fails_alone(tmp_path: Path,
     assert engine.guests is not None
     real_observe = engine.guests.observe
 
-    def observe_then_destroy(now: float) -> Any:
-        report = real_observe(now)
+    def observe_then_destroy(now: float, vmis: Any = None) -> Any:
+        report = real_observe(now, vmis)
         client = engine.guests._endpoints[uri]  # type: ignore[union-attr]
         client._connection().lookupByName("vm-b").destroy()
         return report
