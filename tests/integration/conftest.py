@@ -1,14 +1,18 @@
-"""Fixtures for tests against real parts: the host's KSM and a real kube-apiserver + etcd.
+"""Fixtures for tests against real parts: the host's KSM, a real kube-apiserver + etcd, and
+the real libvirtd.
 
 A missing part FAILS the test with what to install or how to run; nothing is skipped silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,3 +59,30 @@ def real_ksm() -> Iterator[dict[str, str]]:
     result = source.apply(before, allow_unmerge=True)
     assert result.ok, f"could not restore KSM: {result.errors}"
     assert dict(source.read().settings) == before
+
+
+@pytest.fixture(scope="module")
+def libvirt_conn() -> Iterator[Any]:
+    """A connection to the real ``qemu:///system`` (libvirtd started if needed), after removing
+    test guests left by runs that were killed before their cleanup."""
+    from overcommit.testing import guests, libvirtd
+
+    try:
+        import libvirt  # here: a missing binding must fail the test, not collection
+
+        libvirtd.ensure_libvirtd()
+        guests.guest_image()
+    except ImportError:
+        pytest.fail(f"libvirt-python is not installed in this virtualenv: "
+                    f"{libvirtd.INSTALL_HINT}", pytrace=False)
+    except (libvirtd.LibvirtdError, guests.GuestError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    connection = libvirt.open(libvirtd.URI)
+    for dom in connection.listAllDomains(0):
+        match = re.fullmatch(r"oc-[a-z]+-(\d+)-\w+", dom.name())
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            guests.destroy_guest(dom)
+    yield connection
+    with contextlib.suppress(libvirt.libvirtError):  # dead after a libvirtd restart
+        connection.close()

@@ -38,21 +38,8 @@ PREFIX = f"oc-bal-{os.getpid()}-"
 
 
 @pytest.fixture(scope="module")
-def conn() -> Iterator[Any]:
-    try:
-        import libvirt
-
-        libvirtd.ensure_libvirtd()
-        guests.guest_image()
-    except ImportError:
-        pytest.fail(f"libvirt-python is missing: {libvirtd.INSTALL_HINT}", pytrace=False)
-    except (libvirtd.LibvirtdError, guests.GuestError) as exc:
-        pytest.fail(str(exc), pytrace=False)
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    connection = libvirt.open(URI)
-    yield connection
-    with contextlib.suppress(libvirt.libvirtError):
-        connection.close()
+def conn(libvirt_conn: Any) -> Any:
+    return libvirt_conn
 
 
 @pytest.fixture(scope="module")

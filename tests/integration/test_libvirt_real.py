@@ -9,9 +9,7 @@ FAIL with a message naming scripts/install-libvirt.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -40,24 +38,8 @@ def full_name(suffix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def conn() -> Iterator[Any]:
-    try:
-        import libvirt  # here: a missing binding must fail the test, not collection
-        libvirtd.ensure_libvirtd()
-        guests.guest_image()
-    except ImportError:
-        fail(f"libvirt-python is not installed in this virtualenv: {libvirtd.INSTALL_HINT}")
-    except (libvirtd.LibvirtdError, guests.GuestError) as e:
-        fail(str(e))
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    connection = libvirt.open(libvirtd.URI)
-    for dom in connection.listAllDomains(0):  # left by a run killed before its cleanup
-        m = re.fullmatch(rf"{PREFIX}(\d+)-\w+", dom.name())
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
-            guests.destroy_guest(dom)
-    yield connection
-    with contextlib.suppress(libvirt.libvirtError):  # dead after the restart test
-        connection.close()
+def conn(libvirt_conn: Any) -> Any:
+    return libvirt_conn
 
 
 @pytest.fixture(scope="module")
