@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from overcommit.api.policy import BalloonMode, BalloonSpec
-from overcommit.planning.balloon import BalloonState, plan_balloons, release_targets
+from overcommit.planning.balloon import (
+    BalloonState,
+    plan_balloons,
+    release_targets,
+    select_guests,
+)
 from overcommit.planning.observation import Observation
 from overcommit.virt.model import BalloonTarget, GuestDecision, GuestObservation
 
@@ -56,6 +61,8 @@ class GuestReport:
     applied: list[BalloonTarget] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # per guest or per endpoint
     endpoints_down: list[str] = field(default_factory=list)
+    # Guests the policy's vmSelector picks: only they get the policy's statistics period.
+    selected: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def ballooned_bytes(self) -> int:
@@ -127,6 +134,8 @@ class GuestManager:
              touched: Sequence[GuestKey], restore_on_release: bool) -> None:
         """Balloon targets for this cycle: the policy's, or the release of guests we touched."""
         if spec is not None and spec.mode is not BalloonMode.OFF:
+            chosen, _ = select_guests(spec.vm_selector, report.guests)
+            report.selected = {(g.endpoint, g.domain) for g in chosen}
             plan = plan_balloons(spec, report.guests, host, self.state)
             self.state = plan.state
             report.decisions = list(plan.decisions)
@@ -143,7 +152,8 @@ class GuestManager:
         seen = {(g.endpoint, g.domain) for g in report.guests}
         if stats_period:
             for guest in report.guests:
-                if guest.has_balloon and guest.problem is None:
+                if guest.has_balloon and guest.problem is None \
+                        and (guest.endpoint, guest.domain) in report.selected:
                     self._stats_period(guest, stats_period)
         for target in report.planned:
             client = self._endpoints.get(target.endpoint)
