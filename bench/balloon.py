@@ -35,6 +35,9 @@ from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
 from typing import Any
 
+from bench.common import log as _log
+from bench.common import quiet as _quiet
+from bench.common import raise_interrupt as _raise_interrupt
 from overcommit.api.model import policy_from_object
 from overcommit.api.policy import (
     GROUP,
@@ -757,18 +760,6 @@ def run_all(args: argparse.Namespace, settings: Settings, spec: BalloonSpec
 
 def _clock() -> str:
     return time.strftime("%H:%M:%S")
-
-
-def _log(line: str) -> None:
-    print(line, flush=True)
-
-
-def _quiet(_: str) -> None:
-    pass
-
-
-def _raise_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:

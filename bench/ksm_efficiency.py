@@ -25,6 +25,9 @@ from typing import Any
 
 from bench import ksm_host
 from bench.baselines import MemoryView, simulated_pressure
+from bench.common import log as _log
+from bench.common import quiet as _quiet
+from bench.common import raise_interrupt as _raise_interrupt
 from bench.strategies import BASELINES, STRATEGY_NAMES, Strategy, factory
 from overcommit.testing.workload import MergeWorkload
 
@@ -360,18 +363,6 @@ def run_all(args: argparse.Namespace, settings: Settings) -> dict[str, dict[str,
             trials[name].append(trial)
             print(f"  t90={_fmt(trial.t90_s, 0)} s, ksmd cpu {trial.ksmd_cpu_s:.2f} s", flush=True)
     return {name: summarise(found) for name, found in trials.items()}
-
-
-def _log(line: str) -> None:
-    print(line, flush=True)
-
-
-def _quiet(_: str) -> None:
-    pass
-
-
-def _raise_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
