@@ -351,6 +351,10 @@ class BalloonAuto:
         default=40, minimum=1, maximum=100)
     max_step_percent: int = doc("The most a guest's balloon moves in one cycle, in percent of "
                                 "its maximum.", default=10, minimum=1, maximum=100)
+    min_step: Quantity = doc(
+        "The step is never smaller than this (capped at the guest's maximum): a percentage "
+        "alone moves small guests by a few MiB per cycle. Floors and the host's need still "
+        "bound every move.", default="128Mi")
     interval_seconds: int = doc("Seconds between balloon decisions.", default=10,
                                 minimum=1, maximum=3600)
     pressure_major_faults_per_second: int = doc(

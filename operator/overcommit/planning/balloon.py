@@ -9,16 +9,20 @@ The anchors (oVirt MOM, Proxmox) move every guest by host memory alone and read 
 and swap-in rates, and in mode Auto, every cycle:
 
 1. **Pressured guests first, whatever the host.** A guest faulting or swapping above the
-   policy's thresholds, or with ``usable`` below its free margin, grows at once by its margin
-   deficit plus headroom (one step, doubled for each further cycle it stays pressured) — never
-   shrinks. A guest below its floor is raised to it.
+   policy's thresholds, or whose ``usable`` is below its free margin — or will be by the next
+   sample if its use keeps growing as fast as since the last one — grows at once by its
+   (projected) margin deficit plus headroom (one step, doubled for each further cycle it stays
+   pressured) — never shrinks. A guest below its floor is raised to it. Judging on the trend
+   matters most for guests without swap or file pages (typical of small VMs): they give no
+   fault or swap-in warning before their kernel OOM-kills.
 2. **Host band**, from MemAvailable after that growth: below ``hostAvailableLowPercent`` idle
    guests give (most surplus per share first, one step each at most, never below the floor)
    only what brings the host back to the middle of the band, cycle after cycle until it gets
    there; above ``hostAvailableHighPercent`` guests grow back toward their maximum (most used
    first, then most recently shrunk), one step each, no further than the high mark; in
    between all hold.
-3. **Floors are absolute** (``guest_floor``), moves under ``min_move_kib`` are dropped (no
+3. **Floors are absolute** (``guest_floor``, which counts a growing guest's growth as
+   used), moves under ``min_move_kib`` are dropped (no
    flapping), a guest recently under pressure is not shrunk again for a few intervals, and a
    statistics sample older than the balloon's last move is corrected for that move.
 """
@@ -77,6 +81,8 @@ class GuestMemory:
     last_shrink_time: float | None = None
     last_pressure_time: float | None = None
     pressure_streak: int = 0  # consecutive cycles under pressure, up to the last one
+    sample_used_kib: int | None = None  # what the guest used (current - usable) at that sample
+    use_growth_kib: int = 0  # how much more it used at that sample than at the one before
 
 
 @dataclass(frozen=True)
@@ -166,24 +172,26 @@ def usable_kib(guest: GuestObservation, memory: GuestMemory | None = None) -> in
 
 
 def guest_floor(floor: BalloonFloor, guest: GuestObservation,
-                usable: int | None = None) -> tuple[int, str]:
+                usable: int | None = None, growth: int = 0) -> tuple[int, str]:
     """The least memory (KiB) the guest may have, and which term sets it. The largest of:
 
     * ``minPercent`` of the guest's maximum — the policy's relative floor;
     * ``min`` — the policy's absolute floor;
     * the VMI's memory request, when known — what Kubernetes promised the guest;
-    * what the guest uses now (current - usable) plus its free margin — what keeps it out of
-      reclaim trouble (needs the driver's ``usable``).
+    * what the guest uses now (current - usable), plus what it is likely to use more by the
+      next sample (``growth``, see ``use_growth_kib``), plus its free margin — what keeps it
+      out of reclaim trouble (needs the driver's ``usable``).
 
     Never above the guest's maximum, which is the most its balloon can be anyway. ``usable``
     defaults to the sample's (see ``usable_kib``).
     """
     used = guest.current_kib - (usable_kib(guest) if usable is None else usable)
+    growing = f" + {mib(growth)} growing" if growth > 0 else ""
     return _largest(guest.max_kib, [
         *_policy_terms(floor, guest.max_kib),
         (guest.request_kib or 0, "VMI memory request"),
-        (used + margin_kib(floor, guest),
-         f"in use {mib(used)} + {floor.guest_free_margin_percent}% margin"),
+        (used + max(0, growth) + margin_kib(floor, guest),
+         f"in use {mib(used)}{growing} + {floor.guest_free_margin_percent}% margin"),
     ])
 
 
@@ -212,8 +220,10 @@ def min_move_kib(max_kib: int) -> int:
 
 
 def step_kib(auto: BalloonAuto, max_kib: int) -> int:
-    """The most a balloon moves in one Auto cycle (pressure growth and floors aside)."""
-    return max(1, max_kib * auto.max_step_percent // 100)
+    """The most a balloon moves in one Auto cycle (pressure growth and floors aside):
+    ``maxStepPercent`` of the maximum, at least ``minStep``, at most the maximum."""
+    at_least = quantity_bytes(auto.min_step) // 1024
+    return max(1, min(max_kib, max(max_kib * auto.max_step_percent // 100, at_least)))
 
 
 def headroom_kib(auto: BalloonAuto, max_kib: int, streak: int) -> int:
@@ -253,6 +263,7 @@ class GuestView:
 
     obs: GuestObservation
     usable: int
+    growth: int  # how much more the guest used at its last sample than at the one before
     margin: int
     floor: int
     floor_why: str
@@ -276,9 +287,15 @@ class GuestView:
         return max(0, self.current - self.floor)
 
     @property
+    def projected(self) -> int:
+        """``usable`` at the next sample if the guest's use grows as it did since the last one
+        (negative when it would run out)."""
+        return self.usable - self.growth
+
+    @property
     def deficit(self) -> int:
-        """How far ``usable`` is below the free margin."""
-        return max(0, self.margin - self.usable)
+        """How far the projected ``usable`` is below the free margin."""
+        return max(0, self.margin - self.projected)
 
 
 def _stamp(guest: GuestObservation) -> int | None:
@@ -312,8 +329,20 @@ def _rate(now: int | None, before: int | None, elapsed: float) -> float | None:
     return (now - before) / elapsed
 
 
+def use_growth_kib(guest: GuestObservation, memory: GuestMemory | None, usable: int) -> int:
+    """How much more the guest uses (current - usable) than at the sample before (0 when it
+    uses less, or when there is no earlier sample). A cycle that sees the same sample as the
+    last one keeps the last growth: the trend is still the best guess for what comes next."""
+    if memory is None or memory.uuid != guest.uuid or memory.sample_used_kib is None:
+        return 0
+    stamp = _stamp(guest)
+    if stamp is not None and stamp == memory.stamp:
+        return memory.use_growth_kib
+    return max(0, guest.current_kib - usable - memory.sample_used_kib)
+
+
 def _pressure(auto: BalloonAuto, guest: GuestObservation, memory: GuestMemory | None,
-              usable: int, margin: int) -> str:
+              usable: int, growth: int, margin: int) -> str:
     faults, swap_in = _rates(guest, memory)
     signs = []
     if faults is not None and faults > auto.pressure_major_faults_per_second:
@@ -323,6 +352,9 @@ def _pressure(auto: BalloonAuto, guest: GuestObservation, memory: GuestMemory | 
                      f"{auto.pressure_swap_in_pages_per_second}")
     if usable < margin:
         signs.append(f"usable {mib(usable)} < margin {mib(margin)}")
+    elif usable - growth < margin:
+        signs.append(f"use grew {mib(growth)} since the last sample: usable {mib(usable)} "
+                     f"would fall to {mib(usable - growth)} < margin {mib(margin)}")
     return ", ".join(signs)
 
 
@@ -331,12 +363,13 @@ def assess(spec: BalloonSpec, guest: GuestObservation, memory: GuestMemory | Non
     auto, floor = spec.auto or BalloonAuto(), spec.floor or BalloonFloor()
     mem = memory if memory is not None and memory.uuid == guest.uuid else None
     usable, margin = usable_kib(guest, mem), margin_kib(floor, guest)
-    floor_kib, floor_why = guest_floor(floor, guest, usable)
-    pressure = _pressure(auto, guest, mem, usable, margin)
+    growth = use_growth_kib(guest, mem, usable)
+    floor_kib, floor_why = guest_floor(floor, guest, usable, growth)
+    pressure = _pressure(auto, guest, mem, usable, growth, margin)
     cooldown = COOLDOWN_INTERVALS * auto.interval_seconds
     cooling = bool(mem and mem.last_pressure_time is not None
                    and guest.time - mem.last_pressure_time < cooldown)
-    return GuestView(obs=guest, usable=usable, margin=margin, floor=floor_kib,
+    return GuestView(obs=guest, usable=usable, growth=growth, margin=margin, floor=floor_kib,
                      floor_why=floor_why, pressure=pressure, cooling=cooling,
                      streak=mem.pressure_streak if mem else 0, shares=shares_of(auto, guest),
                      last_shrink=mem.last_shrink_time if mem else None)
@@ -399,7 +432,7 @@ def assemble(guests: Sequence[GuestObservation], managed: Managed,
     for view in managed.views:
         choice = choices[view.key]
         by_key[view.key] = GuestDecision(view.obs, choice.target, choice.reason, view.usable,
-                                         view.floor, bool(view.pressure))
+                                         view.floor, bool(view.pressure), view.growth)
         if choice.target != view.current:
             targets.append(BalloonTarget(view.obs.endpoint, view.obs.domain, view.current,
                                          choice.target, choice.reason))
@@ -428,7 +461,9 @@ def _memory(view: GuestView, choice: Choice, old: GuestMemory | None) -> GuestMe
         memory = replace(memory, time=guest.time, stamp=stamp,
                          swap_in_kib=guest.stats.get("swap_in"),
                          major_faults=guest.stats.get("major_fault"),
-                         sample_current_kib=guest.current_kib)
+                         sample_current_kib=guest.current_kib,
+                         sample_used_kib=guest.current_kib - view.usable,
+                         use_growth_kib=view.growth)
     if choice.target != view.current:
         memory = replace(memory, last_target_kib=choice.target)
     if choice.target < view.current:
@@ -573,8 +608,10 @@ def _reclaim(auto: BalloonAuto, band: HostBand, views: Sequence[GuestView]) -> d
 def _why_not_idle(view: GuestView) -> str:
     if view.cooling:
         return "was under pressure recently, not shrunk yet"
-    if view.usable < view.margin + min_move_kib(view.obs.max_kib):
-        return f"usable {mib(view.usable)} is not well above its margin {mib(view.margin)}"
+    if view.projected < view.margin + min_move_kib(view.obs.max_kib):
+        growing = f" (its use grew {mib(view.growth)})" if view.growth else ""
+        return (f"usable {mib(view.usable)}{growing} is not well above its margin "
+                f"{mib(view.margin)}")
     return ""
 
 

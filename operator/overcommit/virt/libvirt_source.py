@@ -223,13 +223,15 @@ class LibvirtEndpoint:
         return self._act(domain, lambda dom: self._set_period(dom, domain, seconds))
 
     def _set_period(self, dom: Any, domain: str, seconds: int) -> str | None:
-        facts = self._facts_for(dom)
+        # The live XML, not the cached facts: anyone (an admin's `virsh dommemstat --period`,
+        # another tool) may have changed the period since, and keeping it is this call's job.
+        key = (dom.UUIDString(), dom.ID())
+        facts = self._facts[key] = parse_domain_xml(dom.XMLDesc(0))
         if not facts.has_balloon:
             # libvirt would say "internal error: No memory balloon device configured"
             return f"{domain}: {_NO_DEVICE}"
         if facts.stats_period != seconds:
             dom.setMemoryStatsPeriod(seconds, _LIVE)
-            key = (dom.UUIDString(), dom.ID())
             self._facts[key] = dataclasses.replace(facts, stats_period=seconds)
         return None
 

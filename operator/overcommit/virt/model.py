@@ -69,3 +69,4 @@ class GuestDecision:
     usable_kib: int | None = None
     floor_kib: int | None = None  # the least the planner would leave the guest (managed only)
     pressured: bool = False  # the guest showed memory pressure this cycle
+    use_growth_kib: int = 0  # how much more the guest used than at the sample before (managed)

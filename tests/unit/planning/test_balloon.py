@@ -325,6 +325,63 @@ def test_a_grown_guest_is_not_grown_again_on_the_same_statistics_sample() -> Non
     assert decision_of(second, same_sample).usable_kib == 100 * MIB + grown - 2048 * MIB
 
 
+def test_a_guest_whose_use_grows_faster_than_its_margin_is_grown_before_it_runs_out() -> None:
+    # 1 GiB: used 300 MiB, then 650 MiB at the next sample. Usable 374 MiB is still well above
+    # the 103 MiB margin, but another 350 MiB by the next sample would leave 24 MiB - the
+    # trend, not the level, is what warns a guest without swap before an OOM kill.
+    spec = balloon(floor={"minPercent": 10})
+    before = vm(t=0, max_mib=2048, current_mib=1024, usable_mib=724)
+    after = vm(t=10, max_mib=2048, current_mib=1024, usable_mib=374)
+    plan = two_cycles(spec, [before], [after], host(MID))
+    decision = decision_of(plan, after)
+    assert decision.pressured and decision.use_growth_kib == 350 * MIB
+    margin = -(-1024 * MIB * 10 // 100)
+    projected = 374 * MIB - 350 * MIB
+    step = 2048 * MIB * 10 // 100
+    assert target_of(plan, after) == 1024 * MIB + (margin - projected) + step
+    assert "use grew 350 MiB since the last sample" in decision.reason
+    # The same sample seen again keeps the trend (the guest has not reported since).
+    again = replace(after, time=15.0)
+    assert decision_of(plan_balloons(spec, [again], host(MID), plan.state),
+                       again).use_growth_kib == 350 * MIB
+
+
+def test_a_guest_whose_use_grows_is_not_idle_even_with_room_above_its_margin() -> None:
+    before = vm(t=0, current_mib=4096, usable_mib=3000)
+    after = vm(t=10, current_mib=4096, usable_mib=2400)  # 600 MiB more used
+    plan = two_cycles(AUTO, [before], [after], host(5))
+    decision = decision_of(plan, after)
+    # floor: 1696 used + 600 growing + 410 margin = 2706 MiB; still 1390 MiB to give
+    assert decision.floor_kib == 1696 * MIB + 600 * MIB + -(-4096 * MIB * 10 // 100)
+    assert target_of(plan, after) == 4096 * MIB - STEP_4G
+    steady = vm(t=10, current_mib=4096, usable_mib=3000)  # the same use: the plain floor
+    plan = two_cycles(AUTO, [before], [steady], host(5))
+    assert decision_of(plan, steady).floor_kib == 1096 * MIB + -(-4096 * MIB * 10 // 100)
+
+
+def test_a_guest_using_less_than_before_has_no_growth() -> None:
+    before = vm(t=0, current_mib=2048, usable_mib=300)
+    after = vm(t=10, current_mib=2048, usable_mib=900)
+    assert decision_of(two_cycles(AUTO, [before], [after], host(MID)), after).use_growth_kib == 0
+
+
+@pytest.mark.parametrize(("max_mib", "min_step", "expected_mib"), [
+    (512, None, 128),       # 10% is 51 MiB: the 128Mi minimum wins
+    (4096, None, 409.6),    # 10% of 4 GiB wins over 128 MiB
+    (100, None, 100),       # never more than the guest's maximum
+    (512, "64Mi", 64),
+])
+def test_the_step_is_a_share_of_the_maximum_but_at_least_min_step(
+        max_mib: int, min_step: str | None, expected_mib: float) -> None:
+    auto: dict[str, Any] = {} if min_step is None else {"minStep": min_step}
+    spec = balloon(auto=auto, floor={"minPercent": 1, "guestFreeMarginPercent": 0})
+    g = vm(max_mib=max_mib, usable_mib=max_mib - 1)
+    plan = plan_balloons(spec, [g], host(5), None)
+    given = max_mib * MIB - (target_of(plan, g) or max_mib * MIB)
+    floor = max(-(-max_mib * MIB // 100), MIB)  # 1% of max, or the 1 MiB in use
+    assert given == min(int(expected_mib * MIB), max_mib * MIB - floor)
+
+
 # ------------------------------------------------------------------------------------------------
 # Auto: host short of memory
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from overcommit.api.model import PolicyError, policy_from_object
 from overcommit.api.policy import BalloonAuto, BalloonFloor, BalloonMode, BalloonSpec
+from overcommit.api.schema import quantity_bytes
 from overcommit.planning.balloon import (
     MAX_HEADROOM_DOUBLINGS,
     SHARES_ANNOTATION,
@@ -237,7 +238,7 @@ def _margin(spec: BalloonSpec, guest: GuestObservation) -> int:
 def _check_floor(spec: BalloonSpec, decision: GuestDecision, to_kib: int) -> None:
     guest, floor = decision.guest, spec.floor or BalloonFloor()
     assert decision.usable_kib is not None and 0 <= decision.usable_kib <= guest.current_kib
-    expected = guest_floor(floor, guest, decision.usable_kib)[0]
+    expected = guest_floor(floor, guest, decision.usable_kib, decision.use_growth_kib)[0]
     static_terms = max(policy_minimum(floor, guest.max_kib)[0],
                        min(guest.request_kib or 0, guest.max_kib))
     assert decision.floor_kib == expected >= static_terms
@@ -247,7 +248,8 @@ def _check_floor(spec: BalloonSpec, decision: GuestDecision, to_kib: int) -> Non
 def _check_step(spec: BalloonSpec, decision: GuestDecision, to_kib: int,
                 prev: BalloonState | None) -> None:
     guest, auto = decision.guest, spec.auto or BalloonAuto()
-    step = max(1, guest.max_kib * auto.max_step_percent // 100)
+    at_least = quantity_bytes(auto.min_step) // 1024
+    step = max(1, min(guest.max_kib, max(guest.max_kib * auto.max_step_percent // 100, at_least)))
     moved = to_kib - guest.current_kib
     if abs(moved) <= step:
         return
@@ -257,6 +259,7 @@ def _check_step(spec: BalloonSpec, decision: GuestDecision, to_kib: int,
     memory = prev.guests.get(guest.key) if prev is not None else None
     streak = memory.pressure_streak if memory is not None and memory.uuid == guest.uuid else 0
     assert decision.usable_kib is not None
-    deficit = max(0, _margin(spec, guest) - decision.usable_kib)
+    projected = decision.usable_kib - decision.use_growth_kib
+    deficit = max(0, _margin(spec, guest) - projected)
     assert decision.pressured
     assert moved <= deficit + (step << min(streak, MAX_HEADROOM_DOUBLINGS))

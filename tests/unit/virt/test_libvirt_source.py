@@ -271,6 +271,20 @@ def test_ensure_stats_period_changes_it_only_when_it_differs(node_uri: str) -> N
     assert observe(endpoint)["period-off"].problem is None
 
 
+def test_ensure_stats_period_repairs_a_period_someone_else_changed(
+        endpoint: LibvirtEndpoint, opener: Opener) -> None:
+    assert endpoint.ensure_stats_period("plain", 2) is None
+    assert observe(endpoint)["plain"].stats_period_s == 2
+    # An admin's `virsh dommemstat --period 10` behind the endpoint's back (the same handle:
+    # the file-backed test driver keeps one private node per connection).
+    dom = opener.conn.lookupByName("plain")
+    dom.setMemoryStatsPeriod(10, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    assert "period='10'" in dom.XMLDesc(0)
+    assert endpoint.ensure_stats_period("plain", 2) is None
+    assert "period='2'" in dom.XMLDesc(0)
+    assert observe(endpoint)["plain"].stats_period_s == 2
+
+
 def test_ensure_stats_period_on_a_guest_without_balloon_reports(endpoint: LibvirtEndpoint) -> None:
     for name in ("ns1_no-balloon", "no-element"):
         error = endpoint.ensure_stats_period(name, 5)
