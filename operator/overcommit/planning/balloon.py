@@ -57,6 +57,10 @@ COOLDOWN_INTERVALS = 3
 # Headroom for a pressured guest doubles for each further cycle it stays pressured (swapped-out
 # memory is invisible in the stats, so one step may not be enough), up to 2**this steps.
 MAX_HEADROOM_DOUBLINGS = 4
+# What a guest used at its peak within this many Auto intervals still counts as what it needs:
+# a guest whose process was just OOM-killed, or whose batch job paused, looks idle but will
+# use that memory again (shrinking it to its momentary use is how the anchors kill twice).
+PEAK_WINDOW_INTERVALS = 6
 MIN_MOVE_KIB = MIB
 MIN_MOVE_PERCENT = 1
 
@@ -83,6 +87,8 @@ class GuestMemory:
     pressure_streak: int = 0  # consecutive cycles under pressure, up to the last one
     sample_used_kib: int | None = None  # what the guest used (current - usable) at that sample
     use_growth_kib: int = 0  # how much more it used at that sample than at the one before
+    peak_used_kib: int | None = None  # the most it used within the peak window
+    peak_time: float | None = None  # when it used that much
 
 
 @dataclass(frozen=True)
@@ -263,7 +269,10 @@ class GuestView:
 
     obs: GuestObservation
     usable: int
-    growth: int  # how much more the guest used at its last sample than at the one before
+    growth: int  # how much more than now the guest is likely to use (see expected_growth)
+    trend: int  # how much more it used at this sample than at the one before
+    peak: int  # the most it used within the peak window, and when
+    peak_time: float
     margin: int
     floor: int
     floor_why: str
@@ -341,8 +350,31 @@ def use_growth_kib(guest: GuestObservation, memory: GuestMemory | None, usable: 
     return max(0, guest.current_kib - usable - memory.sample_used_kib)
 
 
+def recent_peak(auto: BalloonAuto, guest: GuestObservation, memory: GuestMemory | None,
+                used: int) -> tuple[int, float]:
+    """The most the guest used within the last ``PEAK_WINDOW_INTERVALS`` intervals, this
+    sample included, and when."""
+    window = PEAK_WINDOW_INTERVALS * auto.interval_seconds
+    if memory is None or memory.uuid != guest.uuid or memory.peak_used_kib is None \
+            or memory.peak_time is None or guest.time - memory.peak_time > window \
+            or used >= memory.peak_used_kib:
+        return used, guest.time
+    return memory.peak_used_kib, memory.peak_time
+
+
+def expected_growth(auto: BalloonAuto, trend: int, used: int, peak: int) -> tuple[int, str]:
+    """How much more than now the guest is likely to use by the next sample, and why: its
+    growth since the last sample again, or back up to its recent peak, whichever is more."""
+    if peak - used > trend:
+        return peak - used, (f"it used {mib(peak)} within the last "
+                             f"{PEAK_WINDOW_INTERVALS * auto.interval_seconds}s")
+    if trend > 0:
+        return trend, f"use grew {mib(trend)} since the last sample"
+    return 0, ""
+
+
 def _pressure(auto: BalloonAuto, guest: GuestObservation, memory: GuestMemory | None,
-              usable: int, growth: int, margin: int) -> str:
+              usable: int, growth: tuple[int, str], margin: int) -> str:
     faults, swap_in = _rates(guest, memory)
     signs = []
     if faults is not None and faults > auto.pressure_major_faults_per_second:
@@ -352,9 +384,9 @@ def _pressure(auto: BalloonAuto, guest: GuestObservation, memory: GuestMemory | 
                      f"{auto.pressure_swap_in_pages_per_second}")
     if usable < margin:
         signs.append(f"usable {mib(usable)} < margin {mib(margin)}")
-    elif usable - growth < margin:
-        signs.append(f"use grew {mib(growth)} since the last sample: usable {mib(usable)} "
-                     f"would fall to {mib(usable - growth)} < margin {mib(margin)}")
+    elif usable - growth[0] < margin:
+        signs.append(f"{growth[1]}: usable {mib(usable)} would fall to "
+                     f"{mib(usable - growth[0])} < margin {mib(margin)}")
     return ", ".join(signs)
 
 
@@ -363,13 +395,16 @@ def assess(spec: BalloonSpec, guest: GuestObservation, memory: GuestMemory | Non
     auto, floor = spec.auto or BalloonAuto(), spec.floor or BalloonFloor()
     mem = memory if memory is not None and memory.uuid == guest.uuid else None
     usable, margin = usable_kib(guest, mem), margin_kib(floor, guest)
-    growth = use_growth_kib(guest, mem, usable)
-    floor_kib, floor_why = guest_floor(floor, guest, usable, growth)
+    trend, used = use_growth_kib(guest, mem, usable), guest.current_kib - usable
+    peak, peak_time = recent_peak(auto, guest, mem, used)
+    growth = expected_growth(auto, trend, used, peak)
+    floor_kib, floor_why = guest_floor(floor, guest, usable, growth[0])
     pressure = _pressure(auto, guest, mem, usable, growth, margin)
     cooldown = COOLDOWN_INTERVALS * auto.interval_seconds
     cooling = bool(mem and mem.last_pressure_time is not None
                    and guest.time - mem.last_pressure_time < cooldown)
-    return GuestView(obs=guest, usable=usable, growth=growth, margin=margin, floor=floor_kib,
+    return GuestView(obs=guest, usable=usable, growth=growth[0], trend=trend, peak=peak,
+                     peak_time=peak_time, margin=margin, floor=floor_kib,
                      floor_why=floor_why, pressure=pressure, cooling=cooling,
                      streak=mem.pressure_streak if mem else 0, shares=shares_of(auto, guest),
                      last_shrink=mem.last_shrink_time if mem else None)
@@ -455,6 +490,7 @@ def _memory(view: GuestView, choice: Choice, old: GuestMemory | None) -> GuestMe
     guest, stamp = view.obs, _stamp(view.obs)
     memory = old if old is not None and old.uuid == guest.uuid else GuestMemory(
         uuid=guest.uuid, time=guest.time, stamp=None, swap_in_kib=None, major_faults=None)
+    memory = replace(memory, peak_used_kib=view.peak, peak_time=view.peak_time)
     # A new sample's counters become the base of the next rates; the same sample as last
     # cycle keeps the older ones, so the next rate spans a real interval.
     if stamp is None or stamp != memory.stamp:
@@ -463,7 +499,7 @@ def _memory(view: GuestView, choice: Choice, old: GuestMemory | None) -> GuestMe
                          major_faults=guest.stats.get("major_fault"),
                          sample_current_kib=guest.current_kib,
                          sample_used_kib=guest.current_kib - view.usable,
-                         use_growth_kib=view.growth)
+                         use_growth_kib=view.trend)
     if choice.target != view.current:
         memory = replace(memory, last_target_kib=choice.target)
     if choice.target < view.current:

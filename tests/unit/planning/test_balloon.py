@@ -307,7 +307,9 @@ def test_a_guest_still_pressured_gets_twice_the_headroom_and_never_more_than_max
     # The balloon did not get there (the guest is slow to deflate under pressure) and it faults.
     g = vm(t=10, current_mib=1024, faults=1000, usable_mib=500)
     second = plan_balloons(spec, [g], host(MID), first.state)
-    assert target_of(second, g) == 1024 * MIB + 2 * step  # pressured in cycle 1 and 2
+    # It used 974 MiB 10 s ago (its recent peak) and uses 524 now: 450 MiB may come back.
+    deficit = -(-1024 * MIB * 10 // 100) - (500 - 450) * MIB
+    assert target_of(second, g) == 1024 * MIB + deficit + 2 * step  # pressured twice
     g3 = vm(t=20, current_mib=3500, faults=2000, usable_mib=500)
     third = plan_balloons(spec, [g3], host(MID), second.state)
     assert target_of(third, g3) == 4096 * MIB
@@ -359,10 +361,18 @@ def test_a_guest_whose_use_grows_is_not_idle_even_with_room_above_its_margin() -
     assert decision_of(plan, steady).floor_kib == 1096 * MIB + -(-4096 * MIB * 10 // 100)
 
 
-def test_a_guest_using_less_than_before_has_no_growth() -> None:
+def test_a_guest_using_less_than_before_keeps_its_recent_peak_until_the_window_passes() -> None:
+    # Used 1748 MiB, then 1148: a process OOM-killed or a paused job will want it back.
     before = vm(t=0, current_mib=2048, usable_mib=300)
     after = vm(t=10, current_mib=2048, usable_mib=900)
-    assert decision_of(two_cycles(AUTO, [before], [after], host(MID)), after).use_growth_kib == 0
+    plan = two_cycles(AUTO, [before], [after], host(5))
+    decision = decision_of(plan, after)
+    assert decision.use_growth_kib == 600 * MIB
+    assert decision.floor_kib == 1748 * MIB + -(-2048 * MIB * 10 // 100)
+    # Six 10 s intervals later without using that much again, it is idle at its present use.
+    later = vm(t=71, current_mib=2048, usable_mib=900)
+    late = decision_of(plan_balloons(AUTO, [later], host(5), plan.state), later)
+    assert late.use_growth_kib == 0 and late.floor_kib < decision.floor_kib
 
 
 @pytest.mark.parametrize(("max_mib", "min_step", "expected_mib"), [
