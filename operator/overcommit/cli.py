@@ -21,6 +21,7 @@ from overcommit.api.policy import KsmMode
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/memory-overcommit"
+DEFAULT_METRICS_PORT = 9464
 
 
 def parse_labels(text: str | None) -> dict[str, str]:
@@ -147,16 +148,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     # kopf imports the official client whenever it is installed (~20 MiB per node, for a login
     # path we do not use): hide it from the agent process.
     sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     from overcommit.agent.runner import run
     from overcommit.agent.settings import AgentSettings
+    from overcommit.observability.logs import configure_logging
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_format, args.verbose)
     try:
         node = args.node_name or AgentSettings.node_name_from_env()
     except ValueError as exc:
@@ -168,9 +168,62 @@ def cmd_agent(args: argparse.Namespace) -> int:
                              kubeconfig=args.kubeconfig,
                              libvirt_uris=tuple(args.libvirt_uri or ()),
                              kubevirt_pods_dir=args.kubevirt_pods_dir,
-                             manage_guests=not args.no_libvirt)
+                             manage_guests=not args.no_libvirt,
+                             metrics_port=args.metrics_port,
+                             metrics_address=args.metrics_address,
+                             health_port=args.health_port)
     asyncio.run(run(settings))
     return EXIT_OK
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    import asyncio
+
+    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]  # as for the agent
+    from overcommit.controller.runtime import run
+    from overcommit.controller.settings import (
+        ControllerSettings,
+        default_identity,
+        default_namespace,
+    )
+    from overcommit.observability.logs import configure_logging
+
+    configure_logging(args.log_format, args.verbose)
+    if args.lease_duration < 2:
+        print("overcommit controller: --lease-duration must be at least 2 seconds",
+              file=sys.stderr)
+        return EXIT_INVALID
+    settings = ControllerSettings(
+        identity=args.identity or default_identity(),
+        lease_namespace=args.lease_namespace or default_namespace(),
+        lease_name=args.lease_name, lease_seconds=args.lease_duration,
+        status_interval_seconds=args.status_interval,
+        savings_interval_seconds=args.savings_interval,
+        sweep_interval_seconds=args.sweep_interval, kubeconfig=args.kubeconfig,
+        health_port=args.health_port, metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address)
+    asyncio.run(run(settings))
+    return EXIT_OK
+
+
+def _observability_options(parser: argparse.ArgumentParser, *, metrics: bool = True) -> None:
+    """Log format and (unless ``metrics`` is False) the metrics endpoint."""
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text lines, or one JSON object per line (default text)")
+    if not metrics:
+        return
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, metavar="PORT",
+                        help=f"serve Prometheus metrics on PORT at /metrics (default "
+                             f"{DEFAULT_METRICS_PORT}; 0 turns them off)")
+    parser.add_argument("--metrics-address", default="", metavar="ADDR",
+                        help="the address /metrics listens on (default: every interface)")
 
 
 def _host_options(parser: argparse.ArgumentParser, *, labels: bool, state: bool = True) -> None:
@@ -240,8 +293,44 @@ def build_parser() -> argparse.ArgumentParser:
                        help="at most one counter-only status write per S seconds (default 60)")
     agent.add_argument("--kubeconfig", help="a kubeconfig (default: the pod's service account)")
     agent.add_argument("-v", "--verbose", action="store_true", help="log each cycle's news")
+    agent.add_argument("--health-port", type=int, default=0, metavar="PORT",
+                       help="serve the probes /healthz (not wedged) and /readyz (a cycle "
+                            "completed) on PORT (default 0: off; the DaemonSet uses 8081)")
+    _observability_options(agent)
     _host_options(agent, labels=False)
     agent.set_defaults(func=cmd_agent)
+
+    controller = sub.add_parser("controller", help="the cluster controller (Deployment): folds "
+                                "node states into policy status, with leader election")
+    controller.add_argument("--status-interval", type=_positive, default=5.0, metavar="S",
+                            help="at most one status write per policy per S seconds, none "
+                                 "when nothing changed (default 5)")
+    controller.add_argument("--savings-interval", type=_positive, default=60.0, metavar="S",
+                            help="changes of the saved-bytes sums alone are written at most "
+                                 "every S seconds (default 60)")
+    controller.add_argument("--lease-namespace", metavar="NS",
+                            help="namespace of the leader-election Lease (default: "
+                                 "$POD_NAMESPACE, the service account's, or memory-overcommit)")
+    controller.add_argument("--lease-name", default="memory-overcommit-controller",
+                            metavar="NAME", help="the Lease's name (default "
+                                                 "memory-overcommit-controller)")
+    controller.add_argument("--identity", metavar="ID",
+                            help="this replica's holder identity (default: $POD_NAME or the "
+                                 "host name, plus a random suffix)")
+    controller.add_argument("--lease-duration", type=int, default=15, metavar="S",
+                            help="seconds a standby waits for a dead leader's lease to expire "
+                                 "(default 15)")
+    controller.add_argument("--sweep-interval", type=_positive, default=60.0, metavar="S",
+                            help="how often node states of vanished nodes are looked for "
+                                 "(default 60)")
+    controller.add_argument("--health-port", type=int, default=8081, metavar="PORT",
+                            help="serve /healthz and /readyz on PORT (default 8081; 0: off)")
+    controller.add_argument("--kubeconfig", help="a kubeconfig (default: the pod's service "
+                                                 "account, else $KUBECONFIG)")
+    controller.add_argument("-v", "--verbose", action="store_true",
+                            help="log leadership changes and status writes")
+    _observability_options(controller)
+    controller.set_defaults(func=cmd_controller)
     return parser
 
 

@@ -19,6 +19,8 @@ from overcommit.agent.status import now_rfc3339
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
 
 JSON = dict[str, Any]
+# (method, path, HTTP status or None when no answer came): metrics count the writes.
+RequestObserver = Callable[[str, str, int | None], None]
 NODE_STATES = f"/apis/{GROUP}/{VERSION}/memoryovercommitnodestates"
 
 
@@ -35,8 +37,10 @@ class ApiError(Exception):
 class KubeApi:
     """Authenticated JSON requests; re-logs in through kopf's login function on HTTP 401."""
 
-    def __init__(self, login: Callable[[], Awaitable[kopf.ConnectionInfo]]) -> None:
+    def __init__(self, login: Callable[[], Awaitable[kopf.ConnectionInfo]],
+                 on_write: RequestObserver | None = None) -> None:
         self._login = login
+        self._on_write = on_write
         self._session: aiohttp.ClientSession | None = None
         self._info: kopf.ConnectionInfo | None = None
 
@@ -52,6 +56,10 @@ class KubeApi:
         assert self._info is not None
         return self._session, self._info.server.rstrip("/")
 
+    def _observe(self, method: str, path: str, status: int | None) -> None:
+        if self._on_write is not None and method != "GET":
+            self._on_write(method, path, status)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -62,15 +70,20 @@ class KubeApi:
         for attempt in (0, 1):
             session, server = await self._ensure(refresh=attempt == 1)
             data = None if body is None else json.dumps(body)
-            async with session.request(method, server + path, data=data,
-                                       headers={"Content-Type": content_type}) as response:
-                text = await response.text()
-                if response.status == 401 and attempt == 0:
-                    continue  # a rotated token: log in again once
-                if response.status >= 400:
-                    raise ApiError(response.status, text, f"{method} {path}")
-                result: JSON = json.loads(text) if text else {}
-                return result
+            try:
+                async with session.request(method, server + path, data=data,
+                                           headers={"Content-Type": content_type}) as response:
+                    text = await response.text()
+            except (aiohttp.ClientError, TimeoutError):
+                self._observe(method, path, None)
+                raise
+            self._observe(method, path, response.status)
+            if response.status == 401 and attempt == 0:
+                continue  # a rotated token: log in again once
+            if response.status >= 400:
+                raise ApiError(response.status, text, f"{method} {path}")
+            result: JSON = json.loads(text) if text else {}
+            return result
         raise AssertionError("unreachable")
 
     # -- node state ------------------------------------------------------------------------

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import aiohttp
 import kopf
 
+from overcommit.agent.events import EventMemory, News, cycle_news, failure_news
+from overcommit.agent.health import CycleHealth, serve_health
 from overcommit.agent.kubeapi import ApiError, KubeApi
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import detail, node_status, now_rfc3339, significant
@@ -29,8 +31,8 @@ from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION, KsmMode
 from overcommit.api.schema import plain
 from overcommit.engine.cycle import CycleReport, NodeEngine
 from overcommit.engine.guests import VirtSettings
-
-log = logging.getLogger("overcommit.agent")
+from overcommit.observability.logs import context_logger
+from overcommit.observability.metrics import AgentMetrics, MetricsServer, cycle_errors
 
 KUBEVIRT_KSM_ANNOTATION = "kubevirt.io/ksm-handler-managed"
 COMPONENT = "memory-overcommit-agent"
@@ -44,7 +46,9 @@ class Agent:
                             host_root=settings.host_root) if settings.manage_guests else None
         self.engine = NodeEngine(host_root=settings.host_root, state_dir=settings.state_dir,
                                  virt=virt)
-        self.api = KubeApi(self._login)
+        self.metrics = AgentMetrics(settings.node_name)
+        self.api = KubeApi(self._login, on_write=self.metrics.api_write)
+        self.log = context_logger("overcommit.agent", node=settings.node_name)
         self.wake = asyncio.Event()
         self.policy_index: Mapping[Any, Any] | None = None
         self.node_index: Mapping[Any, Any] | None = None
@@ -53,9 +57,10 @@ class Agent:
         self.recreate_state = True
         self.last_status: dict[str, Any] | None = None
         self.last_write = 0.0
-        self.last_events: dict[str, str] = {}
+        self.events = EventMemory()
         self.writes = 0  # status writes, for the benchmark and metrics
         self.cycles = 0
+        self.health = CycleHealth()  # what the probes report
         self._kopf_settings: kopf.OperatorSettings | None = None
 
     # -- kopf wiring -----------------------------------------------------------------------
@@ -151,30 +156,47 @@ class Agent:
         try:
             return await self.reconcile()
         except (TimeoutError, ApiError, OSError) as exc:
-            log.warning("cycle failed, retrying in %ss: %s", RETRY_SECONDS, exc)
+            kind = failure_kind(exc)
+            self.log.warning("cycle failed, retrying in %ss: %s", RETRY_SECONDS, exc,
+                             extra={"error_kind": kind})
+            await self._cycle_failed(kind, f"{type(exc).__name__}: {exc}")
             return RETRY_SECONDS
-        except Exception:
-            log.exception("cycle failed unexpectedly")
+        except Exception as exc:
+            self.log.exception("cycle failed unexpectedly", extra={"error_kind": "internal"})
+            await self._cycle_failed("internal", f"{type(exc).__name__}: {exc}")
             return RETRY_SECONDS
+
+    async def _cycle_failed(self, kind: str, message: str) -> None:
+        self.metrics.failed_cycle(kind)
+        # The API may be what failed: the Event is best effort (and posted once per message).
+        await self._post_news(self.events.select([failure_news(message)], partial=True))
 
     async def reconcile(self) -> float:
         node = self._node()
         if node is None:
-            log.info("waiting for Node %s to appear", self.settings.node_name)
+            self.log.info("waiting for Node %s to appear", self.settings.node_name)
             return self.settings.interval_seconds
+        with self.metrics.cycle_duration.time():
+            return await self._cycle(node)
+
+    async def _cycle(self, node: Mapping[str, Any]) -> float:
         policies, invalid = self._policies()
         owner = None
         if KUBEVIRT_KSM_ANNOTATION in node["annotations"]:
             owner = f"KubeVirt's KSM handler (annotation {KUBEVIRT_KSM_ANNOTATION})"
-        report = await asyncio.to_thread(self.engine.cycle, policies, node["labels"], owner,
-                                         self._vmis())
+        with self.health.cycle():
+            report = await asyncio.to_thread(self.engine.cycle, policies, node["labels"],
+                                             owner, self._vmis())
         self.cycles += 1
-        log.info("cycle %d: policy=%s labels=%s changes=%d errors=%d restored=%s", self.cycles,
-                 report.selection.winner.name if report.selection.winner else None,
-                 node["labels"], len(report.changes), len(report.errors), report.restored)
+        policy = report.selection.winner.name if report.selection.winner else None
+        self.log.info("cycle %d: policy=%s labels=%s changes=%d errors=%d restored=%s",
+                      self.cycles, policy, node["labels"], len(report.changes),
+                      len(report.errors), report.restored, extra={"policy": policy})
         status = node_status(report, invalid, self.last_status)
+        # Metrics first: they describe the host, which is done even if the API fails below.
+        self.metrics.observe_cycle(status, cycle_errors(report, len(invalid)))
         await self.publish(status, node["uid"])
-        await self.emit_events(report)
+        await self.emit_events(report, invalid)
         return self._interval(report)
 
     def _node(self) -> dict[str, Any] | None:
@@ -231,39 +253,15 @@ class Agent:
         self.writes += 1
         return True
 
-    async def emit_events(self, report: CycleReport) -> None:
-        """One Event per kind of news, and only when its message changed since the last one."""
-        news: list[tuple[str, str, str]] = []
-        adaptive_paths = {"sys/kernel/mm/ksm/pages_to_scan", "sys/kernel/mm/ksm/sleep_millisecs"}
-        tuned = report.plan.adaptive is not None
-        changes = [c for c in report.changes if not (tuned and c.path in adaptive_paths)]
-        if changes:
-            text = ", ".join(f"{c.path.rsplit('/', 1)[-1]} {c.before}->{c.after}"
-                             for c in changes)
-            reason = "OriginalsRestored" if report.restored else "SettingsApplied"
-            policy = report.selection.winner.name if report.selection.winner else "none"
-            news.append(("Normal", reason, f"policy {policy}: {text}"))
-        if report.errors:
-            news.append(("Warning", "ApplyFailed", "; ".join(
-                f"{e.path}: {e.errno_name}: {e.reason}" for e in report.errors)))
-        if report.guests.applied:
-            news.append(("Normal", "BalloonsSet", "; ".join(
-                f"{t.domain} {t.from_kib >> 10}->{t.to_kib >> 10} MiB ({t.reason})"
-                for t in report.guests.applied)))
-        if report.guests.errors or report.guests.endpoints_down:
-            news.append(("Warning", "GuestsFailed", "; ".join(
-                report.guests.errors + report.guests.endpoints_down)))
-        for problem in report.problems:
-            news.append(("Warning", problem.reason, problem.message))
-        if report.plan.adaptive is not None:
-            news.append(("Normal", "AdaptiveKsm", f"{report.plan.adaptive.phase.value}: "
-                         f"{report.plan.adaptive.reason}"))
-        for event_type, reason, message in news:
-            if self.last_events.get(reason) == message and \
-                    reason not in ("SettingsApplied", "BalloonsSet"):
-                continue
-            self.last_events[reason] = message
-            await self._post(event_type, reason, message)
+    async def emit_events(self, report: CycleReport,
+                          invalid: Sequence[PolicyError] = ()) -> None:
+        """An Event for every change, and for every fact (policy, error, problem) once while
+        it holds (see overcommit.agent.events)."""
+        await self._post_news(self.events.select(cycle_news(report, invalid)))
+
+    async def _post_news(self, news: Sequence[News]) -> None:
+        for item in news:
+            await self._post(item.type, item.reason, item.message)
 
     async def _post(self, event_type: str, reason: str, message: str) -> None:
         involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": NODE_STATE_KIND,
@@ -271,8 +269,19 @@ class Agent:
         try:
             await self.api.post_event(self.settings.event_namespace, involved, event_type,
                                       reason, message, COMPONENT, self.settings.node_name)
-        except ApiError as exc:  # an Event is best effort; the status carries the truth
-            log.warning("could not post event %s: %s", reason, exc)
+        except Exception as exc:
+            # An Event is best effort (the status carries the truth), and it is also posted
+            # from a failed cycle's handler, where nothing may escape and stop the loop.
+            self.log.warning("could not post event %s: %s", reason, exc)
+            return
+        self.metrics.event_posted(event_type, reason)
+
+
+def failure_kind(exc: BaseException) -> str:
+    """api: the API server failed or was unreachable; host: the node's files; else internal."""
+    if isinstance(exc, ApiError | TimeoutError | aiohttp.ClientError):
+        return "api"
+    return "host" if isinstance(exc, OSError) else "internal"
 
 
 async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
@@ -284,6 +293,8 @@ async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> Non
     # No stop_flag for kopf unless the caller has one: kopf awaits it in a task that a signal
     # leaves pending, and then waits 5 s for that "hung" task on every SIGTERM.
     loop_stop = stop or asyncio.Event()
+    server = await _serve_metrics(agent)
+    probes = await serve_health(agent.health, settings.health_port, log=agent.log)
     loop = asyncio.create_task(agent.run_loop(loop_stop))
     try:
         await kopf.operator(registry=registry, settings=kopf_settings, standalone=True,
@@ -295,3 +306,22 @@ async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> Non
             await loop
         finally:
             await agent.api.close()
+            if server is not None:
+                await server.stop()
+            if probes is not None:
+                await probes.cleanup()
+
+
+async def _serve_metrics(agent: Agent) -> MetricsServer | None:
+    """Start /metrics unless disabled; a taken port costs the metrics, not the node's care."""
+    port = agent.settings.metrics_port
+    if not port:
+        return None
+    server = MetricsServer(agent.metrics.registry, port, agent.settings.metrics_address)
+    try:
+        await server.start()
+    except OSError as exc:
+        agent.log.error("metrics are off: cannot listen on port %s: %s", port, exc)
+        return None
+    agent.log.info("serving metrics on port %s", port)
+    return server

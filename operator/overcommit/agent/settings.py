@@ -42,6 +42,15 @@ class AgentSettings:
     event_namespace: str = "default"
     """Namespace of the Events about this cluster-scoped node state (Kubernetes convention)."""
 
+    metrics_port: int = 9464
+    """Port of the Prometheus endpoint ``/metrics``; 0 turns it off."""
+
+    metrics_address: str = ""
+    """Address ``/metrics`` listens on; empty: every interface."""
+
+    health_port: int = 0
+    """Port of the probes ``/healthz`` and ``/readyz`` (overcommit.agent.health); 0: none."""
+
     @classmethod
     def node_name_from_env(cls) -> str:
         name = os.environ.get("NODE_NAME", "")

@@ -25,6 +25,12 @@ def _ready_column() -> dict[str, Any]:
             "description": "Whether the object's Ready condition is True."}
 
 
+def _reason_column(condition: str) -> dict[str, Any]:
+    return {"name": "Reason", "type": "string", "priority": 1,
+            "jsonPath": f'.status.conditions[?(@.type=="{condition}")].reason',
+            "description": f"The reason of the object's {condition} condition."}
+
+
 def _age_column() -> dict[str, Any]:
     return {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 
@@ -35,14 +41,18 @@ def policy_crd() -> dict[str, Any]:
     columns = [
         {"name": "Priority", "type": "integer", "jsonPath": ".spec.priority",
          "description": "Higher wins when several policies select a node."},
-        {"name": "Applied", "type": "integer", "jsonPath": ".status.nodes.applied",
-         "description": "Nodes where the policy is in force and applied."},
-        {"name": "Matched", "type": "integer", "jsonPath": ".status.nodes.matched",
-         "description": "Nodes the selector matches."},
+        {"name": "Nodes", "type": "string", "jsonPath": ".status.nodes.summary",
+         "description": "Nodes where the policy is applied / nodes its selector matches."},
         {"name": "Saved", "type": "string", "jsonPath": ".status.saved.summary",
          "description": "Memory saved on the nodes where the policy is in force."},
         _ready_column(),
         _age_column(),
+        # -o wide
+        {"name": "Failed", "type": "integer", "jsonPath": ".status.nodes.failed", "priority": 1,
+         "description": "Nodes that report a problem with the policy (see status.problems)."},
+        {"name": "Overridden", "type": "integer", "jsonPath": ".status.nodes.overridden",
+         "priority": 1, "description": "Nodes where a higher-priority policy wins."},
+        _reason_column("Ready"),
     ]
     description = ("MemoryOvercommitPolicy declares how the selected nodes overcommit memory: "
                    "page merging (KSM/UKSM), swap and zswap, and guest ballooning.")
@@ -64,6 +74,7 @@ def node_state_crd() -> dict[str, Any]:
          "description": "Guests seen on the node."},
         _ready_column(),
         _age_column(),
+        _reason_column("Degraded"),  # -o wide
     ]
     description = ("MemoryOvercommitNodeState is written by one node's agent (and named after "
                    "the node): the policy in force, what was applied, the originals it will "

@@ -139,8 +139,10 @@ class NodeCounts:
 
     matched: int | None = doc("Nodes the selector matches.", minimum=0)
     applied: int | None = doc("Nodes where this policy is in force and applied.", minimum=0)
-    failed: int | None = doc("Nodes where applying it failed.", minimum=0)
+    failed: int | None = doc("Nodes where it is in force but the node reports a problem "
+                             "(Ready=False or Degraded=True).", minimum=0)
     overridden: int | None = doc("Nodes where a higher-priority policy wins.", minimum=0)
+    summary: str | None = doc("applied/matched, for kubectl get.", max_length=32)
 
 
 @dataclass(frozen=True)

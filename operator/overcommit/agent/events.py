@@ -1,0 +1,112 @@
+"""What a cycle tells the cluster through Events, and which of it is new (pure logic).
+
+Every change and every error becomes an Event, but a steady state must not post one per cycle:
+
+- *changes* (settings written, originals restored, balloons moved) happened in this cycle, so
+  each is posted (a dry run's planned changes are a fact: they repeat every cycle);
+- *facts* (the policy in force, an error, a problem, the adaptive phase) are posted when they
+  appear or their message changes, and forgotten when they go away, so a problem that comes
+  back is posted again;
+- when the last warning goes away, one ``Recovered`` says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from overcommit.api.model import PolicyError
+from overcommit.engine.cycle import CycleReport
+
+NORMAL, WARNING = "Normal", "Warning"
+ADAPTIVE_PATHS = frozenset({"sys/kernel/mm/ksm/pages_to_scan",
+                            "sys/kernel/mm/ksm/sleep_millisecs"})
+
+
+@dataclass(frozen=True)
+class News:
+    type: str
+    reason: str  # CamelCase, as Kubernetes Events want
+    message: str
+    change: bool = False  # something happened this cycle (else: a fact that holds)
+
+
+def cycle_news(report: CycleReport, invalid: Sequence[PolicyError] = ()) -> list[News]:
+    """Everything this cycle has to say, changes first."""
+    return [*_changes(report), *_policy(report), *_errors(report, invalid), *_adaptive(report)]
+
+
+def failure_news(message: str) -> News:
+    """A cycle that could not complete (API unreachable, host unreadable, a bug)."""
+    return News(WARNING, "CycleFailed", message)
+
+
+def _changes(report: CycleReport) -> list[News]:
+    news = []
+    # The adaptive tuner moves the scan rate every few seconds; its phase is reported instead.
+    tuned = report.plan.adaptive is not None
+    changes = [c for c in report.changes if not (tuned and c.path in ADAPTIVE_PATHS)]
+    if changes:
+        text = ", ".join(f"{c.path.rsplit('/', 1)[-1]} {c.before}->{c.after}" for c in changes)
+        reason = "OriginalsRestored" if report.restored else "SettingsApplied"
+        policy = report.selection.winner.name if report.selection.winner else "none"
+        if report.plan.dry_run:
+            news.append(News(NORMAL, reason, f"policy {policy} (dry run, nothing written) "
+                                             f"would change: {text}"))
+        else:
+            news.append(News(NORMAL, reason, f"policy {policy}: {text}", change=True))
+    if report.guests.applied:
+        news.append(News(NORMAL, "BalloonsSet", "; ".join(
+            f"{t.domain} {t.from_kib >> 10}->{t.to_kib >> 10} MiB ({t.reason})"
+            for t in report.guests.applied), change=True))
+    return news
+
+
+def _policy(report: CycleReport) -> list[News]:
+    policy = report.selection.winner
+    if policy is None:
+        return [News(NORMAL, "NoPolicy", "no policy selects this node")]
+    lost = "".join(f"; {loser.name} lost: {loser.reason}" for loser in report.selection.losers)
+    return [News(NORMAL, "PolicyInForce",
+                 f"policy {policy.name} generation {policy.generation} is in force{lost}")]
+
+
+def _errors(report: CycleReport, invalid: Sequence[PolicyError]) -> list[News]:
+    news = []
+    if report.errors:
+        news.append(News(WARNING, "ApplyFailed", "; ".join(
+            f"{e.path}: {e.errno_name}: {e.reason}" for e in report.errors)))
+    if report.guests.errors or report.guests.endpoints_down:
+        news.append(News(WARNING, "GuestsFailed", "; ".join(
+            report.guests.errors + report.guests.endpoints_down)))
+    if invalid:
+        news.append(News(WARNING, "InvalidPolicy", "; ".join(
+            line for err in invalid for line in err.lines())))
+    news += [News(WARNING, p.reason, p.message) for p in report.problems]
+    return news
+
+
+def _adaptive(report: CycleReport) -> list[News]:
+    adaptive = report.plan.adaptive
+    if adaptive is None:
+        return []
+    return [News(NORMAL, "AdaptiveKsm", f"{adaptive.phase.value}: {adaptive.reason}")]
+
+
+@dataclass
+class EventMemory:
+    """The facts already posted, by reason; decides what of a cycle's news to post."""
+
+    posted: dict[str, News] = field(default_factory=dict)
+
+    def select(self, news: Sequence[News], partial: bool = False) -> list[News]:
+        """The news to post now. ``partial``: ``news`` is not the whole picture (a failed
+        cycle), so facts not repeated in it are kept, not forgotten."""
+        out = [n for n in news if n.change or self.posted.get(n.reason) != n]
+        warned = any(n.type == WARNING for n in self.posted.values())
+        if not partial:
+            self.posted = {}
+        self.posted.update({n.reason: n for n in news if not n.change})
+        if warned and not partial and not any(n.type == WARNING for n in news):
+            out.append(News(NORMAL, "Recovered", "no errors or problems any more"))
+        return out

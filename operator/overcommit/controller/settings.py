@@ -1,0 +1,70 @@
+"""The controller's settings: one documented dataclass, filled from flags and the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_NAMESPACE = "memory-overcommit"
+DEFAULT_LEASE_NAME = "memory-overcommit-controller"
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """How the controller runs. Defaults suit the Deployment; flags override them."""
+
+    identity: str
+    """This replica's name in the Lease; unique per process (see ``default_identity``)."""
+
+    lease_namespace: str = DEFAULT_NAMESPACE
+    """Namespace of the leader-election Lease (the controller's own namespace)."""
+
+    lease_name: str = DEFAULT_LEASE_NAME
+    """Name of the leader-election Lease; all replicas of one installation share it."""
+
+    lease_seconds: int = 15
+    """How long a lease lasts without renewal: the standby takes over this long after the
+    leader died (at once when the leader shut down cleanly and released it)."""
+
+    status_interval_seconds: float = 5.0
+    """At most one status write per policy per this many seconds; none when nothing changed."""
+
+    savings_interval_seconds: float = 60.0
+    """Changes of the saved-bytes sums alone (counters drift all the time on busy nodes) are
+    written at most this often; counts, conditions and problems follow status_interval."""
+
+    sweep_interval_seconds: float = 60.0
+    """How often node states whose Node is gone are looked for (and deleted on the second
+    sighting)."""
+
+    kubeconfig: str | None = None
+    """A kubeconfig file; None: the pod's service account, else $KUBECONFIG or ~/.kube/config."""
+
+    health_port: int = 8081
+    """Port of /healthz and /readyz (0: no health endpoint)."""
+
+    metrics_port: int = 9464
+    """Port of the Prometheus /metrics endpoint (0: no metrics)."""
+
+    metrics_address: str = ""
+    """Address /metrics listens on ("": every interface)."""
+
+
+def default_identity() -> str:
+    """The pod's name (or host name) plus a random suffix, as client-go does: a restarted
+    process never believes it still holds a lease its previous life held."""
+    base = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{base}_{uuid.uuid4().hex[:8]}"
+
+
+def default_namespace() -> str:
+    if namespace := os.environ.get("POD_NAMESPACE"):
+        return namespace
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or DEFAULT_NAMESPACE
+    except OSError:
+        return DEFAULT_NAMESPACE

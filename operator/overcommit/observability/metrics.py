@@ -1,0 +1,427 @@
+"""Prometheus metrics of the agent and the controller (documented in docs/metrics.md).
+
+What a node *is* (settings, counters, savings, guests, policy, conditions) is a pure function of
+the node state's status, :func:`node_samples`; the agent hands each cycle's status to a
+:class:`SnapshotCollector`, which serves exactly the latest snapshot. So the metrics always agree
+with the node state, and the series of a guest that vanished (or a setting the kernel no longer
+has) disappear with the next cycle: cardinality stays bounded by what the node has now. What the
+agent *does* (cycle durations, errors, API writes, Events) are ordinary counters and histograms.
+
+The controller's set (:class:`ControllerMetrics`) follows the same split: per-policy series from
+the policy statuses it writes, plus counters and a histogram for its own work.
+
+Both serve ``/metrics`` from :class:`MetricsServer` inside their asyncio loop (aiohttp is already
+loaded by kopf, so the endpoint costs no thread and ~1 MiB of imports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+
+from overcommit.host.ksm import KSM_DIR
+from overcommit.host.swap import SYSCTL_VM
+from overcommit.host.uksm import UKSM_DIR
+from overcommit.host.zswap import ZSWAP_DIR
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from overcommit.engine.cycle import CycleReport
+
+PREFIX = "overcommit"
+ENGINE_DIRS = {KSM_DIR: "ksm", UKSM_DIR: "uksm", ZSWAP_DIR: "zswap", SYSCTL_VM: "swap"}
+SAVED_KINDS = {"merged": "mergedBytes", "ballooned": "balloonedBytes",
+               "compressed": "compressedBytes", "total": "totalBytes"}
+GUEST_SIZES = {"max": "maxBytes", "current": "currentBytes", "target": "targetBytes",
+               "usable": "usableBytes"}
+GUEST_LABELS = ("domain", "vmi_namespace", "vmi_name")
+# Why a cycle (or a part of it) failed; every kind is exported from the start, at 0.
+AGENT_ERROR_KINDS = ("setting", "guest", "policy", "api", "host", "internal")
+CONTROLLER_ERROR_KINDS = ("api", "internal")
+WRITE_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+@dataclass(frozen=True)
+class Series:
+    """One documented metric family served from a snapshot."""
+
+    name: str
+    labels: tuple[str, ...]
+    help: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: tuple[str, ...]  # values, in the order of the family's label names
+    value: float
+
+
+def _series(*items: Series) -> dict[str, Series]:
+    return {s.name: s for s in items}
+
+
+NODE_SERIES = _series(
+    Series(f"{PREFIX}_engine_present", ("engine",),
+           "1 when the node's kernel has this interface (ksm, uksm, zswap, swap, meminfo, "
+           "psi), else 0."),
+    Series(f"{PREFIX}_engine_setting", ("engine", "name"),
+           "Current value of a numeric or yes/no (1/0) engine setting, as in the node state's "
+           "status.settings."),
+    Series(f"{PREFIX}_engine_setting_info", ("engine", "name", "value"),
+           "Always 1; carries the value of a textual setting (compressor, advisor_mode, ...)."),
+    Series(f"{PREFIX}_engine_counter", ("engine", "name"),
+           "An engine counter as the kernel reports it (status.counters); monotonic ones such "
+           "as full_scans or pages_scanned can be rate()d."),
+    Series(f"{PREFIX}_saved_bytes", ("kind",),
+           "Memory saved on the node: merged, ballooned, compressed, total (status.saved)."),
+    Series(f"{PREFIX}_merging_profit_bytes", (),
+           "KSM's general_profit: merged savings net of KSM's metadata (may be negative)."),
+    Series(f"{PREFIX}_guests", (), "Guests seen on the node's libvirt endpoints."),
+    *(Series(f"{PREFIX}_guest_{size}_bytes", GUEST_LABELS, text) for size, text in (
+        ("max", "The guest's maximum memory."),
+        ("current", "The guest's balloon: the memory it has now."),
+        ("target", "The balloon target the agent decided for the guest."),
+        ("usable", "The guest's own MemAvailable, as its balloon driver reports it."))),
+    Series(f"{PREFIX}_policy_info", ("policy", "uid", "generation"),
+           "Always 1; names the policy in force on the node (absent when none selects it)."),
+    Series(f"{PREFIX}_overridden_policies", (),
+           "Policies that select the node but lost to the one in force."),
+    Series(f"{PREFIX}_condition", ("type", "reason"),
+           "The node state's conditions (Ready, Degraded): 1 when True, 0 when False; reason "
+           "as in the status."),
+)
+
+POLICY_SERIES = _series(
+    Series(f"{PREFIX}_policy_nodes", ("policy", "state"),
+           "Nodes of a policy by state: matched, applied, failed, overridden (policy "
+           "status.nodes)."),
+    Series(f"{PREFIX}_policy_saved_bytes", ("policy", "kind"),
+           "Memory saved on the nodes where the policy is in force: merged, ballooned, "
+           "compressed, total (policy status.saved)."),
+    Series(f"{PREFIX}_policy_condition", ("policy", "type", "reason"),
+           "The policy's conditions (Ready, Reconciling, Stalled): 1 when True, 0 when False."),
+)
+
+
+# -- pure mappings -------------------------------------------------------------------------
+
+
+def split_setting(path: str) -> tuple[str, str]:
+    """``sys/kernel/mm/ksm/pages_to_scan`` -> ("ksm", "pages_to_scan")."""
+    directory, _, name = path.rpartition("/")
+    return ENGINE_DIRS.get(directory, directory), name
+
+
+def numeric_setting(text: str) -> float | None:
+    """A setting's value as a number: integers, and the kernel's Y/N booleans as 1/0."""
+    if text in ("Y", "N"):
+        return 1.0 if text == "Y" else 0.0
+    try:
+        return float(int(text))
+    except ValueError:
+        return None
+
+
+def _setting_samples(settings: Mapping[str, str]) -> Iterator[Sample]:
+    for path, text in sorted(settings.items()):
+        engine, name = split_setting(path)
+        value = numeric_setting(text)
+        if value is None:
+            yield Sample(f"{PREFIX}_engine_setting_info", (engine, name, text), 1.0)
+        else:
+            yield Sample(f"{PREFIX}_engine_setting", (engine, name), value)
+
+
+def _counter_samples(counters: Mapping[str, int]) -> Iterator[Sample]:
+    for key, value in sorted(counters.items()):
+        engine, _, name = key.partition(".")
+        yield Sample(f"{PREFIX}_engine_counter", (engine, name), float(value))
+
+
+def _saved_samples(saved: Mapping[str, Any]) -> Iterator[Sample]:
+    for kind, key in SAVED_KINDS.items():
+        yield Sample(f"{PREFIX}_saved_bytes", (kind,), float(saved.get(key) or 0))
+    yield Sample(f"{PREFIX}_merging_profit_bytes", (),
+                 float(saved.get("mergingProfitBytes") or 0))
+
+
+def _guest_samples(guests: Sequence[Mapping[str, Any]]) -> Iterator[Sample]:
+    for guest in guests:
+        labels = (guest.get("domain") or "", guest.get("vmiNamespace") or "",
+                  guest.get("vmiName") or "")
+        for size, key in GUEST_SIZES.items():
+            if guest.get(key) is not None:  # unknown (no target yet, no stats): no series
+                yield Sample(f"{PREFIX}_guest_{size}_bytes", labels, float(guest[key]))
+
+
+def _conditions(conditions: Sequence[Mapping[str, Any]], name: str,
+                *first: str) -> Iterator[Sample]:
+    for c in conditions:
+        yield Sample(name, (*first, c.get("type") or "", c.get("reason") or ""),
+                     1.0 if c.get("status") == "True" else 0.0)
+
+
+def node_samples(status: Mapping[str, Any]) -> list[Sample]:
+    """Every node series' value, from a MemoryOvercommitNodeState status."""
+    samples = [Sample(f"{PREFIX}_engine_present", (e.get("name") or "",),
+                      1.0 if e.get("present") else 0.0) for e in status.get("engines") or []]
+    samples += _setting_samples(status.get("settings") or {})
+    samples += _counter_samples(status.get("counters") or {})
+    samples += _saved_samples(status.get("saved") or {})
+    samples.append(Sample(f"{PREFIX}_guests", (), float(status.get("guestCount") or 0)))
+    samples += _guest_samples(status.get("guests") or [])
+    policy = status.get("policy")
+    if policy:
+        generation = policy.get("generation")
+        samples.append(Sample(f"{PREFIX}_policy_info", (
+            policy.get("name") or "", policy.get("uid") or "",
+            "" if generation is None else str(generation)), 1.0))
+    samples.append(Sample(f"{PREFIX}_overridden_policies", (),
+                          float(len(status.get("overridden") or []))))
+    samples += _conditions(status.get("conditions") or [], f"{PREFIX}_condition")
+    return unique(samples)
+
+
+def policy_samples(statuses: Mapping[str, Mapping[str, Any]]) -> list[Sample]:
+    """The per-policy series, from each policy's status (as the controller writes it)."""
+    samples: list[Sample] = []
+    for name, status in sorted(statuses.items()):
+        nodes = status.get("nodes") or {}
+        samples += [Sample(f"{PREFIX}_policy_nodes", (name, state), float(nodes.get(state) or 0))
+                    for state in ("matched", "applied", "failed", "overridden")]
+        saved = status.get("saved") or {}
+        samples += [Sample(f"{PREFIX}_policy_saved_bytes", (name, kind),
+                           float(saved.get(key) or 0)) for kind, key in SAVED_KINDS.items()]
+        samples += _conditions(status.get("conditions") or [], f"{PREFIX}_policy_condition",
+                               name)
+    return unique(samples)
+
+
+def unique(samples: Iterable[Sample]) -> list[Sample]:
+    """Drop repeated series (two endpoints with a same-named domain): first one wins."""
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    out = []
+    for sample in samples:
+        key = (sample.name, sample.labels)
+        if key not in seen:
+            seen.add(key)
+            out.append(sample)
+    return out
+
+
+def cycle_errors(report: CycleReport, invalid_policies: int) -> dict[str, int]:
+    """How many errors of each kind one agent cycle met."""
+    guests = report.guests
+    return {"setting": len(report.errors),
+            "guest": len(guests.errors) + len(guests.endpoints_down),
+            "policy": invalid_policies}
+
+
+def api_resource(path: str) -> str:
+    """The resource (and subresource) of an API path, without names or namespaces:
+    ``/apis/g/v/memoryovercommitnodestates/n1/status`` -> ``memoryovercommitnodestates/status``.
+    """
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    parts = parts[2:] if parts[:1] == ["api"] else parts[3:]  # drop api/v1 or apis/g/v
+    if parts[:1] == ["namespaces"] and len(parts) > 2:
+        parts = parts[2:]
+    if not parts:
+        return "unknown"
+    return parts[0] if len(parts) < 3 else f"{parts[0]}/{parts[2]}"
+
+
+# -- collectors ----------------------------------------------------------------------------
+
+
+class SnapshotCollector:
+    """Serves the latest snapshot of some documented gauge families; nothing else survives."""
+
+    def __init__(self, series: Mapping[str, Series]) -> None:
+        self.series = series
+        self.samples: list[Sample] = []
+
+    def update(self, samples: Sequence[Sample]) -> None:
+        unknown = {s.name for s in samples} - set(self.series)
+        if unknown:
+            raise ValueError(f"undocumented series: {sorted(unknown)}")
+        self.samples = list(samples)  # one assignment: a scrape sees the old or the new
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(s.name, s.help, labels=s.labels)
+                for s in self.series.values()]
+
+    def collect(self) -> Iterator[Metric]:
+        families = {s.name: GaugeMetricFamily(s.name, s.help, labels=s.labels)
+                    for s in self.series.values()}
+        for sample in self.samples:
+            families[sample.name].add_metric(list(sample.labels), sample.value)
+        yield from families.values()
+
+
+def version() -> str:
+    try:
+        return metadata.version("memory-overcommit-operator")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class ApiWrites:
+    """``overcommit_api_writes_total``: every write request to the API server and its answer."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.counter = Counter(f"{PREFIX}_api_writes_total",
+                               "Write requests to the Kubernetes API by verb, resource and "
+                               "HTTP status code (\"error\": no answer).",
+                               ("verb", "resource", "code"), registry=registry)
+
+    def __call__(self, method: str, path: str, status: int | None) -> None:
+        verb = WRITE_VERBS.get(method.upper())
+        if verb is not None:  # reads are not counted
+            code = "error" if status is None else str(status)
+            self.counter.labels(verb, api_resource(path), code).inc()
+
+
+class AgentMetrics:
+    """The agent's registry: the node snapshot plus the agent's own counters."""
+
+    def __init__(self, node: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.node = SnapshotCollector(NODE_SERIES)
+        self.registry.register(self.node)
+        r = self.registry
+        self.cycle_duration = Histogram(
+            f"{PREFIX}_agent_cycle_duration_seconds",
+            "One reconcile: observe, plan, act, write the node state and Events.", registry=r)
+        self.errors = Counter(f"{PREFIX}_agent_errors_total",
+                              "Errors by kind: setting, guest, policy (invalid policy skipped), "
+                              "api, host, internal (a failed cycle).", ("kind",), registry=r)
+        for kind in AGENT_ERROR_KINDS:
+            self.errors.labels(kind)
+        self.last_cycle = Gauge(f"{PREFIX}_agent_last_cycle_timestamp_seconds",
+                                "Unix time the last cycle completed.", registry=r)
+        self.events = Counter(f"{PREFIX}_agent_events_total",
+                              "Events the agent posted, by type and reason.", ("type", "reason"),
+                              registry=r)
+        Gauge(f"{PREFIX}_agent_info", "Always 1; the agent's node and version.",
+              ("node", "version"), registry=r).labels(node, version()).set(1)
+        self.api_write = ApiWrites(r)
+        ProcessCollector(registry=r)
+
+    def observe_cycle(self, status: Mapping[str, Any], errors: Mapping[str, int]) -> None:
+        """A completed cycle: the node's new snapshot and the errors it met."""
+        self.node.update(node_samples(status))
+        for kind, count in errors.items():
+            if count:
+                self.errors.labels(kind).inc(count)
+        self.last_cycle.set(time.time())
+
+    def failed_cycle(self, kind: str) -> None:
+        self.errors.labels(kind).inc()
+
+    def event_posted(self, event_type: str, reason: str) -> None:
+        self.events.labels(event_type, reason).inc()
+
+
+class ControllerMetrics:
+    """The controller's registry. The controller calls: :meth:`fold` around each fold of node
+    states into policy statuses, :meth:`status_written` per policy status write,
+    :meth:`observe_policies` with the statuses it holds, :meth:`counts`, :meth:`set_leader`,
+    :meth:`error`, and passes :attr:`api_write` to its API client."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.policies_snapshot = SnapshotCollector(POLICY_SERIES)
+        self.registry.register(self.policies_snapshot)
+        r = self.registry
+        self.fold_duration = Histogram(f"{PREFIX}_controller_fold_duration_seconds",
+                                       "One fold of the node states into policy statuses.",
+                                       registry=r)
+        self.status_writes = Counter(f"{PREFIX}_controller_status_writes_total",
+                                     "Policy status writes by result: ok or error.", ("result",),
+                                     registry=r)
+        for result in ("ok", "error"):
+            self.status_writes.labels(result)
+        self.policies = Gauge(f"{PREFIX}_controller_policies", "Policies the controller sees.",
+                              registry=r)
+        self.node_states = Gauge(f"{PREFIX}_controller_node_states",
+                                 "Node states the controller sees.", registry=r)
+        self.leader = Gauge(f"{PREFIX}_controller_leader",
+                            "1 while this replica holds the leader lease, else 0.", registry=r)
+        self.errors = Counter(f"{PREFIX}_controller_errors_total",
+                              "Errors by kind: api, internal.", ("kind",), registry=r)
+        for kind in CONTROLLER_ERROR_KINDS:
+            self.errors.labels(kind)
+        Gauge(f"{PREFIX}_controller_info", "Always 1; the controller's version.", ("version",),
+              registry=r).labels(version()).set(1)
+        self.api_write = ApiWrites(r)
+        ProcessCollector(registry=r)
+
+    @contextlib.contextmanager
+    def fold(self) -> Iterator[None]:
+        with self.fold_duration.time():
+            yield
+
+    def status_written(self, ok: bool) -> None:
+        self.status_writes.labels("ok" if ok else "error").inc()
+
+    def observe_policies(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
+        self.policies_snapshot.update(policy_samples(statuses))
+
+    def counts(self, policies: int, node_states: int) -> None:
+        self.policies.set(policies)
+        self.node_states.set(node_states)
+
+    def set_leader(self, leading: bool) -> None:
+        self.leader.set(1 if leading else 0)
+
+    def error(self, kind: str) -> None:
+        self.errors.labels(kind).inc()
+
+
+# -- serving -------------------------------------------------------------------------------
+
+
+class MetricsServer:
+    """``GET /metrics`` (Prometheus text or OpenMetrics, as the scraper asks) on the running
+    asyncio loop. ``address`` "" listens on every interface (IPv4 and IPv6)."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, address: str = "") -> None:
+        self.registry, self.port, self.address = registry, port, address
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host=self.address or None, port=self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+        from prometheus_client.exposition import choose_encoder
+
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(self.registry), headers={"Content-Type": content_type})
+

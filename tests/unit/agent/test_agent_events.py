@@ -1,0 +1,187 @@
+"""Events: every change and every error gets one; a steady state does not repeat them."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from overcommit.agent.events import EventMemory, News, cycle_news, failure_news
+from overcommit.agent.kubeapi import ApiError
+from overcommit.agent.runner import Agent, failure_kind
+from overcommit.agent.settings import AgentSettings
+from overcommit.api.model import PolicyError, policy_from_object
+from overcommit.engine.cycle import CycleReport, NodeEngine
+from tests.cases import policy_document
+from tests.fakes.kernel import FakeKernel
+
+KSM = "sys/kernel/mm/ksm"
+
+
+class Engine:
+    """One node's engine over a fake kernel; cycles with or without a policy."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.kernel = FakeKernel(tmp_path / "host")
+        self.engine = NodeEngine(state_dir=tmp_path / "state", fs=self.kernel)
+
+    def cycle(self, spec: dict[str, Any] | None, generation: int = 1) -> CycleReport:
+        policies = []
+        if spec is not None:
+            doc = policy_document("gold", spec)
+            doc["metadata"]["generation"] = generation
+            policies.append(policy_from_object(doc))
+        return self.engine.cycle(policies, {})
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Engine:
+    return Engine(tmp_path)
+
+
+def reasons(news: list[News]) -> list[str]:
+    return [n.reason for n in news]
+
+
+def test_a_steady_error_is_posted_once_then_recovery_then_again(node: Engine) -> None:
+    memory = EventMemory()
+    spec = {"ksm": {"enabled": True, "sleepMillisecs": 7}}
+    node.kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
+    first = memory.select(cycle_news(node.cycle(spec)))
+    assert reasons(first) == ["SettingsApplied", "PolicyInForce", "ApplyFailed"]
+    assert first[-1].type == "Warning" and "EIO" in first[-1].message
+    for _ in range(3):
+        assert memory.select(cycle_news(node.cycle(spec))) == []
+    node.kernel.clear_failures()
+    healed = memory.select(cycle_news(node.cycle(spec)))
+    assert reasons(healed) == ["SettingsApplied", "Recovered"]
+    assert memory.select(cycle_news(node.cycle(spec))) == []
+    node.kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
+    assert reasons(memory.select(cycle_news(node.cycle(
+        {"ksm": {"enabled": True, "sleepMillisecs": 9}})))) == ["ApplyFailed"]
+
+
+def test_every_change_is_posted_even_when_it_repeats(node: Engine) -> None:
+    memory = EventMemory()
+    spec = {"ksm": {"enabled": True, "pagesToScan": 500}}
+    memory.select(cycle_news(node.cycle(spec)))
+    node.kernel.set(f"{KSM}/pages_to_scan", "100")  # someone else puts it back
+    again = memory.select(cycle_news(node.cycle(spec)))
+    node.kernel.set(f"{KSM}/pages_to_scan", "100")
+    third = memory.select(cycle_news(node.cycle(spec)))
+    assert reasons(again) == reasons(third) == ["SettingsApplied"]
+    assert again[0].message == third[0].message == "policy gold: pages_to_scan 100->500"
+
+
+def test_policy_changes_and_release_are_posted(node: Engine) -> None:
+    memory = EventMemory()
+    spec = {"ksm": {"enabled": True}}
+    memory.select(cycle_news(node.cycle(spec, generation=1)))
+    same = memory.select(cycle_news(node.cycle(spec, generation=1)))
+    newer = memory.select(cycle_news(node.cycle(spec, generation=2)))
+    released = memory.select(cycle_news(node.cycle(None)))
+    assert same == []
+    assert [(n.reason, n.message) for n in newer] == [
+        ("PolicyInForce", "policy gold generation 2 is in force")]
+    assert reasons(released) == ["OriginalsRestored", "NoPolicy"]
+
+
+def test_a_dry_run_posts_its_planned_changes_once(node: Engine) -> None:
+    memory = EventMemory()
+    spec = {"dryRun": True, "ksm": {"enabled": True, "pagesToScan": 700}}
+    first = memory.select(cycle_news(node.cycle(spec)))
+    assert reasons(first) == ["SettingsApplied", "PolicyInForce"]
+    assert "dry run, nothing written" in first[0].message
+    assert memory.select(cycle_news(node.cycle(spec))) == []
+
+
+def test_invalid_policies_are_a_warning(node: Engine) -> None:
+    memory = EventMemory()
+    bad = PolicyError("cluster (MemoryOvercommitPolicy x)", ["spec.ksm.pagesToScan: too big"])
+    news = memory.select(cycle_news(node.cycle(None), [bad]))
+    assert ("Warning", "InvalidPolicy") in [(n.type, n.reason) for n in news]
+    assert "pagesToScan" in next(n.message for n in news if n.reason == "InvalidPolicy")
+
+
+def test_a_failed_cycle_is_posted_once_and_keeps_what_was_posted(node: Engine) -> None:
+    memory = EventMemory()
+    memory.select(cycle_news(node.cycle({"ksm": {"enabled": True}})))
+    failed = memory.select([failure_news("ApiError: HTTP 500")], partial=True)
+    assert [(n.type, n.reason) for n in failed] == [("Warning", "CycleFailed")]
+    assert memory.select([failure_news("ApiError: HTTP 500")], partial=True) == []
+    # the next good cycle: the policy was already posted; the failure went away
+    assert reasons(memory.select(cycle_news(node.cycle({"ksm": {"enabled": True}})))) == \
+        ["Recovered"]
+
+
+class FailingApi:
+    """Posts Events; every status write fails as the API server would."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    async def get_node_state(self, name: str) -> dict[str, Any]:
+        return {"metadata": {"uid": "u1"}, "status": {}}
+
+    async def replace_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        raise ApiError(503, '{"message": "etcd is down"}', "PATCH status")
+
+    async def post_event(self, namespace: str, involved: dict[str, Any], event_type: str,
+                         reason: str, message: str, component: str, host: str) -> None:
+        self.events.append((event_type, reason, message))
+
+
+def agent_on(api: FailingApi, tmp_path: Path) -> Agent:
+    """An agent for node n1 (no policies) on a fake host, talking to ``api``."""
+    FakeKernel(tmp_path / "host")
+    agent = Agent(AgentSettings(node_name="n1", host_root=str(tmp_path / "host"),
+                                state_dir=str(tmp_path / "state"), manage_guests=False))
+    agent.api = api  # type: ignore[assignment]
+    agent.node_index = {"n1": [{"uid": "n-uid", "labels": {}, "annotations": {}}]}
+    agent.policy_index = {}
+    return agent
+
+
+def test_a_cycle_failing_on_the_api_is_counted_and_posted_once(tmp_path: Path) -> None:
+    api = FailingApi()
+    agent = agent_on(api, tmp_path)
+
+    async def two_cycles() -> None:
+        await agent.reconcile_safely()
+        await agent.reconcile_safely()
+
+    asyncio.run(two_cycles())
+    failed = [e for e in api.events if e[1] == "CycleFailed"]
+    assert len(failed) == 1 and "etcd is down" in failed[0][2]
+    assert agent.metrics.registry.get_sample_value("overcommit_agent_errors_total",
+                                                   {"kind": "api"}) == 2
+    # the host half ran: its snapshot is served although the write failed
+    assert any(s.name == "overcommit_condition" for s in agent.metrics.node.samples)
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    (ApiError(500, "{}", "x"), "api"), (TimeoutError(), "api"),
+    (aiohttp.ClientConnectionError(), "api"), (PermissionError(13, "denied"), "host"),
+    (KeyError("bug"), "internal")])
+def test_failures_are_classified(exc: BaseException, kind: str) -> None:
+    assert failure_kind(exc) == kind
+
+
+class BrokenApi(FailingApi):
+    """The API is gone altogether: status writes and Events fail."""
+
+    async def post_event(self, namespace: str, involved: dict[str, Any], event_type: str,
+                         reason: str, message: str, component: str, host: str) -> None:
+        raise aiohttp.ServerDisconnectedError()
+
+
+def test_a_failing_event_post_does_not_escape_a_failed_cycle(tmp_path: Path) -> None:
+    agent = agent_on(BrokenApi(), tmp_path)
+    assert asyncio.run(agent.reconcile_safely()) > 0  # a retry delay, not an exception
+    assert agent.metrics.registry.get_sample_value("overcommit_agent_events_total",
+                                                   {"type": "Warning",
+                                                    "reason": "CycleFailed"}) is None

@@ -1,0 +1,398 @@
+"""The controller's shell without a cluster: batching of status writes, cleanup, and leader
+election against an in-memory Lease with the API server's optimistic concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any, cast
+
+import pytest
+
+from overcommit.agent.kubeapi import ApiError
+from overcommit.controller.fold import comparable, fold
+from overcommit.controller.kube import ControllerApi
+from overcommit.controller.lease import Action, LeaseRecord, Observer, Timing, decide
+from overcommit.controller.runtime import RETRY_SECONDS, Controller, LeaderElector
+from overcommit.controller.settings import ControllerSettings
+from overcommit.controller.sweep import sweep
+from tests.cases import policy_document
+from tests.unit.controller.test_controller_fold import state
+
+JSON = dict[str, Any]
+POOL = {"matchLabels": {"pool": "virt"}}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeApi:
+    """Records status writes and deletions; ``fail`` makes the next write fail."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, JSON]] = []
+        self.deleted: list[tuple[str, str]] = []
+        self.fail: Exception | None = None
+
+    async def replace_policy_status(self, name: str, uid: str, status: JSON) -> JSON:
+        if self.fail is not None:
+            exc, self.fail = self.fail, None
+            raise exc
+        self.writes.append((name, copy.deepcopy(status)))
+        return {}
+
+    async def delete_node_state(self, name: str, uid: str) -> bool:
+        self.deleted.append((name, uid))
+        return True
+
+
+def settings(**overrides: Any) -> ControllerSettings:
+    values: dict[str, Any] = {"identity": "me", "status_interval_seconds": 1.0,
+                              "savings_interval_seconds": 10.0, "lease_seconds": 15}
+    return ControllerSettings(**(values | overrides))
+
+
+def policy_obj(generation: int = 1, status: JSON | None = None) -> JSON:
+    doc = policy_document("p", {"nodeSelector": POOL, "ksm": {"enabled": True}})
+    doc["metadata"].update(uid="uid-p", generation=generation)
+    if status is not None:
+        doc["status"] = status
+    return doc
+
+
+def node(name: str) -> JSON:
+    return {"metadata": {"name": name, "labels": {"pool": "virt"}}}
+
+
+def cluster(clock: Clock, api: FakeApi) -> Controller:
+    ctl = Controller(cast(ControllerApi, api), settings(), clock=clock,
+                     now=lambda: f"2026-01-01T00:00:{int(clock.now):02d}Z")
+    for name in ("a", "b"):
+        ctl.node_event("ADDED", node(name))
+        ctl.state_event("ADDED", state(name, merged=100))
+    ctl.policy_event("ADDED", policy_obj())
+    return ctl
+
+
+def act(ctl: Controller) -> float | None:
+    return asyncio.run(ctl.act())
+
+
+def last_status(api: FakeApi) -> JSON:
+    return api.writes[-1][1]
+
+
+# -- status writes ---------------------------------------------------------------------------
+
+
+def test_writes_are_batched_per_interval_and_never_repeat_an_unchanged_status() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api)
+    assert act(ctl) is None
+    assert len(api.writes) == 1 and last_status(api)["nodes"]["summary"] == "2/2"
+    assert act(ctl) is None and len(api.writes) == 1  # nothing changed: nothing written
+
+    clock.now = 0.4
+    ctl.state_event("MODIFIED", state("b", merged=100, ready="False"))
+    ctl.state_event("MODIFIED", state("a", merged=100, ready="False"))
+    delay = act(ctl)
+    assert len(api.writes) == 1 and delay == pytest.approx(0.6)  # due one interval after
+    clock.now = 1.0
+    act(ctl)
+    assert len(api.writes) == 2 and last_status(api)["nodes"]["failed"] == 2  # both, one write
+
+    # our own write comes back through the watch: not news
+    ctl.policy_event("MODIFIED", policy_obj(status=last_status(api)))
+    clock.now = 5.0
+    assert act(ctl) is None and len(api.writes) == 2
+
+
+def test_savings_alone_are_written_at_the_slower_pace() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api)
+    act(ctl)
+    clock.now = 2.0
+    ctl.state_event("MODIFIED", state("a", merged=5000))
+    assert act(ctl) == pytest.approx(8.0)  # due when the savings interval has passed
+    assert len(api.writes) == 1
+    clock.now = 3.0
+    ctl.state_event("MODIFIED", state("b", merged=100, ready="False"))  # news: written now
+    act(ctl)
+    assert len(api.writes) == 2
+    assert last_status(api)["saved"]["mergedBytes"] == 5100  # the sums ride along
+
+
+def test_a_spec_change_is_folded_at_once_with_its_generation() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api)
+    act(ctl)
+    clock.now = 1.5
+    ctl.policy_event("MODIFIED", policy_obj(generation=2, status=last_status(api)))
+    act(ctl)
+    status = last_status(api)
+    assert status["observedGeneration"] == 2
+    assert [c["observedGeneration"] for c in status["conditions"]] == [2, 2, 2]
+    reconciling = next(c for c in status["conditions"] if c["type"] == "Reconciling")
+    assert reconciling["status"] == "True"
+
+
+def test_a_new_leader_adopts_an_equal_status_without_writing() -> None:
+    clock, api = Clock(), FakeApi()
+    first = cluster(clock, api)
+    act(first)
+    written = last_status(api)
+    clock.now = 30.0
+    successor = Controller(cast(ControllerApi, api), settings(), clock=clock)
+    for name in ("a", "b"):
+        successor.node_event("ADDED", node(name))
+        successor.state_event("ADDED", state(name, merged=100))
+    successor.policy_event("ADDED", policy_obj(status=written))
+    assert act(successor) is None and len(api.writes) == 1
+
+
+def test_failed_writes_retry_unless_the_policy_is_gone_or_replaced() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api)
+    api.fail = ApiError(500, '{"message": "etcd timeout"}', "PATCH")
+    assert act(ctl) == pytest.approx(RETRY_SECONDS)
+    clock.now = RETRY_SECONDS
+    act(ctl)
+    assert len(api.writes) == 1
+    clock.now = 10.0
+    ctl.state_event("MODIFIED", state("a", ready="False"))
+    api.fail = ApiError(422, '{"message": "test operation failed"}', "PATCH")
+    assert act(ctl) is None and len(api.writes) == 1  # the watch will bring the new policy
+
+
+# -- cleanup ---------------------------------------------------------------------------------
+
+
+def test_the_state_of_a_deleted_node_is_deleted_with_its_uid() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api)
+    act(ctl)
+    ctl.node_event("DELETED", node("b"))
+    clock.now = 2.0
+    act(ctl)
+    assert api.deleted == [("b", "state-b")]
+    assert last_status(api)["nodes"]["matched"] == 1  # and the policy no longer counts it
+
+
+def test_a_node_that_comes_back_keeps_its_state() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api)
+    ctl.node_event("DELETED", node("b"))
+    ctl.node_event("ADDED", node("b"))
+    act(ctl)
+    assert api.deleted == []
+
+
+def test_a_stray_is_deleted_on_its_second_sighting_only() -> None:
+    nodes = {"a": {}}
+    doomed, suspects = sweep({"a", "x", "y"}, nodes, set())
+    assert (doomed, suspects) == (set(), {"x", "y"})
+    # y's node showed up meanwhile (its Node event was late); x is still a stray
+    doomed, suspects = sweep({"a", "x", "y"}, {"a": {}, "y": {}}, suspects)
+    assert (doomed, suspects) == ({"x"}, set())
+
+
+# -- leader election -------------------------------------------------------------------------
+
+
+class FakeLeases:
+    """One Lease with the API server's rules: create fails if it exists, a replace fails
+    unless it carries the current resourceVersion."""
+
+    def __init__(self) -> None:
+        self.obj: JSON | None = None
+        self.version = 0
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise OSError("connection refused")
+
+    async def get_lease(self, namespace: str, name: str) -> JSON | None:
+        self._check()
+        return copy.deepcopy(self.obj)
+
+    async def create_lease(self, namespace: str, body: JSON) -> JSON:
+        self._check()
+        if self.obj is not None:
+            raise ApiError(409, '{"message": "already exists"}', "POST")
+        return self._store(body)
+
+    async def replace_lease(self, namespace: str, name: str, body: JSON) -> JSON:
+        self._check()
+        assert self.obj is not None
+        if body["metadata"].get("resourceVersion") != self.obj["metadata"]["resourceVersion"]:
+            raise ApiError(409, '{"message": "the object has been modified"}', "PUT")
+        return self._store(body)
+
+    def _store(self, body: JSON) -> JSON:
+        self.version += 1
+        self.obj = copy.deepcopy(body)
+        self.obj["metadata"]["resourceVersion"] = str(self.version)
+        return copy.deepcopy(self.obj)
+
+    @property
+    def holder(self) -> str | None:
+        return None if self.obj is None else self.obj["spec"].get("holderIdentity")
+
+
+class Replica:
+    def __init__(self, leases: FakeLeases, clock: Clock, name: str, seconds: int = 15) -> None:
+        self.working = False
+        self.elector = LeaderElector(cast(ControllerApi, leases),
+                                     settings(identity=name, lease_seconds=seconds),
+                                     self.work, clock=clock)
+
+    async def work(self) -> None:
+        self.working = True
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.working = False
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def test_one_leader_and_the_standby_takes_over_after_the_lease_expires() -> None:
+    async def scenario() -> None:
+        leases, clock = FakeLeases(), Clock()
+        a, b = Replica(leases, clock, "a"), Replica(leases, clock, "b")
+        await asyncio.gather(a.elector.step(), b.elector.step())  # both race to create
+        await settle()
+        assert [a.working, b.working].count(True) == 1
+        leader, standby = (a, b) if a.working else (b, a)
+        for _ in range(3):  # the leader renews, the standby waits
+            clock.now += 2
+            await leader.elector.step()
+            await standby.elector.step()
+        assert leases.obj is not None and leases.obj["spec"]["leaseTransitions"] == 0
+        # the leader dies (stops renewing): the standby waits one whole lease duration
+        died = clock.now
+        while clock.now - died < 14:
+            clock.now += 2
+            await standby.elector.step()
+            await settle()
+            assert not standby.working
+        clock.now = died + 16
+        await standby.elector.step()
+        await settle()
+        assert standby.working and leases.holder == standby.elector.settings.identity
+        assert leases.obj["spec"]["leaseTransitions"] == 1
+        # the old leader wakes up (a paused process): it sees it lost and stops working
+        await leader.elector.step()
+        await settle()
+        assert not leader.working and leases.holder == standby.elector.settings.identity
+        await standby.elector.step_down("test over")
+
+    asyncio.run(scenario())
+
+
+def test_a_leader_that_cannot_renew_stops_before_the_lease_can_expire() -> None:
+    async def scenario() -> None:
+        leases, clock = FakeLeases(), Clock()
+        a = Replica(leases, clock, "a")
+        await a.elector.step()
+        await settle()
+        assert a.working
+        leases.down = True
+        timing = Timing.for_lease(15)
+        clock.now = timing.renew_deadline - 0.5
+        await a.elector.step()
+        await settle()
+        assert a.working  # a short outage does not interrupt the leader
+        clock.now = timing.renew_deadline + 0.1
+        await a.elector.step()
+        await settle()
+        assert not a.working and timing.renew_deadline < 15
+
+    asyncio.run(scenario())
+
+
+def test_a_clean_shutdown_hands_the_lease_over_at_once() -> None:
+    async def scenario() -> None:
+        leases, clock = FakeLeases(), Clock()
+        a, b = Replica(leases, clock, "a", seconds=2), Replica(leases, clock, "b", seconds=2)
+        stop = asyncio.Event()
+        running = asyncio.create_task(a.elector.run(stop))
+        async with asyncio.timeout(5):
+            while not a.working:
+                await asyncio.sleep(0.01)
+        await b.elector.step()
+        assert not b.working
+        stop.set()
+        await running
+        assert not a.working and leases.holder is None
+        await b.elector.step()  # no waiting for the lease to expire
+        await settle()
+        assert b.working
+        await b.elector.step_down("test over")
+
+    asyncio.run(scenario())
+
+
+def test_decisions() -> None:
+    record = LeaseRecord(holder="other", duration=15, renew_time="t", resource_version="1")
+    assert decide(None, "me", 0) is Action.CREATE
+    assert decide(record, "other", 0) is Action.RENEW
+    assert decide(record, "me", 14.9) is Action.WAIT
+    assert decide(record, "me", 15) is Action.ACQUIRE
+    free = LeaseRecord(holder=None, duration=1, renew_time="t", resource_version="2")
+    assert decide(free, "me", 0) is Action.ACQUIRE
+    observer = Observer()
+    assert observer.unchanged_for(record, 100.0) == 0
+    assert observer.unchanged_for(record, 110.0) == 10
+    renewed = LeaseRecord(holder="other", duration=15, renew_time="t2", resource_version="3")
+    assert observer.unchanged_for(renewed, 111.0) == 0  # a renewal restarts the count
+
+
+def test_fold_output_is_what_gets_written() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api)
+    act(ctl)
+    expected = fold(ctl.policies["p"], ctl.reports, ctl.nodes, "whenever")
+    assert comparable(last_status(api)) == comparable(expected)
+
+
+def test_a_spec_change_during_a_write_is_not_lost() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api)
+
+    class SlowApi(FakeApi):
+        async def replace_policy_status(self, name: str, uid: str, status: JSON) -> JSON:
+            ctl.policy_event("MODIFIED", policy_obj(generation=2))  # arrives mid-write
+            return await super().replace_policy_status(name, uid, status)
+
+    ctl.api = cast(ControllerApi, SlowApi())
+    act(ctl)
+    assert ctl.policies["p"].generation == 2
+    clock.now = 1.0
+    act(ctl)
+    written = cast(FakeApi, ctl.api).writes
+    assert [w[1]["observedGeneration"] for w in written] == [1, 2]
+
+
+def test_churn_folds_each_policy_at_most_once_per_interval() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api)
+    act(ctl)
+    folds = 0
+    for step in range(1, 41):  # 40 counter changes within 4 status intervals
+        clock.now = step * 0.1
+        ctl.state_event("MODIFIED", state("a", merged=100 + step))
+        before = ctl.last_fold.get("p")
+        act(ctl)
+        folds += ctl.last_fold.get("p") != before
+    assert folds <= 4
+    assert len(api.writes) == 1  # savings alone wait for the savings interval
