@@ -337,6 +337,16 @@ class Driver:
     log: Callable[[str], None]
     state: BalloonState | None = None
 
+    def warm_up(self, host: HostView, interval_s: float) -> None:
+        """One observation a cycle before the phase, planned but not applied: a running agent
+        has seen its guests before (ours shrinks no guest on its first sample; the baselines
+        keep no history, so this changes nothing for them)."""
+        start = time.monotonic()
+        self.state = None
+        self.state = self.planner(self.spec, self.fleet.observe(start), host(start), None).state
+        self.fleet.wait_fresh(time.time())
+        pace(start, interval_s)
+
     def cycle(self, seen: list[GuestObservation], host: Observation) -> None:
         plan = self.planner(self.spec, seen, host, self.state)
         self.state = plan.state
@@ -372,7 +382,7 @@ def reclaim_phase(driver: Driver, settings: Settings) -> Reclaim:
     fleet, host = driver.fleet, HostView(settings.reclaim_available_percent)
     mine = fleet.move_all({n: g.max_kib for n, g in fleet.mine().items()})
     ooms, totals, violations = fleet.oom_counts(), [total_kib(mine)], 0
-    driver.state = None
+    driver.warm_up(host, settings.interval_s)
     for k in range(settings.reclaim_cycles):
         fleet.guard_period()
         start = time.monotonic()
@@ -484,8 +494,9 @@ def relieve_phase(driver: Driver, settings: Settings, eater: str) -> Relieve:
                                              settings.eat_step_mib).chunks
     ramp = Ramp(list(fleet.demand))
     watch = Watch(driver.spec, domain, start_mine[eater])
-    driver.state, relieved_at = None, None
+    relieved_at = None
     try:
+        driver.warm_up(host, settings.interval_s)
         ramp.feed(domain, driver.log)
         fleet.wait_fresh(time.time())
         relieved_at = relieve_cycles(driver, settings, host, ramp, watch, eater)

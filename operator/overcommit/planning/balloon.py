@@ -278,6 +278,7 @@ class GuestView:
     floor_why: str
     pressure: str  # why the guest is under pressure; "" when it is not
     cooling: bool  # under pressure within the cooldown: not idle yet
+    known: bool  # an earlier sample of this guest was seen: its trend is known
     streak: int  # consecutive earlier cycles under pressure
     shares: int
     last_shrink: float | None
@@ -405,6 +406,7 @@ def assess(spec: BalloonSpec, guest: GuestObservation, memory: GuestMemory | Non
                    and guest.time - mem.last_pressure_time < cooldown)
     return GuestView(obs=guest, usable=usable, growth=growth[0], trend=trend, peak=peak,
                      peak_time=peak_time, margin=margin, floor=floor_kib,
+                     known=mem is not None and mem.sample_used_kib is not None,
                      floor_why=floor_why, pressure=pressure, cooling=cooling,
                      streak=mem.pressure_streak if mem else 0, shares=shares_of(auto, guest),
                      last_shrink=mem.last_shrink_time if mem else None)
@@ -642,6 +644,10 @@ def _reclaim(auto: BalloonAuto, band: HostBand, views: Sequence[GuestView]) -> d
 
 
 def _why_not_idle(view: GuestView) -> str:
+    if not view.known:
+        # After an agent restart (or for a new guest) one sample says nothing of where its use
+        # is heading; shrinking a guest that is filling up is how OOM kills happen.
+        return "first sample: its trend is not known yet, not shrunk before the next one"
     if view.cooling:
         return "was under pressure recently, not shrunk yet"
     if view.projected < view.margin + min_move_kib(view.obs.max_kib):

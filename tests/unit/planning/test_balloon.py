@@ -96,6 +96,15 @@ AUTO = balloon()
 MID = 30.0  # in the middle of the default 20-40% band: hold
 
 
+def seen(spec: BalloonSpec, guests: list[GuestObservation]) -> BalloonState:
+    """The state of a running agent that saw the same guests one sample (10 s) earlier, using
+    as much as now: the planner shrinks no guest on its first sample."""
+    earlier = [replace(g, time=g.time - 10,
+                       stats={**g.stats, "last_update": int(g.stats["last_update"]) - 10})
+               for g in guests]
+    return plan_balloons(spec, earlier, host(MID), None).state
+
+
 # ------------------------------------------------------------------------------------------------
 # Selection
 
@@ -386,7 +395,7 @@ def test_the_step_is_a_share_of_the_maximum_but_at_least_min_step(
     auto: dict[str, Any] = {} if min_step is None else {"minStep": min_step}
     spec = balloon(auto=auto, floor={"minPercent": 1, "guestFreeMarginPercent": 0})
     g = vm(max_mib=max_mib, usable_mib=max_mib - 1)
-    plan = plan_balloons(spec, [g], host(5), None)
+    plan = plan_balloons(spec, [g], host(5), seen(spec, [g]))
     given = max_mib * MIB - (target_of(plan, g) or max_mib * MIB)
     floor = max(-(-max_mib * MIB // 100), MIB)  # 1% of max, or the 1 MiB in use
     assert given == min(int(expected_mib * MIB), max_mib * MIB - floor)
@@ -400,12 +409,22 @@ def test_idle_guests_give_most_surplus_per_share_first_and_only_what_the_host_ne
     a = vm("a", usable_mib=3000)  # floor: 1096 in use + 410 margin; surplus 2590 MiB
     b = vm("b", usable_mib=2000, annotations={SHARES_ANNOTATION: "500"})  # 1590 MiB x 2
     obs = host(total_gib=4, available_kib=600 * MIB)  # 14.6% < 20%
-    plan = plan_balloons(AUTO, [a, b], obs, None)
+    plan = plan_balloons(AUTO, [a, b], obs, seen(AUTO, [a, b]))
     need = 4 * GIB * 30 // 100 - 600 * MIB  # up to the middle of the band (30%)
     assert 4096 * MIB - (target_of(plan, b) or 0) == STEP_4G  # b first, a full step
     assert 4096 * MIB - (target_of(plan, a) or 0) == need - STEP_4G  # a: the rest only
     assert decision_of(plan, b).reason == ("host MemAvailable 15% < 20%: idle guest (usable "
                                            "2000 MiB, floor 2506 MiB) gives 410 MiB")
+
+
+def test_no_guest_is_shrunk_on_its_first_sample() -> None:
+    g = vm(usable_mib=3000)
+    first = plan_balloons(AUTO, [g], host(5), None)  # an agent just restarted, host short
+    assert first.targets == ()
+    assert "first sample: its trend is not known yet" in first.decisions[0].reason
+    later = vm(t=110, usable_mib=3000)
+    assert target_of(plan_balloons(AUTO, [later], host(5, t=110), first.state), later) \
+        == 4096 * MIB - STEP_4G
 
 
 def test_reclaim_goes_on_until_the_middle_of_the_band_once_started() -> None:
@@ -422,14 +441,14 @@ def test_reclaim_goes_on_until_the_middle_of_the_band_once_started() -> None:
 
 def test_reclaim_stops_at_the_floor() -> None:
     g = vm(current_mib=1100, max_mib=4096, usable_mib=1000)  # floor 1024 (25%): 76 to give
-    plan = plan_balloons(AUTO, [g], host(5), None)
+    plan = plan_balloons(AUTO, [g], host(5), seen(AUTO, [g]))
     assert target_of(plan, g) == 1024 * MIB
 
 
 def test_a_guest_at_its_floor_or_without_room_above_its_margin_gives_nothing() -> None:
     at_floor = vm("f", current_mib=1024, usable_mib=900)
     tight = vm("t", current_mib=3000, usable_mib=320)  # margin 300: not well above it
-    plan = plan_balloons(AUTO, [at_floor, tight], host(5), None)
+    plan = plan_balloons(AUTO, [at_floor, tight], host(5), seen(AUTO, [at_floor, tight]))
     assert plan.targets == ()
     assert "at its floor 1024 MiB (25% of max)" in decision_of(plan, at_floor).reason
     assert "not well above its margin" in decision_of(plan, tight).reason

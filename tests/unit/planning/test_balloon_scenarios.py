@@ -103,7 +103,11 @@ class Run:
 
 def simulate(planner: Planner, guests: list[SimGuest], host: SimHost, cycles: int,
              watched: str = "", eats_at: int = -1, eats_kib: int = 0) -> Run:
-    spec, state = balloon(), None
+    spec = balloon()
+    # A running agent has seen the guests before (ours shrinks no guest on its first sample):
+    # one observation a cycle earlier, its targets not applied.
+    state = planner(spec, [g.observe(0.0) for g in guests], host.observe(0.0, guests),
+                    None).state
     run = Run([], [], [], 0, 0)
     for n in range(cycles):
         t = float(INTERVAL * (n + 1))
