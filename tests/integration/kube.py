@@ -57,12 +57,17 @@ def agent_process(cp: ControlPlane, node_name: str, host_root: Path, state_dir: 
                   kubeconfig: Path | None = None, env: dict[str, str] | None = None,
                   interval: float = 1.0, status_interval: float = 1.0,
                   extra_args: list[str] | None = None) -> Iterator[subprocess.Popen[str]]:
-    """``overcommit agent`` as its own process (so tests can kill it like a node would)."""
+    """``overcommit agent`` as its own process (so tests can kill it like a node would).
+    Without ``--metrics-port`` in ``extra_args`` it serves no metrics: agents running side by
+    side would all ask for the default port 9464."""
     log = open(state_dir.parent / f"agent-{node_name}.log", "a")  # noqa: SIM115
+    extra = list(extra_args or [])
+    if not any(arg == "--metrics-port" or arg.startswith("--metrics-port=") for arg in extra):
+        extra = ["--metrics-port", "0", *extra]
     argv = [sys.executable, "-m", "overcommit.cli", "agent", "--node-name", node_name,
             "--kubeconfig", str(kubeconfig or cp.admin_kubeconfig), "--host-root",
             str(host_root), "--state-dir", str(state_dir), "--interval", str(interval),
-            "--status-interval", str(status_interval), "-v", *(extra_args or [])]
+            "--status-interval", str(status_interval), "-v", *extra]
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
     try:

@@ -134,6 +134,18 @@ def simulated_status(policy_obj: dict[str, Any], merged: int, ready: str = "True
             "engine": "ksm", "saved": {"mergedBytes": merged, "totalBytes": merged}}
 
 
+def policy_events(cluster: ControlPlane, name: str) -> list[dict[str, Any]]:
+    """The Events about one policy (cluster-scoped: they live in ``default``, as the agent's)."""
+    found = get_json(cluster, "events", "-n", "default", "--field-selector",
+                     f"involvedObject.kind=MemoryOvercommitPolicy,involvedObject.name={name}")
+    items: list[dict[str, Any]] = (found or {}).get("items") or []
+    return items
+
+
+def about(events: list[dict[str, Any]], reason: str, text: str = "") -> list[dict[str, Any]]:
+    return [e for e in events if e["reason"] == reason and text in e["message"]]
+
+
 def lease_of(cluster: ControlPlane, name: str) -> dict[str, Any]:
     spec: dict[str, Any] = (get_json(cluster, "lease", "-n", NS, name) or {}).get("spec") or {}
     return spec
@@ -168,8 +180,8 @@ def test_policy_status_folds_real_agents(cluster: ControlPlane, controller_kubec
             host = FakeKernel(tmp_path / name)
             host.merge(shared=100 * (i + 1), sharing=1000 * (i + 1))  # different savings each
             stack.enter_context(agent_process(cluster, name, host.root, tmp_path / f"st-{name}"))
-        stack.enter_context(controller(controller_kubeconfig, tmp_path, f"solo-{suffix}",
-                                       f"lease-{suffix}"))
+        solo = stack.enter_context(controller(controller_kubeconfig, tmp_path,
+                                              f"solo-{suffix}", f"lease-{suffix}"))
 
         # two nodes apply the winner; on the third KubeVirt owns KSM: a problem, and Stalled
         wait_for(lambda: status(cluster, high).get("nodes", {}).get("failed") == 1 and
@@ -199,12 +211,34 @@ def test_policy_status_folds_real_agents(cluster: ControlPlane, controller_kubec
         wide = cluster.kubectl("get", "mop", high, "-o", "wide").stdout
         assert "FAILED" in wide and "KsmManagedElsewhere" in wide, wide
 
-        # nothing changes: nothing is written (three status intervals of quiet)
+        # the failure as Events on the policy, from the controller's own ServiceAccount
+        wait_for(lambda: about(policy_events(cluster, high), "PolicyStalled") and
+                 about(policy_events(cluster, high), "NodeProblem", flaky), 30,
+                 "the controller's PolicyStalled and NodeProblem Events")
+        events = policy_events(cluster, high)
+        problem = about(events, "NodeProblem", flaky)
+        assert len(problem) == 1 and len(about(events, "PolicyStalled")) == 1, events
+        assert problem[0]["message"].startswith(f"{flaky}: KsmManagedElsewhere: ")
+        assert problem[0]["type"] == "Warning"
+        assert problem[0]["involvedObject"] == {
+            "apiVersion": API, "kind": "MemoryOvercommitPolicy", "name": high,
+            "uid": get_json(cluster, "mop", high)["metadata"]["uid"]}
+        assert problem[0]["source"]["component"] == "memory-overcommit-controller"
+        assert not about(events, "NodeProblem", names[0]) and \
+            not about(events, "NodeProblem", names[1])
+        assert solo.metric('overcommit_controller_events_total{reason="NodeProblem",'
+                           'type="Warning"}') >= 1
+
+        # nothing changes: nothing is written and nothing posted (three status intervals)
         versions = [get_json(cluster, "mop", p)["metadata"]["resourceVersion"]
                     for p in (high, low)]
+        posted = sorted(e["metadata"]["name"] for p in (high, low)
+                        for e in policy_events(cluster, p))
         time.sleep(3)
         assert [get_json(cluster, "mop", p)["metadata"]["resourceVersion"]
                 for p in (high, low)] == versions
+        assert sorted(e["metadata"]["name"] for p in (high, low)
+                      for e in policy_events(cluster, p)) == posted
 
         # the node is fixed: its problem clears and the policy is Ready
         cluster.kubectl("annotate", "node", flaky, f"{KUBEVIRT_KSM}-")
@@ -214,6 +248,12 @@ def test_policy_status_folds_real_agents(cluster: ControlPlane, controller_kubec
         assert fixed["problems"] == [] and fixed["nodes"]["applied"] == 3
         assert condition(fixed, "Stalled")["status"] == "False"
         assert kstatus.compute(get_json(cluster, "mop", high)) == kstatus.CURRENT
+        wait_for(lambda: about(policy_events(cluster, high), "NodeRecovered", flaky), 30,
+                 "the NodeRecovered Event")
+        events = policy_events(cluster, high)
+        assert len(about(events, "NodeRecovered", flaky)) == 1 and \
+            about(events, "PolicyReady", "Applied: generation 1 applied on 3 of 3"), events
+        assert len(about(events, "NodeProblem", flaky)) == 1  # still the one from before
 
         # a spec change: observedGeneration follows, on the status and on every condition
         spec["ksm"]["pagesToScan"] = 2000

@@ -17,7 +17,8 @@ kopf still provides the credentials (``kube.make_login``), so both components lo
 Data flow: watch events update the caches and mark the policies they concern as due; one act
 loop folds each due policy (``fold``) and writes its status only when it differs (ignoring
 timestamps), at most once per status interval per policy; savings-only changes at most once per
-savings interval. The same loop deletes node states whose Node is gone.
+savings interval. After a write, the differences a human acts on (``events``) are posted as
+Events on the policy, best effort. The same loop deletes node states whose Node is gone.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from overcommit.agent.events import News
 from overcommit.agent.kubeapi import NODE_STATES, ApiError
 from overcommit.agent.status import now_rfc3339
+from overcommit.api.policy import GROUP, POLICY_KIND, VERSION
+from overcommit.controller.events import policy_news
 from overcommit.controller.fold import (
     Labels,
     NodeReport,
@@ -82,6 +86,7 @@ RETRY_SECONDS = 2.0
 REQUEST_TIMEOUT_SECONDS = 30  # KubeApi's per-request timeout
 STATE_PAGE = 100
 API_ERRORS = (ApiError, aiohttp.ClientError, TimeoutError, OSError)
+COMPONENT = "memory-overcommit-controller"
 
 
 @dataclass
@@ -129,6 +134,7 @@ class Controller:
         self.informers: list[Informer] = []
         self.status_writes = 0
         self.states_deleted = 0
+        self.events_posted = 0
 
     # -- cache updates (pure bookkeeping, called by the informers) -------------------------
     def mark_due(self, names: Iterable[str]) -> None:
@@ -259,6 +265,26 @@ class Controller:
         ready = next(c for c in status["conditions"] if c["type"] == "Ready")
         log.info("status of %s (generation %d): %s Ready=%s %s", policy.name, policy.generation,
                  status["nodes"].get("summary", "-"), ready["status"], ready["reason"])
+        # Compared with the status it replaced, never with what a previous fold saw: what was
+        # not written is not news, and a new leader starts from the status in the API.
+        await self.announce(policy, policy_news(policy.status, status))
+
+    async def announce(self, policy: PolicyView, news: list[News]) -> None:
+        """Post ``news`` as Events on the policy. Best effort: the status carries the truth,
+        and a failed post is neither retried nor allowed to stop the controller."""
+        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": POLICY_KIND,
+                    "name": policy.name, "uid": policy.uid}
+        for item in news:
+            try:
+                await self.api.post_event(self.settings.event_namespace, involved, item.type,
+                                          item.reason, item.message, COMPONENT,
+                                          self.settings.identity)
+            except Exception as exc:
+                log.warning("could not post event %s on %s: %s", item.reason, policy.name, exc)
+                self.metrics.error("api" if isinstance(exc, API_ERRORS) else "internal")
+                return  # the rest would most likely fail (and wait) the same way
+            self.metrics.event_posted(item.type, item.reason)
+            self.events_posted += 1
 
     def _retry_later(self, name: str, exc: Exception) -> None:
         log.warning("could not write the status of %s, retrying: %s", name, exc)
@@ -339,6 +365,7 @@ class Controller:
         return {"synced": self.synced, "nodes": len(self.nodes),
                 "nodeStates": len(self.reports), "policies": len(self.policies),
                 "statusWrites": self.status_writes, "nodeStatesDeleted": self.states_deleted,
+                "eventsPosted": self.events_posted,
                 "watchEvents": sum(i.events for i in self.informers)}
 
 

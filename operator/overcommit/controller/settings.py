@@ -41,6 +41,10 @@ class ControllerSettings:
     """How often node states whose Node is gone are looked for (and deleted on the second
     sighting)."""
 
+    event_namespace: str = "default"
+    """Namespace of the Events about the cluster-scoped policies (as the agent's about node
+    states: the Kubernetes convention for cluster-scoped objects)."""
+
     kubeconfig: str | None = None
     """A kubeconfig file; None: the pod's service account, else $KUBECONFIG or ~/.kube/config."""
 

@@ -336,7 +336,8 @@ class ControllerMetrics:
     """The controller's registry. The controller calls: :meth:`fold` around each fold of node
     states into policy statuses, :meth:`status_written` per policy status write,
     :meth:`observe_policies` with the statuses it holds, :meth:`counts`, :meth:`set_leader`,
-    :meth:`error`, and passes :attr:`api_write` to its API client."""
+    :meth:`error`, :meth:`event_posted` per Event, and passes :attr:`api_write` to its API
+    client."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -344,7 +345,8 @@ class ControllerMetrics:
         self.registry.register(self.policies_snapshot)
         r = self.registry
         self.fold_duration = Histogram(f"{PREFIX}_controller_fold_duration_seconds",
-                                       "One fold of the node states into policy statuses.",
+                                       "One policy's fold: every node state into that "
+                                       "policy's status.",
                                        registry=r)
         self.status_writes = Counter(f"{PREFIX}_controller_status_writes_total",
                                      "Policy status writes by result: ok or error.", ("result",),
@@ -361,6 +363,9 @@ class ControllerMetrics:
                               "Errors by kind: api, internal.", ("kind",), registry=r)
         for kind in CONTROLLER_ERROR_KINDS:
             self.errors.labels(kind)
+        self.events = Counter(f"{PREFIX}_controller_events_total",
+                              "Events the controller posted on policies, by type and reason.",
+                              ("type", "reason"), registry=r)
         Gauge(f"{PREFIX}_controller_info", "Always 1; the controller's version.", ("version",),
               registry=r).labels(version()).set(1)
         self.api_write = ApiWrites(r)
@@ -386,6 +391,9 @@ class ControllerMetrics:
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()
+
+    def event_posted(self, event_type: str, reason: str) -> None:
+        self.events.labels(event_type, reason).inc()
 
 
 # -- serving -------------------------------------------------------------------------------

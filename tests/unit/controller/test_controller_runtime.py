@@ -16,6 +16,7 @@ from overcommit.controller.lease import Action, LeaseRecord, Observer, Timing, d
 from overcommit.controller.runtime import RETRY_SECONDS, Controller, LeaderElector
 from overcommit.controller.settings import ControllerSettings
 from overcommit.controller.sweep import sweep
+from overcommit.observability.metrics import ControllerMetrics
 from tests.cases import policy_document
 from tests.unit.controller.test_controller_fold import state
 
@@ -32,12 +33,15 @@ class Clock:
 
 
 class FakeApi:
-    """Records status writes and deletions; ``fail`` makes the next write fail."""
+    """Records status writes, deletions and Events; ``fail`` makes the next write fail,
+    ``event_fail`` the next Event post."""
 
     def __init__(self) -> None:
         self.writes: list[tuple[str, JSON]] = []
         self.deleted: list[tuple[str, str]] = []
+        self.events: list[JSON] = []
         self.fail: Exception | None = None
+        self.event_fail: Exception | None = None
 
     async def replace_policy_status(self, name: str, uid: str, status: JSON) -> JSON:
         if self.fail is not None:
@@ -49,6 +53,18 @@ class FakeApi:
     async def delete_node_state(self, name: str, uid: str) -> bool:
         self.deleted.append((name, uid))
         return True
+
+    async def post_event(self, namespace: str, involved: JSON, event_type: str, reason: str,
+                         message: str, component: str, host: str) -> None:
+        if self.event_fail is not None:
+            exc, self.event_fail = self.event_fail, None
+            raise exc
+        self.events.append({"namespace": namespace, "involved": involved, "type": event_type,
+                            "reason": reason, "message": message, "component": component,
+                            "host": host})
+
+    def reasons(self) -> list[str]:
+        return [e["reason"] for e in self.events]
 
 
 def settings(**overrides: Any) -> ControllerSettings:
@@ -153,6 +169,7 @@ def test_a_new_leader_adopts_an_equal_status_without_writing() -> None:
         successor.state_event("ADDED", state(name, merged=100))
     successor.policy_event("ADDED", policy_obj(status=written))
     assert act(successor) is None and len(api.writes) == 1
+    assert api.reasons() == ["PolicyReady"]  # the first leader's; the successor adds none
 
 
 def test_failed_writes_retry_unless_the_policy_is_gone_or_replaced() -> None:
@@ -167,6 +184,70 @@ def test_failed_writes_retry_unless_the_policy_is_gone_or_replaced() -> None:
     ctl.state_event("MODIFIED", state("a", ready="False"))
     api.fail = ApiError(422, '{"message": "test operation failed"}', "PATCH")
     assert act(ctl) is None and len(api.writes) == 1  # the watch will bring the new policy
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+def test_events_follow_the_written_status_once_each() -> None:
+    clock, api = Clock(), FakeApi()
+    metrics = ControllerMetrics()
+    ctl = Controller(cast(ControllerApi, api), settings(), clock=clock, metrics=metrics)
+    for name in ("a", "b"):
+        ctl.node_event("ADDED", node(name))
+        ctl.state_event("ADDED", state(name, merged=100))
+    ctl.policy_event("ADDED", policy_obj())
+    act(ctl)
+    assert api.events == [{
+        "namespace": "default", "type": "Normal", "reason": "PolicyReady",
+        "message": "Applied: generation 1 applied on 2 of 2 matched node(s)",
+        "involved": {"apiVersion": "memoryovercommit.io/v1alpha1",
+                     "kind": "MemoryOvercommitPolicy", "name": "p", "uid": "uid-p"},
+        "component": "memory-overcommit-controller", "host": "me"}]
+    clock.now = 1.0
+    ctl.state_event("MODIFIED", state("b", merged=100, ready="False"))
+    act(ctl)
+    assert api.reasons() == ["PolicyReady", "PolicyStalled", "NodeProblem"]
+    # the same facts over several intervals, the echo of our write, savings drifting: no Event
+    ctl.policy_event("MODIFIED", policy_obj(status=last_status(api)))
+    for step in range(2, 15):
+        clock.now = float(step)
+        ctl.state_event("MODIFIED", state("a", merged=100 + step))
+        act(ctl)
+    assert len(api.writes) == 3 and api.reasons() == ["PolicyReady", "PolicyStalled",
+                                                      "NodeProblem"]
+    assert metrics.registry.get_sample_value(
+        "overcommit_controller_events_total", {"type": "Warning", "reason": "NodeProblem"}) == 1
+    assert ctl.health()["eventsPosted"] == 3
+
+
+def test_no_event_before_the_status_is_written() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api)
+    api.fail = ApiError(500, '{"message": "etcd timeout"}', "PATCH")
+    act(ctl)
+    assert api.writes == [] and api.events == []
+    clock.now = RETRY_SECONDS
+    act(ctl)
+    assert api.reasons() == ["PolicyReady"]
+
+
+def test_a_failed_post_costs_that_fold_its_events_and_nothing_else() -> None:
+    clock, api = Clock(), FakeApi()
+    metrics = ControllerMetrics()
+    ctl = Controller(cast(ControllerApi, api), settings(), clock=clock, metrics=metrics)
+    ctl.node_event("ADDED", node("a"))
+    ctl.state_event("ADDED", state("a", ready="False"))
+    ctl.policy_event("ADDED", policy_obj())
+    api.event_fail = ApiError(403, '{"message": "forbidden"}', "POST")
+    act(ctl)
+    assert len(api.writes) == 1 and api.events == []  # the rest of that fold's are dropped
+    assert metrics.registry.get_sample_value("overcommit_controller_errors_total",
+                                             {"kind": "api"}) == 1
+    clock.now = 1.0
+    ctl.state_event("MODIFIED", state("a"))
+    act(ctl)  # the controller goes on: the next change is written and posted
+    assert len(api.writes) == 2 and api.reasons() == ["PolicyReady", "NodeRecovered"]
 
 
 # -- cleanup ---------------------------------------------------------------------------------

@@ -208,6 +208,7 @@ def test_controller_set_maps_policy_statuses_and_its_own_work() -> None:
     metrics.status_written(ok=True)
     metrics.counts(policies=1, node_states=5)
     metrics.set_leader(True)
+    metrics.event_posted("Warning", "NodeProblem")
     got = scrape(metrics.registry)
     assert value(got, "overcommit_policy_nodes", policy="gold", state="applied") == 3
     assert value(got, "overcommit_policy_saved_bytes", policy="gold", kind="total") == 60
@@ -218,6 +219,8 @@ def test_controller_set_maps_policy_statuses_and_its_own_work() -> None:
     assert value(got, "overcommit_controller_status_writes_total", result="error") == 0
     assert value(got, "overcommit_controller_node_states") == 5
     assert value(got, "overcommit_controller_leader") == 1
+    assert value(got, "overcommit_controller_events_total", type="Warning",
+                 reason="NodeProblem") == 1
     metrics.observe_policies({})
     assert not [k for k in scrape(metrics.registry) if k[0].startswith("overcommit_policy_")]
     assert policy_samples({}) == []
@@ -271,6 +274,7 @@ def test_docs_document_every_served_family_with_its_type_and_labels() -> None:
     agent, controller = AgentMetrics("n"), ControllerMetrics()
     # one increment each, so labelled families show their labels
     agent.event_posted("Normal", "SettingsApplied")
+    controller.event_posted("Warning", "PolicyStalled")
     for metrics in (agent, controller):
         metrics.api_write("POST", "/api/v1/namespaces/default/events", 201)
     for registry in (agent.registry, controller.registry):
