@@ -3,7 +3,8 @@
 Static mode through ``overcommit run --once`` (the guest's own /proc/meminfo agrees), release
 through ``overcommit restore``; Auto mode through the engine under a host-pressure setting
 (an idle guest gives, a guest that starts eating gets back, no OOM kill); KSM merging across
-guests reported as saved bytes; libvirtd stopped mid-run and started again.
+guests reported as saved bytes; libvirtd stopped mid-run and started again; a guest destroyed
+between observe and act.
 """
 
 from __future__ import annotations
@@ -161,6 +162,39 @@ def test_auto_takes_from_idle_and_gives_to_the_eater_without_oom(conn: Any,
         with contextlib.suppress(guests.GuestError):
             guests.stop_eating(eater)
         node.restore()
+    for dom in pair.values():
+        wait_for(lambda d=dom: current_mib(conn, d) == MAX_MIB, 30, "release to the maximum")
+
+
+def test_a_guest_destroyed_between_observe_and_act_fails_alone(conn: Any, pair: dict[str, Any],
+                                                              tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    doomed = guests.define_guest(conn, PREFIX + "doomed", memory_mib=MAX_MIB,
+                                 max_memory_mib=MAX_MIB, stats_period=2)
+    try:
+        guests.wait_booted(doomed, timeout=180)
+        wait_for(lambda: "usable" in doomed.memoryStats(), 60, "the doomed guest's statistics")
+        spec = {"balloon": {"mode": "Static", "vmSelector": {"domainNamePattern": PREFIX + "*"},
+                            "static": {"targetPercent": 70}}}
+        node = engine(tmp_path)
+        assert node.guests is not None
+        real_observe = node.guests.observe
+
+        def observe_then_destroy(now: float, vmis: Any = None) -> Any:
+            report = real_observe(now, vmis)
+            doomed.destroy()  # gone after libvirt reported it, before the balloon moves
+            return report
+
+        monkeypatch.setattr(node.guests, "observe", observe_then_destroy)
+        report = node.cycle([policy_from_object(policy_document("doomed", spec))], {})
+        assert {t.domain for t in report.guests.applied} == {d.name() for d in pair.values()}
+        assert len(report.guests.errors) == 1 and doomed.name() in report.guests.errors[0]
+        assert report.errors == []
+        monkeypatch.undo()
+        node.restore()
+    finally:
+        guests.destroy_guest(doomed)
     for dom in pair.values():
         wait_for(lambda d=dom: current_mib(conn, d) == MAX_MIB, 30, "release to the maximum")
 
