@@ -221,7 +221,8 @@ def _pod_bound_kubeconfig(cluster: ControlPlane, node_name: str) -> Path:
 def test_agent_does_its_job_under_the_shipped_rbac(cluster: ControlPlane, host: FakeKernel,
                                                    names: dict[str, str],
                                                    tmp_path: Path) -> None:
-    cluster.kubectl("apply", "-k", str(Path(__file__).parents[2] / "deploy/manifests"))
+    cluster.kubectl("apply", "--server-side", "-k",
+                    str(Path(__file__).parents[2] / "deploy/manifests"))
     n, other, p = names["node"], f"{names['node']}-b", names["policy"]
     apply(cluster, node(n, {"pool": n}), node(other, {"pool": n}))
     kubeconfig = _pod_bound_kubeconfig(cluster, n)

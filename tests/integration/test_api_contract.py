@@ -54,7 +54,7 @@ def words(text: str) -> str:
 
 def install_crds(cp: ControlPlane) -> None:
     """kubectl apply -k deploy/crds, then wait (a watch, not a sleep) for both to be Established."""
-    cp.kubectl("apply", "-k", str(CRD_DIR))
+    cp.kubectl("apply", "--server-side", "-k", str(CRD_DIR))
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                f"crd/{POLICIES}", f"crd/{NODE_STATES}")
 
@@ -161,16 +161,22 @@ def test_policy_printer_columns(api: ControlPlane) -> None:
     apply(api, policy_document(name, {"priority": 42, "nodeSelector": NO_NODE,
                                       "ksm": {"enabled": True}}))
     patch_status(api, "mop", name, {
-        "observedGeneration": 1, "nodes": {"matched": 5, "applied": 3, "failed": 0},
+        "observedGeneration": 1,
+        "nodes": {"matched": 5, "applied": 3, "failed": 1, "overridden": 1, "summary": "3/5"},
         "saved": {"totalBytes": 1610612736, "summary": "1.5Gi"},
         "conditions": [ready("Applied")],
     })
     headers, rows = table(api, "mop", name)
-    assert headers == ["NAME", "PRIORITY", "APPLIED", "MATCHED", "SAVED", "READY", "AGE"]
+    assert headers == ["NAME", "PRIORITY", "NODES", "SAVED", "READY", "AGE"]
     row = rows[name]
-    assert (row["PRIORITY"], row["APPLIED"], row["MATCHED"], row["SAVED"], row["READY"]) == (
-        "42", "3", "5", "1.5Gi", "True")
+    assert (row["PRIORITY"], row["NODES"], row["SAVED"], row["READY"]) == (
+        "42", "3/5", "1.5Gi", "True")
     assert row["AGE"][-1] in "smhd"
+    headers, rows = table(api, "mop", name, "-o", "wide")
+    assert headers == ["NAME", "PRIORITY", "NODES", "SAVED", "READY", "AGE", "FAILED",
+                       "OVERRIDDEN", "REASON"]
+    assert (rows[name]["FAILED"], rows[name]["OVERRIDDEN"], rows[name]["REASON"]) == (
+        "1", "1", "Applied")
 
 
 def test_node_state_printer_columns_and_category(api: ControlPlane) -> None:

@@ -36,7 +36,8 @@ LEASE_SECONDS = 3
 def cluster(control_plane: ControlPlane) -> ControlPlane:
     install_crds(control_plane)
     for manifest in ("namespace.yaml", "controller-rbac.yaml"):
-        control_plane.kubectl("apply", "-f", str(REPO / "deploy/manifests" / manifest))
+        control_plane.kubectl("apply", "--server-side", "-f",
+                              str(REPO / "deploy/manifests" / manifest))
     return control_plane
 
 

@@ -103,7 +103,7 @@ def status_patch(status: dict[str, Any]) -> str:
 def deployed(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     """deploy/manifests applied, nodes node-a and node-b, an agent pod on node-a, a policy."""
     cp = control_plane
-    cp.kubectl("apply", "-k", str(REPO / "deploy/manifests"))
+    cp.kubectl("apply", "--server-side", "-k", str(REPO / "deploy/manifests"))
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                f"crd/memoryovercommitpolicies.{GROUP}", f"crd/memoryovercommitnodestates.{GROUP}")
     apply(
