@@ -285,9 +285,12 @@ VMI_CRD = {
 
 def test_kubevirt_vmi_labels_select_guests(cluster: ControlPlane, host: FakeKernel,
                                            names: dict[str, str], tmp_path: Path) -> None:
-    """VMI labels come from the API (KubeVirt's CRD present): vmSelector.matchLabels works."""
+    """VMI labels come from the API (KubeVirt's CRD present): vmSelector.matchLabels works,
+    under the shipped RBAC and a pod-bound token, as on a cluster."""
     from tests.fakes.libvirt_xml import FakeDomain, write_node
 
+    cluster.kubectl("apply", "--server-side", "-k",
+                    str(Path(__file__).parents[2] / "deploy/manifests"))
     apply(cluster, VMI_CRD)
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/virtualmachineinstances.kubevirt.io")
@@ -307,7 +310,8 @@ def test_kubevirt_vmi_labels_select_guests(cluster: ControlPlane, host: FakeKern
                               "balloon": {"mode": "Static",
                                           "vmSelector": {"matchLabels": {"tier": "db"}},
                                           "static": {"targetPercent": 50}}}))
-    with agent_process(cluster, n, host.root, tmp_path / "state",
+    kubeconfig = _pod_bound_kubeconfig(cluster, n)
+    with agent_process(cluster, n, host.root, tmp_path / "state", kubeconfig=kubeconfig,
                        extra_args=["--libvirt-uri", uri]):
         wait_for(lambda: status_of(cluster, n).get("guestCount") == 2, 30,
                  "the agent to report both guests")

@@ -253,6 +253,21 @@ def test_the_plain_libvirt_pool_reaches_the_host_daemon_and_no_pod_sockets() -> 
     assert not pod.capabilities_added(), "nothing there is owned by another user"
 
 
+@pytest.mark.parametrize(("kustomization", "reads_vmis"), [(BASE, True), (KUBEVIRT, True),
+                                                          (LIBVIRT, False)])
+def test_only_kubevirt_pools_let_the_agent_read_vmis(kustomization: str,
+                                                      reads_vmis: bool) -> None:
+    role = find(render(kustomization), "ClusterRole", "memory-overcommit-agent")
+    vmi_rules = [r for r in role["rules"] if "kubevirt.io" in r.get("apiGroups", [])]
+    if reads_vmis:
+        assert vmi_rules == [{"apiGroups": ["kubevirt.io"],
+                              "resources": ["virtualmachineinstances"],
+                              "verbs": ["get", "list", "watch"]}]
+    else:
+        assert vmi_rules == [] and len(role["rules"]) == len(
+            find(render(BASE), "ClusterRole", "memory-overcommit-agent")["rules"]) - 1
+
+
 @pytest.mark.parametrize("kustomization", [BASE, KUBEVIRT])
 def test_kubevirt_launcher_sockets_are_reachable_within_sun_path(kustomization: str) -> None:
     pod = agent_pod(kustomization)
