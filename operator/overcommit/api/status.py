@@ -52,7 +52,7 @@ class Engine:
 
 @dataclass(frozen=True)
 class Saved:
-    """Memory the node saves, in bytes."""
+    """Memory saved, in bytes, by each lever and in total."""
 
     merged_bytes: int | None = doc("Saved by page merging: (pages_sharing + zero pages) x page "
                                    "size.", minimum=0)
