@@ -51,8 +51,8 @@ def _changes(report: CycleReport) -> list[News]:
         reason = "OriginalsRestored" if report.restored else "SettingsApplied"
         policy = report.selection.winner.name if report.selection.winner else "none"
         if report.plan.dry_run:
-            news.append(News(NORMAL, reason, f"policy {policy} (dry run, nothing written) "
-                                             f"would change: {text}"))
+            news.append(News(NORMAL, "DryRunPlanned", f"policy {policy} (dry run, nothing "
+                                                      f"written) would change: {text}"))
         else:
             news.append(News(NORMAL, reason, f"policy {policy}: {text}", change=True))
     if report.guests.applied:

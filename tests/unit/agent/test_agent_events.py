@@ -94,7 +94,7 @@ def test_a_dry_run_posts_its_planned_changes_once(node: Engine) -> None:
     memory = EventMemory()
     spec = {"dryRun": True, "ksm": {"enabled": True, "pagesToScan": 700}}
     first = memory.select(cycle_news(node.cycle(spec)))
-    assert reasons(first) == ["SettingsApplied", "PolicyInForce"]
+    assert reasons(first) == ["DryRunPlanned", "PolicyInForce"]
     assert "dry run, nothing written" in first[0].message
     assert memory.select(cycle_news(node.cycle(spec))) == []
 
