@@ -5,11 +5,12 @@
    policy),
 3. registers this machine as a Node and a Pod of the agent's ServiceAccount bound to it, and
    runs ``overcommit agent`` with that pod-bound token (so the shipped RBAC and admission policy
-   are what it runs under),
+   are what it runs under), and ``overcommit controller`` under its own ServiceAccount,
 4. applies ``examples/adaptive-ksm.yaml`` and, as root, starts a real merge workload so KSM has
    something to merge (the real ``/sys/kernel/mm/ksm``; a simulated host root otherwise),
-5. prints ``kubectl get overcommit`` and the node state until Ctrl-C (or, with ``--once``, until
-   the policy is applied and merging shows), then deletes the policy, waits for the agent to
+5. prints ``kubectl get overcommit`` (the policy's status is the controller's fold of the node
+   state) and the node state until Ctrl-C (or, with ``--once``, until the policy is applied,
+   the controller marks it Ready and merging shows), then deletes the policy, waits for the agent to
    restore every original setting, and stops everything.
 """
 
@@ -68,6 +69,7 @@ class Demo:
         self.host_root = Path("/") if real else work / "host"
         self.state_dir = work / "state"
         self.agent: subprocess.Popen[bytes] | None = None
+        self.controller: subprocess.Popen[bytes] | None = None
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         return self.cp.kubectl(*args, input=input).stdout
@@ -78,7 +80,7 @@ class Demo:
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                      "crd/memoryovercommitpolicies.memoryovercommit.io",
                      "crd/memoryovercommitnodestates.memoryovercommit.io")
-        self.kubectl("apply", "-k", str(REPO / "deploy/manifests"))
+        self.kubectl("apply", "--server-side", "-k", str(REPO / "deploy/manifests"))
         node = {"apiVersion": "v1", "kind": "Node", "metadata": {
             "name": self.node, "labels": {"kubernetes.io/hostname": self.node}}}
         self.kubectl("apply", "-f", "-", input=json.dumps(node))
@@ -103,6 +105,29 @@ class Demo:
              "--kubeconfig", str(self.agent_kubeconfig()), "--host-root", str(self.host_root),
              "--state-dir", str(self.state_dir), "--interval", "5",
              "--status-interval", "5", "-v"], stdout=log, stderr=subprocess.STDOUT)
+
+    def start_controller(self) -> None:
+        """The controller under its own ServiceAccount (shipped RBAC): it folds the node state
+        into the policy's status, which is what `kubectl get mop` shows."""
+        token = self.kubectl("create", "token", "overcommit-controller", "-n", NAMESPACE,
+                             "--duration", "24h").strip()
+        kubeconfig = self.cp.kubeconfig_for_token(token, name="overcommit-controller")
+        log = (self.work / "controller.log").open("ab")
+        self.controller = subprocess.Popen(
+            [sys.executable, "-m", "overcommit.cli", "controller", "--kubeconfig",
+             str(kubeconfig), "--lease-namespace", NAMESPACE, "--status-interval", "2",
+             "--savings-interval", "5", "--health-port", "0", "--metrics-port", "0"],
+            stdout=log, stderr=subprocess.STDOUT)
+
+    def policy_ready(self) -> bool:
+        name = self.cp.kubectl("get", "-f", str(self.policy_file), "-o",
+                               "jsonpath={.metadata.name}", check=False).stdout.strip()
+        out = self.cp.kubectl("get", "mop", name, "-o", "json", check=False)
+        if not name or out.returncode != 0:
+            return False
+        status = json.loads(out.stdout).get("status") or {}
+        return any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in status.get("conditions", []))
 
     def status(self) -> dict[str, Any]:
         out = self.cp.kubectl("get", "mons", self.node, "-o", "json", check=False)
@@ -142,9 +167,10 @@ class Demo:
             print("policy deleted: the agent restored every original setting")
             self.show()
         finally:
-            if self.agent is not None:
-                self.agent.terminate()
-                self.agent.wait(timeout=30)
+            for process in (self.agent, self.controller):
+                if process is not None:
+                    process.terminate()
+                    process.wait(timeout=30)
             # Belt and braces: whatever the agent left recorded goes back now.
             from overcommit.engine.cycle import NodeEngine
 
@@ -177,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         workload = MergeWorkload(workers=4, size_mib=64).start() if real else None
         try:
             demo.start_agent()
+            demo.start_controller()
             demo.kubectl("apply", "-f", args.file)
             wait_until(demo.applied, 60, "the agent to apply the policy")
+            wait_until(demo.policy_ready, 60, "the controller to mark the policy Ready")
             if args.once:
                 wait_until(demo.merged, 60, "KSM to merge the workload")
                 demo.show()
