@@ -83,16 +83,22 @@ class GuestManager:
                 vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> GuestReport:
         """Every guest on every endpoint; ``vmis`` ((namespace, name) -> VMI object, from the
         API) adds KubeVirt labels, annotations and memory requests."""
+        from overcommit.virt.endpoints import discover_endpoints
+
         report = GuestReport()
+        found = discover_endpoints(self._explicit_uris(), self.settings.pods_dir,
+                                   link_dir=self.settings.link_dir, system_sockets=())
+        if not found:
+            self._forget_vanished(set())
+            return report
+        # Only now: libvirt-python with libvirt and libxml2 costs ~12 MiB of resident memory,
+        # which a node without guests (or without libvirt) should not pay.
         try:
-            from overcommit.virt.endpoints import discover_endpoints
             from overcommit.virt.libvirt_source import LibvirtEndpoint
         except ImportError as exc:  # libvirt-python missing: guests unseen, nothing else lost
             report.errors.append(f"libvirt-python is not installed ({exc}); guests are not "
                                  "managed")
             return report
-        found = discover_endpoints(self._explicit_uris(), self.settings.pods_dir,
-                                   link_dir=self.settings.link_dir, system_sockets=())
         for endpoint in found:
             if endpoint.problem:
                 report.endpoints_down.append(f"{endpoint.uri}: {endpoint.problem}")
