@@ -174,8 +174,10 @@ class GuestManager:
                 report.applied.append(target)
 
     def _stats_period(self, guest: GuestObservation, seconds: int) -> None:
+        # Every cycle, not only when the observed (cached) period differs: someone may have
+        # changed it behind our back, and ensure_stats_period reads the live value.
         client = self._endpoints.get(guest.endpoint)
-        if client is not None and guest.stats_period_s != seconds:
+        if client is not None:
             error = client.ensure_stats_period(guest.domain, seconds)
             if error:
                 log.info("stats period for %s: %s", guest.domain, error)
@@ -191,7 +193,7 @@ def touched_after(report: GuestReport, touched: Sequence[GuestKey],
     """Guests whose balloon we moved and must give back on release.
 
     While a policy manages balloons every guest we moved stays on the list; once released,
-    a guest leaves it when it is back at its maximum or gone.
+    a guest leaves it once its release target (its maximum) was set, or when it is gone.
     """
     keys = set(touched) | {guest_key(t.endpoint, t.domain) for t in report.applied}
     if not released:

@@ -695,13 +695,16 @@ def _give_back(auto: BalloonAuto, band: HostBand,
 def release_targets(guests: Iterable[GuestObservation],
                     restore_on_release: bool) -> tuple[BalloonTarget, ...]:
     """When a policy stops applying: every balloon back to its guest's maximum (growing is
-    always safe for a guest), skipping guests without a balloon and those already there."""
+    always safe for a guest), skipping guests without a balloon.
+
+    Also for a guest that looks at its maximum already: a target set just before (the last
+    cycle's shrink) may not have moved the balloon yet, and ``current`` is where the balloon
+    *is*, not where it is going. Setting the maximum again is harmless and wins that race."""
     if not restore_on_release:
         return ()
     return tuple(BalloonTarget(g.endpoint, g.domain, g.current_kib, g.max_kib,
                                "policy released: balloon restored to the guest's maximum")
-                 for g in guests
-                 if g.has_balloon and g.max_kib > 0 and g.current_kib < g.max_kib)
+                 for g in guests if g.has_balloon and g.max_kib > 0)
 
 
 def mib(kib: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,30 @@ def test_overcommit_restore_releases_guests(tmp_path: Path) -> None:
     engine = engine_with(tmp_path, uri)
     engine.cycle([policy(STATIC)], {})
     assert engine.restore().guests.applied[0].to_kib == GIB_KIB
+
+
+def test_release_sets_the_maximum_even_while_the_balloon_has_not_moved_yet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real balloon takes a moment to reach its target: released right after a shrink, a
+    guest can still report its maximum while its target is lower. It must get its maximum
+    back, not be forgotten (the libvirt test driver moves at once, so the lag is simulated)."""
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB)])
+    engine = engine_with(tmp_path, uri)
+    assert engine.guests is not None
+    engine.cycle([policy(STATIC)], {})
+    real_observe = engine.guests.observe
+
+    def balloon_still_at_max(now: float, vmis: Any = None) -> Any:
+        report = real_observe(now, vmis)
+        report.guests = [replace(g, current_kib=g.max_kib) for g in report.guests]
+        return report
+
+    monkeypatch.setattr(engine.guests, "observe", balloon_still_at_max)
+    released = engine.restore()
+    monkeypatch.undo()
+    assert [(t.domain, t.to_kib) for t in released.guests.applied] == [("vm-a", GIB_KIB)]
+    assert current(engine, "vm-a") == GIB_KIB
+    assert json.loads((tmp_path / "state/originals.json").read_text())["guests"] == []
 
 
 def test_guests_without_balloon_are_reported_and_left_alone(tmp_path: Path) -> None:
