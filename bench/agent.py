@@ -44,6 +44,7 @@ from overcommit.api.policy import GROUP, VERSION
 from overcommit.cli import build_parser
 from overcommit.demo import Demo, simulated_host
 from overcommit.testing.controlplane import ControlPlane
+from overcommit.testing.processes import stop_process
 
 JSON = dict[str, Any]
 POLICIES = f"/apis/{GROUP}/{VERSION}/memoryovercommitpolicies"
@@ -213,12 +214,7 @@ def agent_process(demo: Demo, flags: Sequence[str]) -> Iterator[AgentRun]:
         yield run
     finally:
         start = time.monotonic()
-        run.proc.terminate()
-        try:
-            run.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            run.proc.kill()
-            run.proc.wait()
+        stop_process(run.proc)
         run.stop_s = time.monotonic() - start
 
 

@@ -64,6 +64,7 @@ from bench.scale_model import (
 )
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
 from overcommit.testing.controlplane import ControlPlane
+from overcommit.testing.processes import stop_process
 
 JSON = dict[str, Any]
 REPO = Path(__file__).resolve().parents[1]
@@ -190,12 +191,7 @@ def controller(cp: ControlPlane, log: Path, status_interval_s: float | None) -> 
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 # -- windows --------------------------------------------------------------------------------

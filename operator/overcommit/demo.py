@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from overcommit.testing.controlplane import ControlPlane, ControlPlaneError, find_binaries
+from overcommit.testing.processes import stop_process
 from overcommit.testing.workload import MergeWorkload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,8 +170,7 @@ class Demo:
         finally:
             for process in (self.agent, self.controller):
                 if process is not None:
-                    process.terminate()
-                    process.wait(timeout=30)
+                    stop_process(process, timeout=30)
             # Belt and braces: whatever the agent left recorded goes back now.
             from overcommit.engine.cycle import NodeEngine
 

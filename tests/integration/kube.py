@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from overcommit.testing import ControlPlane
+from overcommit.testing.processes import stop_process
 from tests.cases import policy_document
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,13 +74,7 @@ def agent_process(cp: ControlPlane, node_name: str, host_root: Path, state_dir: 
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         log.close()
 
 

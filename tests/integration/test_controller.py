@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from overcommit.testing import ControlPlane
+from overcommit.testing.processes import stop_process
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import agent_process, apply, get_json, install_crds, node, policy
@@ -96,13 +97,7 @@ def controller(kubeconfig: Path, log_dir: Path, identity: str,
     try:
         yield Replica(proc, identity, port, metrics_port)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         log.close()
 
 
