@@ -7,6 +7,7 @@ the committed files differ from what this module generates.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,17 +145,21 @@ def generated_files() -> dict[str, str]:
     }
 
 
+def write_generated(out: Path, files: Mapping[str, str]) -> None:
+    """Write generated files (name -> text) into ``out``, naming each on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+        print(out / name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", metavar="DIR", help="write the CRD files into DIR")
     args = parser.parse_args(argv)
     files = generated_files()
     if args.write:
-        out = Path(args.write)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (out / name).write_text(text)
-            print(out / name)
+        write_generated(Path(args.write), files)
     else:
         print("---\n".join(files.values()), end="")
     return 0

@@ -287,11 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path} is stale: run {COMMAND}", file=sys.stderr)
         return 1 if stale else 0
     if args.write:
-        out = Path(args.write)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (out / name).write_text(text)
-            print(out / name)
+        crd.write_generated(Path(args.write), files)
         return 0
     print("\n".join(files.values()), end="")
     return 0
