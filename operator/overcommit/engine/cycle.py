@@ -154,11 +154,30 @@ class NodeEngine:
             if keys != record.guests or record.restore_on_release != spec.restore_on_release:
                 record.guests, record.restore_on_release = keys, spec.restore_on_release
                 self.store.save(record)
+            self._note_stats_periods(record, guests, spec.stats_period_seconds)
         self.guests.apply(guests, None if released or spec is None
                           else spec.stats_period_seconds)
+        if released and record.stats_periods:
+            left = self.guests.restore_stats_periods(guests, record.stats_periods)
+            if left != record.stats_periods:
+                record.stats_periods = left
+                self.store.save(record)
         after = touched_after(guests, record.guests, released)
         if after != record.guests:
             record.guests = after
+            self.store.save(record)
+
+    def _note_stats_periods(self, record: NodeRecord, guests: GuestReport,
+                            seconds: int) -> None:
+        """Durably note a selected guest's own statistics period before we first change it,
+        so release (and ``overcommit restore``, also after a crash) can put it back."""
+        new = {guest_key(g.endpoint, g.domain): g.stats_period_s for g in guests.guests
+               if (g.endpoint, g.domain) in guests.selected and g.has_balloon
+               and g.problem is None and g.stats_period_s is not None
+               and g.stats_period_s != seconds
+               and guest_key(g.endpoint, g.domain) not in record.stats_periods}
+        if new:
+            record.stats_periods.update(new)
             self.store.save(record)
 
     def _apply(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
@@ -183,7 +202,7 @@ class NodeEngine:
         obs = self.observe()
         report = CycleReport(Selection(None), NodePlan(None), obs)
         record = self.store.load()
-        report.restored = bool(record.originals) or bool(record.guests)
+        report.restored = bool(record.originals or record.guests or record.stats_periods)
         self._restore_into(report, record)
         self._guest_cycle(report, record, report.plan)
         return report

@@ -173,6 +173,27 @@ class GuestManager:
             else:
                 report.applied.append(target)
 
+    def restore_stats_periods(self, report: GuestReport,
+                              periods: Mapping[GuestKey, int]) -> dict[GuestKey, int]:
+        """Put each guest's own statistics period back; the ones still to do (their endpoint
+        is down, or libvirt refused). A guest gone for good has nothing left to restore."""
+        live = {guest_key(g.endpoint, g.domain): g for g in report.guests}
+        down = {entry.split(": ", 1)[0] for entry in report.endpoints_down}
+        left: dict[GuestKey, int] = {}
+        for key, seconds in periods.items():
+            guest = live.get(key)
+            if guest is None:
+                if key.split("\t", 1)[0] in down:
+                    left[key] = seconds
+                continue
+            client = self._endpoints.get(guest.endpoint)
+            error = client.ensure_stats_period(guest.domain, seconds) if client else \
+                f"{guest.domain}: its endpoint vanished"
+            if error:
+                report.errors.append(f"restoring the statistics period: {error}")
+                left[key] = seconds
+        return left
+
     def _stats_period(self, guest: GuestObservation, seconds: int) -> None:
         # Every cycle, not only when the observed (cached) period differs: someone may have
         # changed it behind our back, and ensure_stats_period reads the live value.

@@ -30,6 +30,8 @@ class NodeRecord:
     # Guests whose balloon we moved ("<uri>\t<domain>"), to give back on release.
     guests: list[str] = field(default_factory=list)
     restore_on_release: bool = True
+    # Each guest's own balloon statistics period (seconds) before we first changed it.
+    stats_periods: dict[str, int] = field(default_factory=dict)
 
 
 class StateStore:
@@ -50,14 +52,17 @@ class StateStore:
                           allow_unmerge=bool(data.get("allowUnmerge", False)),
                           policy=str(data.get("policy", "")),
                           guests=list(data.get("guests", [])),
-                          restore_on_release=bool(data.get("restoreOnRelease", True)))
+                          restore_on_release=bool(data.get("restoreOnRelease", True)),
+                          stats_periods={str(k): int(v) for k, v
+                                         in data.get("statsPeriods", {}).items()})
 
     def save(self, record: NodeRecord) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({"version": FORMAT_VERSION, "originals": record.originals,
                               "allowUnmerge": record.allow_unmerge, "policy": record.policy,
                               "guests": record.guests,
-                              "restoreOnRelease": record.restore_on_release},
+                              "restoreOnRelease": record.restore_on_release,
+                              "statsPeriods": record.stats_periods},
                              indent=2, sort_keys=True)
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".originals.", suffix=".tmp")
         try:

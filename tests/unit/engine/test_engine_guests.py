@@ -67,6 +67,31 @@ def test_static_targets_are_applied_and_released(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "state/originals.json").read_text())["guests"] == []
 
 
+def period_of(engine: NodeEngine, domain: str) -> str:
+    assert engine.guests is not None
+    client = next(iter(engine.guests._endpoints.values()))  # the engine's own connection
+    xml: str = client._connection().lookupByName(domain).XMLDesc(0)
+    return xml.split("<stats period='", 1)[1].split("'", 1)[0]
+
+
+@pytest.mark.parametrize("release", ["policy removed", "overcommit restore"])
+def test_the_guests_own_stats_period_is_recorded_and_put_back(tmp_path: Path,
+                                                              release: str) -> None:
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB, stats_period=7),
+                                FakeDomain("vm-b", max_kib=GIB_KIB, stats_period=7)])
+    engine = engine_with(tmp_path, uri)
+    spec = {"balloon": {**STATIC["balloon"], "statsPeriodSeconds": 2,
+                        "vmSelector": {"domainNamePattern": "vm-a"}}}
+    engine.cycle([policy(spec)], {})
+    assert (period_of(engine, "vm-a"), period_of(engine, "vm-b")) == ("2", "7")
+    state = json.loads((tmp_path / "state/originals.json").read_text())
+    assert state["statsPeriods"] == {f"{uri}\tvm-a": 7}  # noted before the change
+    report = engine.cycle([], {}) if release == "policy removed" else engine.restore()
+    assert report.guests.errors == []
+    assert (period_of(engine, "vm-a"), period_of(engine, "vm-b")) == ("7", "7")
+    assert json.loads((tmp_path / "state/originals.json").read_text())["statsPeriods"] == {}
+
+
 def test_restore_on_release_false_leaves_balloons(tmp_path: Path) -> None:
     uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB)])
     engine = engine_with(tmp_path, uri)
