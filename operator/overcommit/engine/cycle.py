@@ -162,7 +162,7 @@ class NodeEngine:
             if left != record.stats_periods:
                 record.stats_periods = left
                 self.store.save(record)
-        after = touched_after(guests, record.guests, released)
+        after = touched_after(guests, record.guests, released, record.restore_on_release)
         if after != record.guests:
             record.guests = after
             self.store.save(record)

@@ -209,16 +209,19 @@ class GuestManager:
         self._endpoints.clear()
 
 
-def touched_after(report: GuestReport, touched: Sequence[GuestKey],
-                  released: bool) -> list[GuestKey]:
+def touched_after(report: GuestReport, touched: Sequence[GuestKey], released: bool,
+                  restore_on_release: bool = True) -> list[GuestKey]:
     """Guests whose balloon we moved and must give back on release.
 
     While a policy manages balloons every guest we moved stays on the list; once released,
-    a guest leaves it once its release target (its maximum) was set, or when it is gone.
+    a guest leaves it once its release target (its maximum) was set, or when it is gone —
+    and at once when the policy said not to give anything back (``restoreOnRelease: false``).
     """
     keys = set(touched) | {guest_key(t.endpoint, t.domain) for t in report.applied}
     if not released:
         return sorted(keys)
+    if not restore_on_release:
+        return []
     live: Mapping[GuestKey, GuestObservation] = {
         guest_key(g.endpoint, g.domain): g for g in report.guests}
     restored = {guest_key(t.endpoint, t.domain) for t in report.applied}

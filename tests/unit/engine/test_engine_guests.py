@@ -99,6 +99,8 @@ def test_restore_on_release_false_leaves_balloons(tmp_path: Path) -> None:
     engine.cycle([policy(spec)], {})
     assert engine.cycle([], {}).guests.applied == []
     assert current(engine, "vm-a") == int(GIB_KIB * 0.6)
+    # Nothing is left to give back: the record forgets the guest instead of keeping it forever.
+    assert json.loads((tmp_path / "state/originals.json").read_text())["guests"] == []
 
 
 def test_overcommit_restore_releases_guests(tmp_path: Path) -> None:
