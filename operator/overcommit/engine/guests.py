@@ -36,6 +36,10 @@ def guest_key(endpoint: str, domain: str) -> GuestKey:
     return f"{endpoint}\t{domain}"
 
 
+def endpoint_of(key: GuestKey) -> str:
+    return key.split("\t", 1)[0]
+
+
 @dataclass(frozen=True)
 class VirtSettings:
     """Where the agent finds guests."""
@@ -60,9 +64,14 @@ class GuestReport:
     planned: list[BalloonTarget] = field(default_factory=list)
     applied: list[BalloonTarget] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # per guest or per endpoint
-    endpoints_down: list[str] = field(default_factory=list)
+    endpoints_down: list[str] = field(default_factory=list)  # "<uri>: <why>", for people
+    down_uris: set[str] = field(default_factory=set)  # the same endpoints, for code
     # Guests the policy's vmSelector picks: only they get the policy's statistics period.
     selected: set[tuple[str, str]] = field(default_factory=set)
+
+    def note_down(self, uri: str, why: str | None) -> None:
+        self.endpoints_down.append(f"{uri}: {why}")
+        self.down_uris.add(uri)
 
     @property
     def ballooned_bytes(self) -> int:
@@ -101,7 +110,7 @@ class GuestManager:
             return report
         for endpoint in found:
             if endpoint.problem:
-                report.endpoints_down.append(f"{endpoint.uri}: {endpoint.problem}")
+                report.note_down(endpoint.uri, endpoint.problem)
                 continue
             client = self._endpoints.get(endpoint.uri)
             if client is None:
@@ -109,7 +118,7 @@ class GuestManager:
                 self._endpoints[endpoint.uri] = client
             reading = client.observe(now)
             if not reading.ok:
-                report.endpoints_down.append(f"{endpoint.uri}: {reading.error}")
+                report.note_down(endpoint.uri, reading.error)
                 continue
             report.guests.extend(reading.guests)
         self._forget_vanished({e.uri for e in found})
@@ -178,12 +187,11 @@ class GuestManager:
         """Put each guest's own statistics period back; the ones still to do (their endpoint
         is down, or libvirt refused). A guest gone for good has nothing left to restore."""
         live = {guest_key(g.endpoint, g.domain): g for g in report.guests}
-        down = {entry.split(": ", 1)[0] for entry in report.endpoints_down}
         left: dict[GuestKey, int] = {}
         for key, seconds in periods.items():
             guest = live.get(key)
             if guest is None:
-                if key.split("\t", 1)[0] in down:
+                if endpoint_of(key) in report.down_uris:
                     left[key] = seconds
                 continue
             client = self._endpoints.get(guest.endpoint)
