@@ -222,8 +222,10 @@ def touched_after(report: GuestReport, touched: Sequence[GuestKey], released: bo
     """Guests whose balloon we moved and must give back on release.
 
     While a policy manages balloons every guest we moved stays on the list; once released,
-    a guest leaves it once its release target (its maximum) was set, or when it is gone —
-    and at once when the policy said not to give anything back (``restoreOnRelease: false``).
+    a guest leaves it once its release target (its maximum) was set, or when it is gone for
+    good (not seen while its endpoint answered: an endpoint that is down, e.g. libvirtd
+    restarting, keeps its guests for the next cycle) — and at once when the policy said not
+    to give anything back (``restoreOnRelease: false``).
     """
     keys = set(touched) | {guest_key(t.endpoint, t.domain) for t in report.applied}
     if not released:
@@ -233,5 +235,6 @@ def touched_after(report: GuestReport, touched: Sequence[GuestKey], released: bo
     live: Mapping[GuestKey, GuestObservation] = {
         guest_key(g.endpoint, g.domain): g for g in report.guests}
     restored = {guest_key(t.endpoint, t.domain) for t in report.applied}
-    return sorted(k for k in keys if k in live and k not in restored
-                  and live[k].current_kib < live[k].max_kib)
+    return sorted(k for k in keys if k not in restored and (
+        endpoint_of(k) in report.down_uris if k not in live
+        else live[k].current_kib < live[k].max_kib))

@@ -12,7 +12,7 @@ import pytest
 
 from overcommit.api.model import Policy, policy_from_object
 from overcommit.engine.cycle import NodeEngine
-from overcommit.engine.guests import GuestManager, VirtSettings
+from overcommit.engine.guests import GuestManager, GuestReport, VirtSettings
 from overcommit.virt.libvirt_source import LibvirtEndpoint
 from tests.cases import policy_document
 from tests.fakes.kernel import FakeKernel
@@ -132,6 +132,31 @@ def test_release_sets_the_maximum_even_while_the_balloon_has_not_moved_yet(
     assert [(t.domain, t.to_kib) for t in released.guests.applied] == [("vm-a", GIB_KIB)]
     assert current(engine, "vm-a") == GIB_KIB
     assert json.loads((tmp_path / "state/originals.json").read_text())["guests"] == []
+
+
+def test_guests_released_while_their_endpoint_is_down_are_released_once_it_is_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB, stats_period=7)])
+    engine = engine_with(tmp_path, uri)
+    assert engine.guests is not None
+    spec = {"balloon": {**STATIC["balloon"], "statsPeriodSeconds": 2}}
+    engine.cycle([policy(spec)], {})
+
+    def endpoint_down(now: float, vmis: Any = None) -> GuestReport:
+        report = GuestReport()
+        report.note_down(uri, "libvirtd restarting")
+        return report
+
+    monkeypatch.setattr(engine.guests, "observe", endpoint_down)
+    engine.cycle([], {})  # released while libvirtd is away: nothing can be given back yet
+    state = json.loads((tmp_path / "state/originals.json").read_text())
+    assert state["guests"] == [f"{uri}\tvm-a"] and state["statsPeriods"] == {f"{uri}\tvm-a": 7}
+    monkeypatch.undo()
+    back = engine.cycle([], {})
+    assert [(t.domain, t.to_kib) for t in back.guests.applied] == [("vm-a", GIB_KIB)]
+    assert current(engine, "vm-a") == GIB_KIB and period_of(engine, "vm-a") == "7"
+    state = json.loads((tmp_path / "state/originals.json").read_text())
+    assert state["guests"] == [] and state["statsPeriods"] == {}
 
 
 def test_guests_without_balloon_are_reported_and_left_alone(tmp_path: Path) -> None:
