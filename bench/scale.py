@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.common import log as say
 from bench.scale_agents import FAILURES, Fleet, Timing, Writes
 from bench.scale_kube import Kube, PolicyObserver, Tally
 from bench.scale_model import (
@@ -454,10 +455,6 @@ def extrapolation(results: JSON, nodes: int) -> JSON | None:
 
 # -- output ---------------------------------------------------------------------------------
 T0 = time.monotonic()
-
-
-def say(line: str) -> None:
-    print(line, flush=True)
 
 
 def progress(line: str) -> None:

@@ -30,9 +30,9 @@ from bench.scale_model import (
     conflict_backoff_s,
     naive_entry,
     node_status,
-    should_write,
     with_naive_entry,
 )
+from overcommit.agent.status import should_write
 
 JSON = dict[str, Any]
 # What a write can fail with: an error answer (e.g. 504 when the API server gave up on the

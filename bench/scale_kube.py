@@ -206,8 +206,3 @@ class PolicyObserver:
                 return None
         return time.monotonic()
 
-    def writes_between(self, start: float, end: float) -> list[int]:
-        return [size for at, size in self.writes if start <= at <= end]
-
-    def last_write(self) -> float:
-        return self.writes[-1][0] if self.writes else 0.0

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from overcommit.agent.status import detail, significant
 from overcommit.api.policy import GROUP, POLICY_KIND, VERSION, PolicySpec
 from overcommit.api.schema import doc, openapi_schema, to_json
 from overcommit.api.status import (
@@ -157,16 +156,6 @@ def node_status(view: NodeView, policy: str) -> JSON:
         if view.failed else [])
     out: JSON = to_json(status)
     return out
-
-
-def should_write(new: Mapping[str, Any], last: Mapping[str, Any] | None, since_write_s: float,
-                 status_interval_s: float) -> bool:
-    """The real agent's gate: news at once, counter-only changes at most once per interval."""
-    if last is None:
-        return True
-    if significant(new) != significant(last):
-        return True
-    return since_write_s >= status_interval_s and detail(new) != detail(last)
 
 
 # -- the naive design -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ from overcommit.agent.events import EventMemory, News, cycle_news, failure_news
 from overcommit.agent.health import CycleHealth, serve_health
 from overcommit.agent.kubeapi import ApiError, KubeApi
 from overcommit.agent.settings import AgentSettings
-from overcommit.agent.status import detail, node_status, now_rfc3339, significant
+from overcommit.agent.status import node_status, now_rfc3339, should_write
 from overcommit.api.model import Policy, PolicyError, policy_from_object
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION, KsmMode
 from overcommit.api.schema import plain
@@ -242,10 +242,9 @@ class Agent:
             self.state_uid = obj["metadata"]["uid"]
             self.recreate_state = False
             force = obj.get("status") is None or self.last_status is None
-        last = self.last_status or {}
-        due = time.monotonic() - self.last_write >= self.settings.status_interval_seconds
-        if not (force or significant(status) != significant(last)
-                or (due and detail(status) != detail(last))):
+        since_write = time.monotonic() - self.last_write
+        if not (force or should_write(status, self.last_status or {}, since_write,
+                                      self.settings.status_interval_seconds)):
             return False
         status["lastUpdate"] = now_rfc3339()
         await self.api.replace_status(self.settings.node_name, status)

@@ -152,3 +152,14 @@ def significant(status: Mapping[str, Any]) -> JSON:
 def detail(status: Mapping[str, Any]) -> JSON:
     """Everything else (settings, counters, savings, memory) minus the timestamp."""
     return {k: v for k, v in status.items() if k not in SIGNIFICANT and k != "lastUpdate"}
+
+
+def should_write(new: Mapping[str, Any], last: Mapping[str, Any] | None, since_write_s: float,
+                 status_interval_s: float) -> bool:
+    """The agent's write gate: news at once, counter-only changes at most once per interval,
+    nothing when nothing changed."""
+    if last is None:
+        return True
+    if significant(new) != significant(last):
+        return True
+    return since_write_s >= status_interval_s and detail(new) != detail(last)

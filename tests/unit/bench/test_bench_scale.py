@@ -23,7 +23,6 @@ from bench.scale_model import (
     node_status,
     operator_write_codes,
     per_node_per_minute,
-    should_write,
     shows,
     since,
     split_writes,
@@ -31,6 +30,7 @@ from bench.scale_model import (
     with_naive_entry,
     write_requests,
 )
+from overcommit.agent.status import should_write
 from overcommit.api.schema import openapi_schema, validate
 from overcommit.api.status import NodeStateStatus
 
