@@ -22,6 +22,7 @@ JSON = dict[str, Any]
 # (method, path, HTTP status or None when no answer came): metrics count the writes.
 RequestObserver = Callable[[str, str, int | None], None]
 NODE_STATES = f"/apis/{GROUP}/{VERSION}/memoryovercommitnodestates"
+REQUEST_TIMEOUT_SECONDS = 30  # per request, whole exchange
 
 
 class ApiError(Exception):
@@ -52,7 +53,7 @@ class KubeApi:
             self._session = aiohttp.ClientSession(
                 headers=self._info.as_http_headers(),
                 connector=aiohttp.TCPConnector(ssl=self._info.as_ssl_context()),
-                timeout=aiohttp.ClientTimeout(total=30))
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS))
         assert self._info is not None
         return self._session, self._info.server.rstrip("/")
 
@@ -66,13 +67,15 @@ class KubeApi:
             self._session = None
 
     async def request(self, method: str, path: str, body: Any = None,
-                      content_type: str = "application/json") -> JSON:
+                      content_type: str = "application/json",
+                      accept: str = "application/json") -> JSON:
         for attempt in (0, 1):
             session, server = await self._ensure(refresh=attempt == 1)
             data = None if body is None else json.dumps(body)
             try:
+                headers = {"Content-Type": content_type, "Accept": accept}
                 async with session.request(method, server + path, data=data,
-                                           headers={"Content-Type": content_type}) as response:
+                                           headers=headers) as response:
                     text = await response.text()
             except (aiohttp.ClientError, TimeoutError):
                 self._observe(method, path, None)

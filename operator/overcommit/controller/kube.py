@@ -55,17 +55,7 @@ class ControllerApi(KubeApi):
     async def get(self, path: str, params: JSON | None = None,
                   accept: str = "application/json") -> JSON:
         url = f"{path}?{urlencode(params)}" if params else path
-        for attempt in (0, 1):
-            session, server = await self._ensure(refresh=attempt == 1)
-            async with session.get(server + url, headers={"Accept": accept}) as response:
-                text = await response.text()
-                if response.status == 401 and attempt == 0:
-                    continue  # a rotated token: log in again once
-                if response.status >= 400:
-                    raise ApiError(response.status, text, f"GET {path}")
-                result: JSON = json.loads(text)
-                return result
-        raise AssertionError("unreachable")
+        return await self.request("GET", url, accept=accept)
 
     async def watch(self, path: str, params: JSON,
                     accept: str = "application/json") -> AsyncIterator[JSON]:

@@ -40,7 +40,7 @@ import aiohttp
 from aiohttp import web
 
 from overcommit.agent.events import News
-from overcommit.agent.kubeapi import NODE_STATES, ApiError
+from overcommit.agent.kubeapi import NODE_STATES, REQUEST_TIMEOUT_SECONDS, ApiError
 from overcommit.agent.status import now_rfc3339
 from overcommit.api.policy import GROUP, POLICY_KIND, VERSION
 from overcommit.controller.events import policy_news
@@ -83,7 +83,6 @@ log = logging.getLogger("overcommit.controller")
 JSON = dict[str, Any]
 Clock = Callable[[], float]
 RETRY_SECONDS = 2.0
-REQUEST_TIMEOUT_SECONDS = 30  # KubeApi's per-request timeout
 STATE_PAGE = 100
 API_ERRORS = (ApiError, aiohttp.ClientError, TimeoutError, OSError)
 COMPONENT = "memory-overcommit-controller"
