@@ -228,9 +228,12 @@ class NodeEngine:
 
     def _forget_restored(self, record: NodeRecord, still_wanted: Mapping[str, str]) -> None:
         """Drop originals that are back in place and no longer named by the policy."""
+        candidates = [path for path in record.originals if path not in still_wanted]
+        if not candidates:
+            return  # the steady state: no second read of the host this cycle
         current = self.host.current_settings()
-        done = [path for path, value in record.originals.items()
-                if path not in still_wanted and _same(path, current.get(path), value)]
+        done = [path for path in candidates
+                if _same(path, current.get(path), record.originals[path])]
         if not done:
             return
         for path in done:
