@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -75,20 +75,16 @@ def _response(health: CycleHealth, problem: str | None) -> web.Response:
     return web.json_response(body, status=503 if problem else 200, dumps=json.dumps)
 
 
-async def serve_health(health: CycleHealth, port: int, address: str = "",
-                       log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
-                       ) -> web.AppRunner | None:
-    """Serve the probes on ``port`` (0: not at all). A port already taken costs the probes, not
-    the node's care: the error is logged and the agent goes on (its probes then fail)."""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def serve_probes(port: int, address: str, healthz: Handler, readyz: Handler,
+                       log: logging.Logger | logging.LoggerAdapter[Any]) -> web.AppRunner | None:
+    """/healthz and /readyz on ``port`` (0: not at all), for the agent and the controller. A
+    port already taken costs the probes, not the component's work: the error is logged and it
+    goes on (its probes then fail and say so)."""
     if not port:
         return None
-
-    async def healthz(_: web.Request) -> web.Response:
-        return _response(health, health.liveness_problem())
-
-    async def readyz(_: web.Request) -> web.Response:
-        return _response(health, health.readiness_problem())
-
     app = web.Application()
     app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
     runner = web.AppRunner(app, access_log=None)
@@ -98,7 +94,20 @@ async def serve_health(health: CycleHealth, port: int, address: str = "",
         await web.TCPSite(runner, address or None, port).start()
     except OSError as exc:
         await runner.cleanup()
-        (log or logging.getLogger("overcommit.agent")).error(
-            "probes are off: cannot listen on port %s: %s", port, exc)
+        log.error("probes are off: cannot listen on port %s: %s", port, exc)
         return None
     return runner
+
+
+async def serve_health(health: CycleHealth, port: int, address: str = "",
+                       log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+                       ) -> web.AppRunner | None:
+    """The agent's probes (see ``serve_probes``)."""
+    async def healthz(_: web.Request) -> web.Response:
+        return _response(health, health.liveness_problem())
+
+    async def readyz(_: web.Request) -> web.Response:
+        return _response(health, health.readiness_problem())
+
+    return await serve_probes(port, address, healthz, readyz,
+                              log or logging.getLogger("overcommit.agent"))

@@ -32,7 +32,12 @@ from overcommit.api.schema import plain
 from overcommit.engine.cycle import CycleReport, NodeEngine
 from overcommit.engine.guests import VirtSettings
 from overcommit.observability.logs import context_logger
-from overcommit.observability.metrics import AgentMetrics, MetricsServer, cycle_errors
+from overcommit.observability.metrics import (
+    AgentMetrics,
+    MetricsServer,
+    cycle_errors,
+    serve_metrics,
+)
 
 KUBEVIRT_KSM_ANNOTATION = "kubevirt.io/ksm-handler-managed"
 COMPONENT = "memory-overcommit-agent"
@@ -312,15 +317,9 @@ async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> Non
 
 
 async def _serve_metrics(agent: Agent) -> MetricsServer | None:
-    """Start /metrics unless disabled; a taken port costs the metrics, not the node's care."""
     port = agent.settings.metrics_port
-    if not port:
-        return None
-    server = MetricsServer(agent.metrics.registry, port, agent.settings.metrics_address)
-    try:
-        await server.start()
-    except OSError as exc:
-        agent.log.error("metrics are off: cannot listen on port %s: %s", port, exc)
-        return None
-    agent.log.info("serving metrics on port %s", port)
+    server = await serve_metrics(agent.metrics.registry, port, agent.settings.metrics_address,
+                                 agent.log)
+    if server is not None:
+        agent.log.info("serving metrics on port %s", port)
     return server

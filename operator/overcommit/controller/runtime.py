@@ -40,6 +40,7 @@ import aiohttp
 from aiohttp import web
 
 from overcommit.agent.events import News
+from overcommit.agent.health import serve_probes
 from overcommit.agent.kubeapi import NODE_STATES, REQUEST_TIMEOUT_SECONDS, ApiError
 from overcommit.agent.status import now_rfc3339
 from overcommit.api.policy import GROUP, POLICY_KIND, VERSION
@@ -76,7 +77,7 @@ from overcommit.controller.lease import (
 )
 from overcommit.controller.settings import ControllerSettings
 from overcommit.controller.sweep import sweep
-from overcommit.observability.metrics import ControllerMetrics, MetricsServer
+from overcommit.observability.metrics import ControllerMetrics, serve_metrics
 
 log = logging.getLogger("overcommit.controller")
 
@@ -485,9 +486,6 @@ async def serve_health(port: int, elector: LeaderElector,
                        controller: Controller) -> web.AppRunner | None:
     """/healthz (liveness: the election loop turns) and /readyz (a standby is ready; a leader
     once its caches are synced), each with a JSON body describing the replica."""
-    if not port:
-        return None
-
     def body() -> JSON:
         return {"identity": elector.settings.identity, "leader": elector.leading,
                 "leaderTransitions": elector.transitions, **controller.health()}
@@ -500,17 +498,7 @@ async def serve_health(port: int, elector: LeaderElector,
         ready = elector.healthy() and (not elector.leading or controller.synced)
         return web.json_response(body(), status=200 if ready else 503, dumps=json.dumps)
 
-    app = web.Application()
-    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "0.0.0.0", port).start()  # the kubelet probes the pod's IP
-    except OSError as exc:  # in a pod the probes then fail and say so; elsewhere run on
-        log.error("no health endpoint: cannot listen on port %s: %s", port, exc)
-        await runner.cleanup()
-        return None
-    return runner
+    return await serve_probes(port, "0.0.0.0", healthz, readyz, log)
 
 
 async def run(settings: ControllerSettings, stop: asyncio.Event | None = None) -> None:
@@ -525,7 +513,8 @@ async def run(settings: ControllerSettings, stop: asyncio.Event | None = None) -
     controller = Controller(api, settings, metrics=metrics)
     elector = LeaderElector(api, settings, controller.lead, metrics=metrics)
     health = await serve_health(settings.health_port, elector, controller)
-    metrics_server = await serve_metrics(settings, metrics)
+    metrics_server = await serve_metrics(metrics.registry, settings.metrics_port,
+                                         settings.metrics_address, log)
     log.info("%s: lease %s/%s, %ss; status interval %ss", settings.identity,
              settings.lease_namespace, settings.lease_name, settings.lease_seconds,
              settings.status_interval_seconds)
@@ -539,15 +528,4 @@ async def run(settings: ControllerSettings, stop: asyncio.Event | None = None) -
         await api.close()
 
 
-async def serve_metrics(settings: ControllerSettings,
-                        metrics: ControllerMetrics) -> MetricsServer | None:
-    """/metrics unless disabled; a taken port costs the metrics, not the status."""
-    if not settings.metrics_port:
-        return None
-    server = MetricsServer(metrics.registry, settings.metrics_port, settings.metrics_address)
-    try:
-        await server.start()
-    except OSError as exc:
-        log.error("metrics are off: cannot listen on port %s: %s", settings.metrics_port, exc)
-        return None
-    return server
+

@@ -17,6 +17,7 @@ loaded by kopf, so the endpoint costs no thread and ~1 MiB of imports).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -397,6 +398,23 @@ class ControllerMetrics:
 
 
 # -- serving -------------------------------------------------------------------------------
+
+
+async def serve_metrics(registry: CollectorRegistry, port: int, address: str,
+                        log: logging.Logger | logging.LoggerAdapter[Any]
+                        ) -> MetricsServer | None:
+    """/metrics on ``port`` (0: not at all); a taken port costs the metrics, not the
+    component's work."""
+    if not port:
+        return None
+    server = MetricsServer(registry, port, address)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("metrics are off: cannot listen on port %s: %s", port, exc)
+        return None
+    return server
+
 
 
 class MetricsServer:
