@@ -8,6 +8,7 @@ kopf watches; writes of the node state and Events go through this small client i
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,28 @@ JSON = dict[str, Any]
 RequestObserver = Callable[[str, str, int | None], None]
 NODE_STATES = f"/apis/{GROUP}/{VERSION}/memoryovercommitnodestates"
 REQUEST_TIMEOUT_SECONDS = 30  # per request, whole exchange
+
+
+def make_login(kubeconfig: str | None, *, fall_back_to_kubeconfig: bool = True
+               ) -> Callable[[], Awaitable[kopf.ConnectionInfo]]:
+    """kopf's credential discovery: a given kubeconfig, else the pod's service account, else
+    (``fall_back_to_kubeconfig``: the controller) $KUBECONFIG or ~/.kube/config. The agent does
+    not fall back: on a node, a kubeconfig lying around is not its identity."""
+    settings = kopf.OperatorSettings()
+
+    async def login() -> kopf.ConnectionInfo:
+        if kubeconfig:
+            os.environ["KUBECONFIG"] = kubeconfig
+            info = kopf.login_with_kubeconfig(settings=settings)
+        else:
+            info = kopf.login_with_service_account(settings=settings)
+            if info is None and fall_back_to_kubeconfig:
+                info = kopf.login_with_kubeconfig(settings=settings)
+        if info is None:
+            raise kopf.LoginError("no kubeconfig and no in-cluster service account found")
+        return info
+
+    return login
 
 
 class ApiError(Exception):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,7 +22,7 @@ import kopf
 
 from overcommit.agent.events import EventMemory, News, cycle_news, failure_news
 from overcommit.agent.health import CycleHealth, serve_health
-from overcommit.agent.kubeapi import ApiError, KubeApi
+from overcommit.agent.kubeapi import ApiError, KubeApi, make_login
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import node_status, now_rfc3339, should_write
 from overcommit.api.model import Policy, PolicyError, policy_from_object
@@ -52,6 +51,7 @@ class Agent:
         self.engine = NodeEngine(host_root=settings.host_root, state_dir=settings.state_dir,
                                  virt=virt)
         self.metrics = AgentMetrics(settings.node_name)
+        self._login = make_login(settings.kubeconfig, fall_back_to_kubeconfig=False)
         self.api = KubeApi(self._login, on_write=self.metrics.api_write)
         self.log = context_logger("overcommit.agent", node=settings.node_name)
         self.wake = asyncio.Event()
@@ -66,7 +66,6 @@ class Agent:
         self.writes = 0  # status writes, for the benchmark and metrics
         self.cycles = 0
         self.health = CycleHealth()  # what the probes report
-        self._kopf_settings: kopf.OperatorSettings | None = None
 
     # -- kopf wiring -----------------------------------------------------------------------
     def configure(self, settings: kopf.OperatorSettings) -> None:
@@ -84,18 +83,6 @@ class Agent:
         # KubeVirt labels each VMI with the node it runs on.
         settings.watching.label_selectors["kubevirt.io", "virtualmachineinstances"] = \
             f"kubevirt.io/nodeName={node}"
-        self._kopf_settings = settings
-
-    async def _login(self) -> kopf.ConnectionInfo:
-        assert self._kopf_settings is not None
-        if self.settings.kubeconfig:
-            os.environ["KUBECONFIG"] = self.settings.kubeconfig
-            info = kopf.login_with_kubeconfig(settings=self._kopf_settings)
-        else:
-            info = kopf.login_with_service_account(settings=self._kopf_settings)
-        if info is None:
-            raise kopf.LoginError("no kubeconfig and no in-cluster service account found")
-        return info
 
     def registry(self) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()

@@ -1,20 +1,19 @@
 """The controller's REST calls: the agent's small aiohttp client plus lists, watches, the Lease,
 policy status and node-state deletion.
 
-Credentials come from kopf's login functions, exactly as for the agent (in-cluster service
-account, else a kubeconfig); kopf's reactor itself is not used (see ``runtime`` for why).
+Credentials come from kopf's login functions through ``agent.kubeapi.make_login``, as for the
+agent, except that the controller also falls back to $KUBECONFIG; kopf's reactor itself is not
+used (see ``runtime`` for why).
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-import kopf
 
 from overcommit.agent.kubeapi import NODE_STATES, ApiError, KubeApi
 from overcommit.api.policy import GROUP, VERSION
@@ -30,25 +29,6 @@ METADATA_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 def leases(namespace: str) -> str:
     return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
-
-
-def make_login(kubeconfig: str | None) -> Callable[[], Awaitable[kopf.ConnectionInfo]]:
-    """kopf's credential discovery: a given kubeconfig, else the pod's service account, else
-    $KUBECONFIG or ~/.kube/config."""
-    settings = kopf.OperatorSettings()
-
-    async def login() -> kopf.ConnectionInfo:
-        if kubeconfig:
-            os.environ["KUBECONFIG"] = kubeconfig
-            info = kopf.login_with_kubeconfig(settings=settings)
-        else:
-            info = (kopf.login_with_service_account(settings=settings)
-                    or kopf.login_with_kubeconfig(settings=settings))
-        if info is None:
-            raise kopf.LoginError("no kubeconfig and no in-cluster service account found")
-        return info
-
-    return login
 
 
 class ControllerApi(KubeApi):

@@ -12,7 +12,8 @@ Why plain aiohttp watches and not kopf (which the agent uses):
   labels only, listing and watching Nodes as metadata (PartialObjectMetadata) to skip their
   status.
 
-kopf still provides the credentials (``kube.make_login``), so both components log in the same way.
+kopf still provides the credentials (``agent.kubeapi.make_login``), so both components log in
+the same way.
 
 Data flow: watch events update the caches and mark the policies they concern as due; one act
 loop folds each due policy (``fold``) and writes its status only when it differs (ignoring
@@ -41,7 +42,7 @@ from aiohttp import web
 
 from overcommit.agent.events import News
 from overcommit.agent.health import serve_probes
-from overcommit.agent.kubeapi import NODE_STATES, REQUEST_TIMEOUT_SECONDS, ApiError
+from overcommit.agent.kubeapi import NODE_STATES, REQUEST_TIMEOUT_SECONDS, ApiError, make_login
 from overcommit.agent.status import now_rfc3339
 from overcommit.api.policy import GROUP, POLICY_KIND, VERSION
 from overcommit.controller.events import policy_news
@@ -62,7 +63,6 @@ from overcommit.controller.kube import (
     NODES,
     POLICIES,
     ControllerApi,
-    make_login,
 )
 from overcommit.controller.lease import (
     Action,
