@@ -63,8 +63,6 @@ class Agent:
         self.last_status: dict[str, Any] | None = None
         self.last_write = 0.0
         self.events = EventMemory()
-        self.writes = 0  # status writes, for the benchmark and metrics
-        self.cycles = 0
         self.health = CycleHealth()  # what the probes report
 
     # -- kopf wiring -----------------------------------------------------------------------
@@ -179,10 +177,9 @@ class Agent:
         with self.health.cycle():
             report = await asyncio.to_thread(self.engine.cycle, policies, node["labels"],
                                              owner, self._vmis())
-        self.cycles += 1
         policy = report.selection.winner.name if report.selection.winner else None
         self.log.info("cycle %d: policy=%s labels=%s changes=%d errors=%d restored=%s",
-                      self.cycles, policy, node["labels"], len(report.changes),
+                      self.health.completed, policy, node["labels"], len(report.changes),
                       len(report.errors), report.restored, extra={"policy": policy})
         status = node_status(report, invalid, self.last_status)
         # Metrics first: they describe the host, which is done even if the API fails below.
@@ -241,7 +238,6 @@ class Agent:
         status["lastUpdate"] = now_rfc3339()
         await self.api.replace_status(self.settings.node_name, status)
         self.last_status, self.last_write = status, time.monotonic()
-        self.writes += 1
         return True
 
     async def emit_events(self, report: CycleReport,
