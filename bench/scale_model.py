@@ -24,6 +24,7 @@ from overcommit.api.status import (
     NodeStateStatus,
     PolicyRef,
     Saved,
+    find_condition,
 )
 from overcommit.report import human_bytes
 
@@ -181,7 +182,7 @@ class NaiveStatus:
 
 def naive_entry(status: Mapping[str, Any]) -> JSON:
     """The entry a naive agent writes into the policy status, from its node status."""
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    ready = find_condition(status, "Ready")
     saved_ = status["saved"]
     entry = NaiveEntry(generation=(status.get("policy") or {}).get("generation"),
                        ready=ready["status"], reason=ready["reason"],

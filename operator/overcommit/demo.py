@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from overcommit.api.status import find_condition
 from overcommit.testing.controlplane import ControlPlane, ControlPlaneError, find_binaries
 from overcommit.testing.processes import stop_process
 from overcommit.testing.workload import MergeWorkload
@@ -127,8 +128,7 @@ class Demo:
         if not name or out.returncode != 0:
             return False
         status = json.loads(out.stdout).get("status") or {}
-        return any(c["type"] == "Ready" and c["status"] == "True"
-                   for c in status.get("conditions", []))
+        return find_condition(status, "Ready").get("status") == "True"
 
     def status(self) -> dict[str, Any]:
         out = self.cp.kubectl("get", "mons", self.node, "-o", "json", check=False)
@@ -143,8 +143,7 @@ class Demo:
         settings = status.get("settings", {})
         ksm = {k.rsplit("/", 1)[1]: v for k, v in settings.items() if "/ksm/" in k and
                k.rsplit("/", 1)[1] in ("run", "pages_to_scan", "sleep_millisecs")}
-        ready: dict[str, Any] = next(
-            (c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        ready = find_condition(status, "Ready")
         print(f"node state {self.node}: policy={(status.get('policy') or {}).get('name')} "
               f"ready={ready.get('status')} ({ready.get('reason')}) "
               f"saved={(status.get('saved') or {}).get('summary')} ksm={ksm}")
@@ -153,8 +152,8 @@ class Demo:
 
     def applied(self) -> bool:
         status = self.status()
-        return bool(status.get("policy")) and any(
-            c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+        return bool(status.get("policy")) and \
+            find_condition(status, "Ready").get("status") == "True"
 
     def merged(self) -> bool:
         return bool(self.status().get("saved", {}).get("mergedBytes")) or not self.real

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from overcommit.api.model import PolicyError
+from overcommit.api.status import find_condition
 from overcommit.engine.cycle import CycleReport, saved_bytes
 from overcommit.report import guests_json, human_bytes
 
@@ -129,9 +130,8 @@ def _conditions(report: CycleReport, invalid: Sequence[PolicyError],
 
 def _condition(kind: str, status: str, reason: str, message: str, generation: int | None,
                previous: Mapping[str, Any] | None) -> JSON:
-    old = next((c for c in (previous or {}).get("conditions") or [] if c.get("type") == kind),
-               None)
-    changed = old is None or old.get("status") != status
+    old = find_condition(previous, kind)
+    changed = not old or old.get("status") != status
     condition: JSON = {"type": kind, "status": status, "reason": reason,
                        "message": message[:32000],
                        "lastTransitionTime": now_rfc3339() if changed or old is None

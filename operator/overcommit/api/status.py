@@ -5,9 +5,19 @@ Declared like the spec (documented dataclasses) so the CRDs explain every status
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from overcommit.api.schema import doc
+
+
+def find_condition(status: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any]:
+    """The condition of type ``kind`` in an object's status; {} when there is none (yet)."""
+    for condition in (status or {}).get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == kind:
+            return condition
+    return {}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overcommit.agent.events import NORMAL, WARNING, News
+from overcommit.api.status import find_condition
 
 MAX_NODE_EVENTS = 3  # per direction and fold; more nodes moving at once become one summary
 NAMES_SHOWN = 5
@@ -50,11 +51,11 @@ def policy_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[News]:
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Condition:
-    for c in status.get("conditions") or []:
-        if isinstance(c, Mapping) and c.get("type") == kind:
-            return Condition(str(c.get("status") or "Unknown"), str(c.get("reason") or ""),
-                             str(c.get("message") or ""))
-    return Condition()
+    found = find_condition(status, kind)
+    if not found:
+        return Condition()
+    return Condition(str(found.get("status") or "Unknown"), str(found.get("reason") or ""),
+                     str(found.get("message") or ""))
 
 
 def condition_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[News]:

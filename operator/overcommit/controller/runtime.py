@@ -45,6 +45,7 @@ from overcommit.agent.health import serve_probes
 from overcommit.agent.kubeapi import NODE_STATES, REQUEST_TIMEOUT_SECONDS, ApiError, make_login
 from overcommit.agent.status import now_rfc3339
 from overcommit.api.policy import GROUP, POLICY_KIND, VERSION
+from overcommit.api.status import find_condition
 from overcommit.controller.events import policy_news
 from overcommit.controller.fold import (
     Labels,
@@ -262,9 +263,9 @@ class Controller:
         self.last_write[policy.name] = self.clock()
         self.status_writes += 1
         self.metrics.status_written(True)
-        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        ready = find_condition(status, "Ready")
         log.info("status of %s (generation %d): %s Ready=%s %s", policy.name, policy.generation,
-                 status["nodes"].get("summary", "-"), ready["status"], ready["reason"])
+                 status["nodes"].get("summary", "-"), ready.get("status"), ready.get("reason"))
         # Compared with the status it replaced, never with what a previous fold saw: what was
         # not written is not news, and a new leader starts from the status in the API.
         await self.announce(policy, policy_news(policy.status, status))
