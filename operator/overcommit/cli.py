@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a cycle ran but something failed (details printed), 2 b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -16,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from overcommit import report as reporting
+from overcommit.agent.settings import AgentSettings
 from overcommit.api.model import PolicyError, load_policies, parse_policies_text
 from overcommit.api.policy import KsmMode
+from overcommit.controller.settings import ControllerSettings
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-DEFAULT_STATE_DIR = "/var/lib/memory-overcommit"
-DEFAULT_METRICS_PORT = 9464
 
 
 def parse_labels(text: str | None) -> dict[str, str]:
@@ -153,7 +154,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
     # path we do not use): hide it from the agent process.
     sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     from overcommit.agent.runner import run
-    from overcommit.agent.settings import AgentSettings
     from overcommit.observability.logs import configure_logging
 
     configure_logging(args.log_format, args.verbose)
@@ -188,11 +188,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
     sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]  # as for the agent
     from overcommit.controller.runtime import run
-    from overcommit.controller.settings import (
-        ControllerSettings,
-        default_identity,
-        default_namespace,
-    )
+    from overcommit.controller.settings import default_identity, default_namespace
     from overcommit.observability.logs import configure_logging
 
     configure_logging(args.log_format, args.verbose)
@@ -213,15 +209,29 @@ def cmd_controller(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _default(settings: type[Any], name: str) -> Any:
+    """A settings dataclass's default: the one place each default is written down."""
+    return next(field.default for field in dataclasses.fields(settings) if field.name == name)
+
+
+def _defaulted(parser: argparse.ArgumentParser, flag: str, settings: type[Any], name: str,
+               *, help: str, **options: Any) -> None:
+    """A flag whose default (and the "(default ...)" in its help) comes from ``settings``."""
+    default = _default(settings, name)
+    shown = f"{default:g}" if isinstance(default, float) else default
+    parser.add_argument(flag, default=default, help=f"{help} (default {shown})", **options)
+
+
 def _observability_options(parser: argparse.ArgumentParser, *, metrics: bool = True) -> None:
     """Log format and (unless ``metrics`` is False) the metrics endpoint."""
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="text lines, or one JSON object per line (default text)")
     if not metrics:
         return
-    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, metavar="PORT",
-                        help=f"serve Prometheus metrics on PORT at /metrics (default "
-                             f"{DEFAULT_METRICS_PORT}; 0 turns them off)")
+    port = _default(AgentSettings, "metrics_port")
+    parser.add_argument("--metrics-port", type=int, default=port, metavar="PORT",
+                        help=f"serve Prometheus metrics on PORT at /metrics (default {port}; "
+                             f"0 turns them off)")
     parser.add_argument("--metrics-address", default="", metavar="ADDR",
                         help="the address /metrics listens on (default: every interface)")
 
@@ -230,8 +240,9 @@ def _host_options(parser: argparse.ArgumentParser, *, labels: bool, state: bool 
     parser.add_argument("--host-root", default="/", metavar="DIR",
                         help="where the host's / is mounted (default: /)")
     if state:
-        parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
-                            help=f"where the originals are recorded (default: {DEFAULT_STATE_DIR})")
+        state_dir = _default(AgentSettings, "state_dir")
+        parser.add_argument("--state-dir", default=state_dir, metavar="DIR",
+                            help=f"where the originals are recorded (default: {state_dir})")
     if labels:
         parser.add_argument("--node-labels", type=parse_labels, default={}, metavar="K=V,...",
                             help="this host's labels for policy selection (default: none, so "
@@ -287,44 +298,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="the per-node Kubernetes agent (DaemonSet)")
     agent.add_argument("--node-name", help="this node's name (default: $NODE_NAME)")
-    agent.add_argument("--interval", type=float, default=30.0, metavar="S",
-                       help="seconds between cycles when nothing changes (default 30)")
-    agent.add_argument("--status-interval", type=float, default=60.0, metavar="S",
-                       help="at most one counter-only status write per S seconds (default 60)")
+    _defaulted(agent, "--interval", AgentSettings, "interval_seconds", type=_positive,
+               metavar="S", help="seconds between cycles when nothing changes")
+    _defaulted(agent, "--status-interval", AgentSettings, "status_interval_seconds",
+               type=_positive, metavar="S",
+               help="at most one counter-only status write per S seconds")
     agent.add_argument("--kubeconfig", help="a kubeconfig (default: the pod's service account)")
     agent.add_argument("-v", "--verbose", action="store_true", help="log each cycle's news")
-    agent.add_argument("--health-port", type=int, default=0, metavar="PORT",
-                       help="serve the probes /healthz (not wedged) and /readyz (a cycle "
-                            "completed) on PORT (default 0: off; the DaemonSet uses 8081)")
+    _defaulted(agent, "--health-port", AgentSettings, "health_port", type=int, metavar="PORT",
+               help="serve the probes /healthz (not wedged) and /readyz (a cycle completed) "
+                    "on PORT; 0: off, the DaemonSet uses 8081")
     _observability_options(agent)
     _host_options(agent, labels=False)
     agent.set_defaults(func=cmd_agent)
 
     controller = sub.add_parser("controller", help="the cluster controller (Deployment): folds "
                                 "node states into policy status, with leader election")
-    controller.add_argument("--status-interval", type=_positive, default=5.0, metavar="S",
-                            help="at most one status write per policy per S seconds, none "
-                                 "when nothing changed (default 5)")
-    controller.add_argument("--savings-interval", type=_positive, default=60.0, metavar="S",
-                            help="changes of the saved-bytes sums alone are written at most "
-                                 "every S seconds (default 60)")
+    _defaulted(controller, "--status-interval", ControllerSettings, "status_interval_seconds",
+               type=_positive, metavar="S", help="at most one status write per policy per S "
+                                                 "seconds, none when nothing changed")
+    _defaulted(controller, "--savings-interval", ControllerSettings, "savings_interval_seconds",
+               type=_positive, metavar="S", help="changes of the saved-bytes sums alone are "
+                                                 "written at most every S seconds")
     controller.add_argument("--lease-namespace", metavar="NS",
                             help="namespace of the leader-election Lease (default: "
                                  "$POD_NAMESPACE, the service account's, or memory-overcommit)")
-    controller.add_argument("--lease-name", default="memory-overcommit-controller",
-                            metavar="NAME", help="the Lease's name (default "
-                                                 "memory-overcommit-controller)")
+    _defaulted(controller, "--lease-name", ControllerSettings, "lease_name", metavar="NAME",
+               help="the Lease's name")
     controller.add_argument("--identity", metavar="ID",
                             help="this replica's holder identity (default: $POD_NAME or the "
                                  "host name, plus a random suffix)")
-    controller.add_argument("--lease-duration", type=int, default=15, metavar="S",
-                            help="seconds a standby waits for a dead leader's lease to expire "
-                                 "(default 15)")
-    controller.add_argument("--sweep-interval", type=_positive, default=60.0, metavar="S",
-                            help="how often node states of vanished nodes are looked for "
-                                 "(default 60)")
-    controller.add_argument("--health-port", type=int, default=8081, metavar="PORT",
-                            help="serve /healthz and /readyz on PORT (default 8081; 0: off)")
+    _defaulted(controller, "--lease-duration", ControllerSettings, "lease_seconds", type=int,
+               metavar="S", help="seconds a standby waits for a dead leader's lease to expire")
+    _defaulted(controller, "--sweep-interval", ControllerSettings, "sweep_interval_seconds",
+               type=_positive, metavar="S",
+               help="how often node states of vanished nodes are looked for")
+    _defaulted(controller, "--health-port", ControllerSettings, "health_port", type=int,
+               metavar="PORT", help="serve /healthz and /readyz on PORT; 0: off")
     controller.add_argument("--kubeconfig", help="a kubeconfig (default: the pod's service "
                                                  "account, else $KUBECONFIG)")
     controller.add_argument("-v", "--verbose", action="store_true",
