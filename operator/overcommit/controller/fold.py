@@ -317,6 +317,11 @@ def comparable(status: Mapping[str, Any]) -> JSON:
     return out
 
 
+def without_savings(comparable_status: Mapping[str, Any]) -> JSON:
+    """A comparable() status but the savings, whose churn is written at a slower pace."""
+    return {k: v for k, v in comparable_status.items() if k != "saved"}
+
+
 def significant(status: Mapping[str, Any]) -> JSON:
-    """Everything but the savings, whose churn is written at a slower pace."""
-    return {k: v for k, v in comparable(status).items() if k != "saved"}
+    """Everything but the savings and the timestamps."""
+    return without_savings(comparable(status))

@@ -55,7 +55,7 @@ from overcommit.controller.fold import (
     fold,
     node_report,
     policy_view,
-    significant,
+    without_savings,
 )
 from overcommit.controller.informer import Informer
 from overcommit.controller.kube import (
@@ -236,11 +236,12 @@ class Controller:
         with self.metrics.fold():
             status = fold(policy, self.reports, self.nodes, self.now())
         self.last_fold[name] = now
-        if comparable(status) == comparable(policy.status):
+        new, old = comparable(status), comparable(policy.status)
+        if new == old:
             return
         savings_due = self.last_write.get(name, -math.inf) + \
             self.settings.savings_interval_seconds
-        if significant(status) == significant(policy.status) and now < savings_due:
+        if without_savings(new) == without_savings(old) and now < savings_due:
             self.due[name] = savings_due  # only the sums moved: fold again when that is due
             return
         await self.write(policy, status)
