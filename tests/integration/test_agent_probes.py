@@ -3,38 +3,19 @@ API server, on a simulated host root (the real /sys is never touched)."""
 
 from __future__ import annotations
 
-import json
-import socket
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
 
 from overcommit.testing import ControlPlane
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
-from tests.integration.kube import agent_process, apply, install_crds, node
+from tests.integration.kube import agent_process, apply, free_port, install_crds, node, probe
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
-def probe(port: int, path: str) -> tuple[int, dict[str, Any]] | None:
-    """(HTTP status, JSON body), or None while nothing listens yet."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-    except (ConnectionError, urllib.error.URLError):
-        return None
 
 
 def test_ready_only_after_a_cycle_and_live_while_waiting_for_the_node(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,15 @@ from overcommit.testing import ControlPlane
 from overcommit.testing.processes import stop_process
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
-from tests.integration.kube import agent_process, apply, get_json, install_crds, node, policy
+from tests.integration.kube import (
+    agent_process,
+    apply,
+    free_port,
+    get_json,
+    install_crds,
+    node,
+    policy,
+)
 from tests.unit.controller import kstatus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,9 +52,7 @@ def cluster(control_plane: ControlPlane) -> ControlPlane:
 @pytest.fixture(scope="module")
 def controller_kubeconfig(cluster: ControlPlane) -> Path:
     """The controller's own identity: the shipped ServiceAccount and RBAC, nothing more."""
-    token = cluster.kubectl("create", "token", "overcommit-controller", "-n", NS,
-                            "--duration", "1h").stdout.strip()
-    return cluster.kubeconfig_for_token(token, name="overcommit-controller")
+    return cluster.service_account_kubeconfig(NS, "overcommit-controller")
 
 
 @pytest.fixture
@@ -55,10 +60,6 @@ def suffix() -> str:
     return uuid.uuid4().hex[:6]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Replica:

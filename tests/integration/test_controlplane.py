@@ -44,7 +44,8 @@ def test_admin_creates_namespace_and_configmap(control_plane: ControlPlane, name
 
 
 def test_python_client_reads_the_kubeconfig(control_plane: ControlPlane, namespace: str) -> None:
-    kubernetes = pytest.importorskip("kubernetes")
+    import kubernetes  # a dev dependency: missing, this fails rather than skips
+
     client = kubernetes.config.new_client_from_config(str(control_plane.admin_kubeconfig))
     core = kubernetes.client.CoreV1Api(client)
     core.create_namespaced_config_map(

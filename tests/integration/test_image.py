@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import tomllib
@@ -29,7 +28,7 @@ from overcommit.demo import simulated_host
 from overcommit.testing import ControlPlane
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
-from tests.integration.kube import apply, install_crds, node, policy
+from tests.integration.kube import apply, free_port, install_crds, node, policy
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "memory-overcommit:test"
@@ -182,11 +181,6 @@ def test_the_image_is_labelled_with_the_project_version(image: str) -> None:
     assert labels["org.opencontainers.image.licenses"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def ready(port: int) -> bool:

@@ -7,7 +7,6 @@ HTTP, and every value is compared with the MemoryOvercommitNodeState the same ag
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 import uuid
 from pathlib import Path
@@ -19,7 +18,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from overcommit.testing import ControlPlane
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
-from tests.integration.kube import agent_log, agent_process, apply, install_crds, node, node_state
+from tests.integration.kube import (
+    agent_log,
+    agent_process,
+    apply,
+    free_port,
+    install_crds,
+    node,
+    node_state,
+)
 from tests.integration.kube import policy as policy_object
 
 Labels = tuple[tuple[str, str], ...]
@@ -42,11 +49,6 @@ def name() -> str:
     return f"metrics-{uuid.uuid4().hex[:6]}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def scrape(port: int) -> Series | None:

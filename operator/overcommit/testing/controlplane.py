@@ -102,10 +102,13 @@ def find_binaries(
     kube_apiserver: str | os.PathLike[str] | None = None,
     etcd: str | os.PathLike[str] | None = None,
 ) -> tuple[Path, Path]:
-    """(kube-apiserver, etcd): explicit paths, else $KUBEBUILDER_ASSETS, else the cache."""
+    """(kube-apiserver, etcd): explicit paths (arguments, else envtest's $TEST_ASSET_KUBE_APISERVER
+    and $TEST_ASSET_ETCD), else $KUBEBUILDER_ASSETS, else the cache."""
     result: list[Path] = []
     missing: list[str] = []
     dirs = _candidate_dirs()
+    kube_apiserver = kube_apiserver or os.environ.get("TEST_ASSET_KUBE_APISERVER") or None
+    etcd = etcd or os.environ.get("TEST_ASSET_ETCD") or None
     for name, explicit in (("kube-apiserver", kube_apiserver), ("etcd", etcd)):
         if explicit is not None:
             path = Path(explicit)
@@ -491,6 +494,18 @@ class ControlPlane:
         """A kubeconfig sending ``token`` as a bearer token (e.g. a TokenRequest result)."""
         stem = self._next_stem(name)
         return self._write_kubeconfig(f"{stem}.kubeconfig", name, {"token": token})
+
+    def service_account_kubeconfig(self, namespace: str, account: str, *,
+                                   bound_pod: str | None = None,
+                                   duration: str = "24h") -> Path:
+        """A kubeconfig with a TokenRequest token of ``namespace/account``. With ``bound_pod``
+        the token is bound to that Pod, as a projected token volume gives it to a pod, so it
+        carries the pod's node (authentication.kubernetes.io/node-name)."""
+        bind = ["--bound-object-kind", "Pod", "--bound-object-name", bound_pod] \
+            if bound_pod else []
+        token = self.kubectl("create", "token", account, "-n", namespace, *bind,
+                             "--duration", duration).stdout.strip()
+        return self.kubeconfig_for_token(token, name=account)
 
     def kubectl(
         self,
