@@ -65,10 +65,8 @@ def apply(cp: ControlPlane, *objects: dict[str, Any]) -> None:
 
 def token(cp: ControlPlane, sa: str, *bound_to_pod: str) -> Path:
     """A TokenRequest for ``sa``; bound to a pod (so carrying its node) when a name is given."""
-    bind = ["--bound-object-kind", "Pod", "--bound-object-name", *bound_to_pod] if bound_to_pod \
-        else []
-    text = cp.kubectl("create", "token", sa, "-n", NS, *bind).stdout.strip()
-    return cp.kubeconfig_for_token(text, name=sa)
+    return cp.service_account_kubeconfig(NS, sa, bound_pod=bound_to_pod[0] if bound_to_pod
+                                         else None)
 
 
 def denied(result: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -135,8 +133,9 @@ def agent(deployed: ControlPlane) -> Identity:
     assert extra["authentication.kubernetes.io/node-name"] == [NODE_A]
 
     def policy_in_force() -> bool:
-        probe = identity.kubectl("patch", "mons", NODE_B, "--dry-run=server", "--type=merge",
-                                 "-p", '{"metadata":{"labels":{"probe":"1"}}}', check=False)
+        probe = identity.kubectl("patch", "mons", NODE_B, "--subresource=status",
+                                 "--dry-run=server", "--type=merge",
+                                 "-p", status_patch({"engine": "none"}), check=False)
         return probe.returncode != 0 and VAP in probe.stderr
 
     wait_for(policy_in_force, 30, "the ValidatingAdmissionPolicy to be in force")
@@ -172,49 +171,75 @@ def test_agent_reads_policies_and_nodes(agent: Identity) -> None:
 def test_agent_writes_its_own_node_state(agent: Identity) -> None:
     result = agent.create(node_state(NODE_A))
     assert result.returncode == 0, result.stderr
-    agent.kubectl("label", "mons", NODE_A, "probe=1")  # an update of the main resource
     agent.kubectl("patch", "mons", NODE_A, "--subresource=status", "--type=merge",
                   "-p", status_patch({"engine": "ksm", "guestCount": 2}))
     stored = json.loads(agent.kubectl("get", "mons", NODE_A, "-o", "json").stdout)
     assert stored["status"] == {"engine": "ksm", "guestCount": 2}
-    assert stored["metadata"]["labels"] == {"probe": "1"}
+    # After creating it, only the status: not its labels, finalizers or owner references.
+    rbac_denied(agent.kubectl("label", "mons", NODE_A, "probe=1", check=False),
+                AGENT_SA, "patch", "memoryovercommitnodestates")
+    for verb in ("update", "patch", "delete"):
+        assert not agent.can(verb, "memoryovercommitnodestates"), verb
 
 
-def test_agent_posts_events(agent: Identity) -> None:
-    assert agent.can("create", "events", "-n", NS)
-    assert agent.can("create", "events.events.k8s.io", "-n", NS)
-    assert agent.can("patch", "events", "-n", NS)
-    # As kopf posts them: core v1, in its own namespace, also for a cluster-scoped object.
-    kopf_event = {"apiVersion": "v1", "kind": "Event",
-                  "metadata": {"generateName": "overcommit-agent-", "namespace": NS},
-                  "involvedObject": {"apiVersion": API_VERSION, "namespace": NS,
-                                     "kind": "MemoryOvercommitNodeState", "name": NODE_A},
-                  "reason": "Applied", "message": "KSM settings applied", "type": "Normal",
-                  "source": {"component": "overcommit-agent", "host": NODE_A}}
-    # As the Kubernetes client's event recorder does: events.k8s.io, "default" for a Node.
-    recorder_event = {"apiVersion": "events.k8s.io/v1", "kind": "Event",
-                      "metadata": {"generateName": "overcommit-agent-", "namespace": "default"},
-                      "regarding": {"apiVersion": "v1", "kind": "Node", "name": NODE_A},
-                      "reason": "Applied", "note": "KSM settings applied", "type": "Normal",
-                      "action": "Apply", "eventTime": "2026-01-01T00:00:00.000000Z",
-                      "reportingController": f"{GROUP}/agent", "reportingInstance": NODE_A}
-    for event in (kopf_event, recorder_event):
-        result = agent.create(event)
-        assert result.returncode == 0, result.stderr
-    assert not agent.can("delete", "events", "-n", NS)
+def agent_style_event(involved: dict[str, str], component: str, host: str) -> dict[str, Any]:
+    """An Event as agent/kubeapi.py post_event writes it: core v1, in "default"."""
+    return {"apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": "default"},
+            "involvedObject": involved, "reason": "Applied", "message": "settings applied",
+            "type": "Normal", "source": {"component": component, "host": host}}
+
+
+def test_agent_posts_events_and_nothing_more(agent: Identity) -> None:
+    involved = {"apiVersion": API_VERSION, "kind": "MemoryOvercommitNodeState", "name": NODE_A}
+    result = agent.create(agent_style_event(involved, "overcommit-agent", NODE_A))
+    assert result.returncode == 0, result.stderr
+    for verb in ("patch", "update", "delete", "list"):
+        assert not agent.can(verb, "events", "-n", "default"), verb
+    assert not agent.can("create", "events.events.k8s.io", "-n", "default")
 
 
 def test_agent_cannot_write_another_nodes_state(agent: Identity) -> None:
     vap_denied(agent.create(node_state("node-c")), wrong_node(NODE_A, "node-c"))
-    vap_denied(agent.kubectl("label", "mons", NODE_B, "stolen=1", check=False),
-               wrong_node(NODE_A, NODE_B))
     vap_denied(agent.kubectl("patch", "mons", NODE_B, "--subresource=status", "--type=merge",
-                             "-p", status_patch({"engine": "none"}), check=False),
+                             "-p", status_patch({"stolen": True}), check=False),
                wrong_node(NODE_A, NODE_B))
     assert "stolen" not in agent.kubectl("get", "mons", NODE_B, "-o", "json").stdout
-    # RBAC alone would allow all three: it is the admission policy that refuses.
+    # RBAC alone would allow both: it is the admission policy that refuses.
     assert agent.can("create", "memoryovercommitnodestates")
     assert agent.can("patch", "memoryovercommitnodestates", "--subresource=status")
+
+
+def test_admission_policy_holds_an_agent_installed_in_another_namespace(
+        agent: Identity) -> None:
+    """As after `kustomize edit set namespace ops` (and a namePrefix): the same ClusterRole
+    bound to ops/x-overcommit-agent. The admission policy must still keep it to its node."""
+    cp = agent.cp
+    sa = "x-overcommit-agent"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent-a", "namespace": "ops"},
+           "spec": {"nodeName": NODE_A, "serviceAccountName": sa,
+                    "containers": [{"name": "agent", "image": "overcommit-agent:test"}]}}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "rbac-test-ops-agent"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                           "name": "memory-overcommit-agent"},
+               "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "ops"}]}
+    apply(cp, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ops"}},
+          {"apiVersion": "v1", "kind": "ServiceAccount",
+           "metadata": {"name": sa, "namespace": "ops"}}, binding, pod)
+    try:
+        moved = Identity(cp, cp.service_account_kubeconfig("ops", sa, bound_pod="agent-a"))
+        vap_denied(moved.kubectl("patch", "mons", NODE_B, "--subresource=status",
+                                 "--type=merge", "-p", status_patch({"stolen": True}),
+                                 check=False),
+                   wrong_node(NODE_A, NODE_B))
+        assert moved.kubectl("patch", "mons", NODE_A, "--subresource=status", "--type=merge",
+                             "-p", status_patch({"engine": "ksm"}),
+                             check=False).returncode == 0
+    finally:
+        cp.kubectl("delete", "--ignore-not-found", "--wait=false", "clusterrolebinding",
+                   "rbac-test-ops-agent")
+        cp.kubectl("delete", "--ignore-not-found", "--wait=false", "namespace", "ops")
 
 
 def test_agent_cannot_delete_node_states(agent: Identity) -> None:
@@ -240,9 +265,10 @@ def test_agent_cannot_touch_policies(agent: Identity) -> None:
 def test_agent_has_nothing_else(agent: Identity) -> None:
     for verb, resource in [("list", "secrets"), ("list", "pods"), ("patch", "nodes"),
                            ("list", "namespaces"), ("get", "customresourcedefinitions"),
+                           ("list", "customresourcedefinitions"),
+                           ("watch", "customresourcedefinitions"),
                            ("create", "customresourcedefinitions")]:
         assert not agent.can(verb, resource, "-A"), (verb, resource)
-    assert agent.can("watch", "customresourcedefinitions")  # kopf's resource observation
 
 
 def test_token_without_node_name_writes_no_node_state(legacy_agent: Identity) -> None:
@@ -292,6 +318,15 @@ def test_controller_cannot_write_node_states(controller: Identity) -> None:
     for verb in ("update", "patch"):
         assert not controller.can(verb, "memoryovercommitnodestates", "--subresource=status")
     assert not controller.can("patch", "nodes")
+
+
+def test_controller_posts_events_and_nothing_more(controller: Identity) -> None:
+    involved = {"apiVersion": API_VERSION, "kind": "MemoryOvercommitPolicy", "name": POLICY}
+    result = controller.create(agent_style_event(involved, "overcommit-controller", "c-0"))
+    assert result.returncode == 0, result.stderr
+    for verb in ("patch", "update", "delete", "list"):
+        assert not controller.can(verb, "events", "-n", "default"), verb
+    assert not controller.can("create", "events.events.k8s.io", "-n", "default")
 
 
 def test_controller_leader_election_lease_only_in_its_namespace(controller: Identity) -> None:
