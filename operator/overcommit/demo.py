@@ -24,7 +24,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +71,7 @@ class Demo:
         self.state_dir = work / "state"
         self.agent: subprocess.Popen[bytes] | None = None
         self.controller: subprocess.Popen[bytes] | None = None
+        self.policy_names: list[str] = []
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         return self.cp.kubectl(*args, input=input).stdout
@@ -95,10 +95,8 @@ class Demo:
             "spec": {"nodeName": self.node, "serviceAccountName": "overcommit-agent",
                      "containers": [{"name": "agent", "image": "memory-overcommit:dev"}]}}
         self.kubectl("apply", "-f", "-", input=json.dumps(pod))
-        token = self.kubectl("create", "token", "overcommit-agent", "-n", NAMESPACE,
-                             "--bound-object-kind", "Pod", "--bound-object-name",
-                             pod_name, "--duration", "24h").strip()
-        return self.cp.kubeconfig_for_token(token, name="overcommit-agent")
+        return self.cp.service_account_kubeconfig(NAMESPACE, "overcommit-agent",
+                                                  bound_pod=pod_name)
 
     def start_agent(self) -> None:
         log = (self.work / "agent.log").open("ab")
@@ -106,29 +104,34 @@ class Demo:
             [sys.executable, "-m", "overcommit.cli", "agent", "--node-name", self.node,
              "--kubeconfig", str(self.agent_kubeconfig()), "--host-root", str(self.host_root),
              "--state-dir", str(self.state_dir), "--interval", "5",
-             "--status-interval", "5", "-v"], stdout=log, stderr=subprocess.STDOUT)
+             "--status-interval", "5", "-v"], stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # a terminal's Ctrl-C is the demo's to handle, not its
 
     def start_controller(self) -> None:
         """The controller under its own ServiceAccount (shipped RBAC): it folds the node state
         into the policy's status, which is what `kubectl get mop` shows."""
-        token = self.kubectl("create", "token", "overcommit-controller", "-n", NAMESPACE,
-                             "--duration", "24h").strip()
-        kubeconfig = self.cp.kubeconfig_for_token(token, name="overcommit-controller")
+        kubeconfig = self.cp.service_account_kubeconfig(NAMESPACE, "overcommit-controller")
         log = (self.work / "controller.log").open("ab")
         self.controller = subprocess.Popen(
             [sys.executable, "-m", "overcommit.cli", "controller", "--kubeconfig",
              str(kubeconfig), "--lease-namespace", NAMESPACE, "--status-interval", "2",
              "--savings-interval", "5", "--health-port", "0", "--metrics-port", "0"],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def apply_policy(self) -> None:
+        applied = self.kubectl("apply", "-f", str(self.policy_file), "-o", "name")
+        self.policy_names = [line.rsplit("/", 1)[-1] for line in applied.split()]
+        print("applied " + ", ".join(applied.split()))
 
     def policy_ready(self) -> bool:
-        name = self.cp.kubectl("get", "-f", str(self.policy_file), "-o",
-                               "jsonpath={.metadata.name}", check=False).stdout.strip()
-        out = self.cp.kubectl("get", "mop", name, "-o", "json", check=False)
-        if not name or out.returncode != 0:
+        """The controller has marked every applied policy Ready (one kubectl per poll)."""
+        out = self.cp.kubectl("get", "mop", *self.policy_names, "-o", "json", check=False)
+        if not self.policy_names or out.returncode != 0:
             return False
-        status = json.loads(out.stdout).get("status") or {}
-        return find_condition(status, "Ready").get("status") == "True"
+        found = json.loads(out.stdout)
+        items = found.get("items", [found])
+        return all(find_condition(item.get("status"), "Ready").get("status") == "True"
+                   for item in items)
 
     def status(self) -> dict[str, Any]:
         out = self.cp.kubectl("get", "mons", self.node, "-o", "json", check=False)
@@ -155,6 +158,10 @@ class Demo:
         return bool(status.get("policy")) and \
             find_condition(status, "Ready").get("status") == "True"
 
+    def released(self) -> bool:
+        status = self.status()
+        return not status.get("originals") and not status.get("policy")
+
     def merged(self) -> bool:
         return bool(self.status().get("saved", {}).get("mergedBytes")) or not self.real
 
@@ -162,8 +169,7 @@ class Demo:
         """Delete the policy and wait for the agent to put every original back."""
         self.cp.kubectl("delete", "-f", str(self.policy_file), "--ignore-not-found", check=False)
         try:
-            wait_until(lambda: not self.status().get("originals")
-                       and not (self.status().get("policy")), 60, "the agent to restore")
+            wait_until(self.released, 60, "the agent to restore")
             print("policy deleted: the agent restored every original setting")
             self.show()
         finally:
@@ -189,9 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     except ControlPlaneError as exc:
         print(f"overcommit demo: {exc}", file=sys.stderr)
         return 2
+    # SIGTERM ends the demo as Ctrl-C does: restore, stop, exit 0.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return run_demo(args)
+    except KeyboardInterrupt:  # before the policy was applied: nothing to restore yet
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run_demo(args: argparse.Namespace) -> int:
     real = os.geteuid() == 0 and Path("/sys/kernel/mm/ksm/run").exists() and not args.simulate
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with tempfile.TemporaryDirectory(prefix="overcommit-demo-") as tmp, ControlPlane() as cp:
         demo = Demo(cp, Path(tmp), real, Path(args.file))
         if not real:
@@ -203,15 +217,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             demo.start_agent()
             demo.start_controller()
-            demo.kubectl("apply", "-f", args.file)
+            demo.apply_policy()
             wait_until(demo.applied, 60, "the agent to apply the policy")
             wait_until(demo.policy_ready, 60, "the controller to mark the policy Ready")
             if args.once:
                 wait_until(demo.merged, 60, "KSM to merge the workload")
                 demo.show()
             else:
-                print("running; Ctrl-C to restore and stop\n")
-                while not stop.wait(10):
+                print("running; Ctrl-C to restore and stop\n", flush=True)
+                while True:
+                    time.sleep(10)
                     demo.show()
         except KeyboardInterrupt:
             pass

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -22,4 +26,35 @@ def test_the_demo_applies_reports_cluster_wide_and_restores() -> None:
     assert re.search(r"\s1/1\s.*\sTrue\s", policy_row), policy_row
     assert "ready=True (Applied)" in out
     assert "policy deleted: the agent restored every original setting" in out
+    assert out.rstrip().endswith("originals (restored on exit): {}"), out[-400:]
+
+
+def test_ctrl_c_restores_and_exits_cleanly() -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group: the demo must still
+    delete the policy, see the agent restore the host and exit 0 (its children may not die
+    first)."""
+    proc = subprocess.Popen([sys.executable, "-m", "overcommit.cli", "demo", "--simulate"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own group, as a terminal gives it
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        while not any(line.startswith("running; Ctrl-C") for line in seen):
+            ready, _, _ = select.select([proc.stdout], [], [], 5)
+            assert time.monotonic() < deadline, "".join(seen)
+            if ready:
+                line = proc.stdout.readline()
+                assert line, "the demo ended early:\n" + "".join(seen)
+                seen.append(line)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = "".join(seen) + out
+    assert proc.returncode == 0, out
+    assert "policy deleted: the agent restored every original setting" in out, out
+    assert "Traceback" not in out, out
     assert out.rstrip().endswith("originals (restored on exit): {}"), out[-400:]

@@ -65,6 +65,7 @@ class MergeWorkload:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
+                start_new_session=True,  # a terminal's Ctrl-C is for the caller to handle
             )
             self.processes.append(proc)
         deadline = time.monotonic() + timeout
