@@ -18,11 +18,13 @@ from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_process,
     apply,
+    free_port,
     get_json,
     install_crds,
     node,
     node_state,
     policy,
+    probe,
 )
 
 KSM = "sys/kernel/mm/ksm"
@@ -178,6 +180,9 @@ def test_agent_survives_an_api_server_restart(cluster: ControlPlane, host: FakeK
     apply(cluster, policy(p, spec))
     with agent_process(cluster, n, host.root, tmp_path / "state") as agent:
         wait_for(lambda: sysfs(host, "pages_to_scan") == "500", 30, "the first apply")
+        wait_for(lambda: node_state(cluster, n) is not None, 30, "the node state")
+        before = node_state(cluster, n)
+        assert before is not None
         cluster.restart_apiserver()
         spec["ksm"]["pagesToScan"] = 600
         apply(cluster, policy(p, spec))
@@ -186,9 +191,65 @@ def test_agent_survives_an_api_server_restart(cluster: ControlPlane, host: FakeK
         wait_for(lambda: status_of(cluster, n).get("policy", {}).get("generation") == 2, 30,
                  "the node state to be updated after the restart")
         assert agent.poll() is None
+    # The same object all along (not deleted and made again), and the only one for the node.
+    after = node_state(cluster, n)
+    assert after is not None and after["metadata"]["uid"] == before["metadata"]["uid"]
     states = get_json(cluster, "mons")["items"]
-    assert [s["metadata"]["name"] for s in states].count(n) == 1
+    assert [s["metadata"]["name"] for s in states if s["spec"]["nodeName"] == n] == [n]
     cluster.kubectl("delete", "mop", p)
+
+
+def cycles(port: int) -> int:
+    answer = probe(port, "/healthz")
+    return int(answer[1]["cyclesCompleted"]) if answer else -1
+
+
+def test_agent_puts_back_host_drift_on_its_timer_and_stays_quiet(
+        cluster: ControlPlane, host: FakeKernel, names: dict[str, str], tmp_path: Path) -> None:
+    """No API event at all: the timer alone finds a setting someone changed on the host and
+    writes the policy's value back (the drift is not taken for an original). In the steady
+    state between, the node state is not written at all."""
+    n, p = names["node"], names["policy"]
+    apply(cluster, node(n, {"pool": n}))
+    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
+                              "ksm": {"enabled": True, "pagesToScan": 700}}))
+    port = free_port()
+    with agent_process(cluster, n, host.root, tmp_path / "state", interval=0.5,
+                       status_interval=0.5,
+                       extra_args=["--health-port", str(port), "--no-libvirt"]):
+        wait_for(lambda: status_of(cluster, n).get("settings", {}).get(
+            f"{KSM}/pages_to_scan") == "700", 30, "the policy applied and reported")
+        wait_for(lambda: cycles(port) >= 1, 30, "the probes")
+        version = node_state(cluster, n)["metadata"]["resourceVersion"]  # type: ignore[index]
+        start = cycles(port)
+        wait_for(lambda: cycles(port) >= start + 6, 30, "six more timer cycles")
+        assert node_state(cluster, n)["metadata"]["resourceVersion"] == version, \
+            "the node state was written although nothing changed"  # type: ignore[index]
+
+        host.set(f"{KSM}/pages_to_scan", "123")  # an admin, or another tool, on the host
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "700", 30, "the timer to fix drift")
+        assert status_of(cluster, n)["originals"][f"{KSM}/pages_to_scan"] == "100"
+    cluster.kubectl("delete", "mop", p)
+
+
+def test_policy_deleted_while_the_agent_is_down_is_restored_on_restart(
+        cluster: ControlPlane, host: FakeKernel, names: dict[str, str], tmp_path: Path) -> None:
+    n, p = names["node"], names["policy"]
+    state_dir = tmp_path / "state"
+    apply(cluster, node(n, {"pool": n}))
+    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
+                              "ksm": {"enabled": True, "pagesToScan": 800}}))
+    with agent_process(cluster, n, host.root, state_dir):
+        wait_for(lambda: sysfs(host, "run") == "1", 30, "the policy to apply")
+    # Stopped (a DaemonSet rollout, a crash): it leaves the host as it is...
+    assert (sysfs(host, "pages_to_scan"), sysfs(host, "run")) == ("800", "1")
+    cluster.kubectl("delete", "mop", p)  # ...and the policy goes while nobody watches
+    with agent_process(cluster, n, host.root, state_dir):
+        wait_for(lambda: sysfs(host, "run") == "0", 30, "the restore after the restart")
+        assert sysfs(host, "pages_to_scan") == "100"
+        wait_for(lambda: condition(status_of(cluster, n), "Ready").get("reason") == "NoPolicy",
+                 30, "the node state to say no policy is in force")
+        assert status_of(cluster, n)["originals"] == {}
 
 
 def test_kubevirt_ksm_handler_is_not_fought(cluster: ControlPlane, host: FakeKernel,
@@ -212,10 +273,8 @@ def _pod_bound_kubeconfig(cluster: ControlPlane, node_name: str) -> Path:
                     "metadata": {"name": pod_name, "namespace": "memory-overcommit"},
                     "spec": {"nodeName": node_name, "serviceAccountName": "overcommit-agent",
                              "containers": [{"name": "agent", "image": "agent:test"}]}})
-    token = cluster.kubectl("create", "token", "overcommit-agent", "-n", "memory-overcommit",
-                            "--bound-object-kind", "Pod", "--bound-object-name",
-                            pod_name).stdout.strip()
-    return cluster.kubeconfig_for_token(token, name=f"agent-{node_name}")
+    return cluster.service_account_kubeconfig("memory-overcommit", "overcommit-agent",
+                                              bound_pod=pod_name)
 
 
 def test_agent_does_its_job_under_the_shipped_rbac(cluster: ControlPlane, host: FakeKernel,
@@ -255,10 +314,9 @@ def test_agent_on_the_real_ksm(cluster: ControlPlane, real_ksm: dict[str, str],
                                       "sleepMillisecs": 31}}))
     real = Path("/sys/kernel/mm/ksm")
     with agent_process(cluster, n, Path("/"), tmp_path / "state"):
-        wait_for(lambda: (real / "pages_to_scan").read_text().strip() == "1357", 30,
-                 "the agent to write the real pages_to_scan")
-        assert (real / "sleep_millisecs").read_text().strip() == "31"
-        assert (real / "run").read_text().strip() == "1"
+        wanted = {"pages_to_scan": "1357", "sleep_millisecs": "31", "run": "1"}
+        wait_for(lambda: {name: (real / name).read_text().strip() for name in wanted}
+                 == wanted, 30, "the agent to write the real KSM settings")
         wait_for(lambda: status_of(cluster, n).get("settings", {}).get(
             f"{KSM}/pages_to_scan") == "1357", 30, "the node state to report the real value")
         assert status_of(cluster, n)["originals"][f"{KSM}/pages_to_scan"] == \
