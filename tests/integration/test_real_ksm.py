@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from overcommit.api.policy import KsmAdaptive
@@ -122,4 +123,35 @@ def test_adaptive_mode_merges_then_idles(real_ksm: dict[str, str], tmp_path: Pat
             loop.wait(timeout=30)
     assert overcommit("restore", *state).returncode == 0
     for path, value in real_ksm.items():
+        assert ksm_value(path.rsplit("/", 1)[1]) == value, path
+
+
+def test_policy_switches_through_the_advisor_restore_exactly_on_the_real_kernel(
+        real_ksm: dict[str, str], tmp_path: Path) -> None:
+    """The real kernel resets pages_to_scan when advisor_mode changes and refuses it (EINVAL)
+    while the advisor runs: Static -> KernelAdvisor -> Static -> restore must see no refused
+    write and bring every original back, pages_to_scan included."""
+    if not Path("/sys/kernel/mm/ksm/advisor_mode").exists():
+        pytest.fail("this kernel has no KSM advisor (advisor_mode, Linux 6.9+): this test "
+                    "needs one", pytrace=False)
+    # A host tuned by hand: the advisor's resets would put 100 (the default) back instead.
+    Path("/sys/kernel/mm/ksm/pages_to_scan").write_text("1250")
+    originals = {**real_ksm, f"{KSM}/pages_to_scan": "1250"}
+    state = ["--state-dir", str(tmp_path / "state")]
+    static = write_policy(tmp_path / "static.yaml",
+                          {"ksm": {"enabled": True, "pagesToScan": 1111}})
+    advisor = write_policy(tmp_path / "advisor.yaml",
+                           {"ksm": {"enabled": True, "mode": "KernelAdvisor"}})
+    for policy, expected in ((static, "1111"), (advisor, None), (advisor, None),
+                             (static, "1111")):
+        done = overcommit("run", "--once", "-f", policy, *state, "-o", "json")
+        assert done.returncode == 0, done.stderr + done.stdout
+        if expected is None:
+            assert ksm_value("advisor_mode") == "scan-time"
+        else:
+            assert (ksm_value("advisor_mode"), ksm_value("pages_to_scan")) == ("none", expected)
+    assert overcommit("run", "--once", "-f", advisor, *state).returncode == 0
+    restored = overcommit("restore", *state, "-o", "json")
+    assert restored.returncode == 0, restored.stderr
+    for path, value in originals.items():
         assert ksm_value(path.rsplit("/", 1)[1]) == value, path

@@ -19,16 +19,19 @@ from overcommit.engine.guests import (
 )
 from overcommit.engine.state import NodeRecord, StateStore
 from overcommit.host.base import ApplyError, ApplyResult, Change, HostFS
-from overcommit.host.ksm import find_ksmd_pid, ksm_saved_bytes, ksmd_cpu_seconds
+from overcommit.host.ksm import ADVISOR_NONE, find_ksmd_pid, ksm_saved_bytes, ksmd_cpu_seconds
 from overcommit.host.sources import HostAdapter
 from overcommit.planning.adaptive import AdaptiveState
+from overcommit.planning.kernel import (
+    ADVISOR_MODE,
+    KSM_PAGES_TO_SCAN,
+    KSM_RUN,
+    RESETS,
+    resetters_of,
+)
 from overcommit.planning.observation import Observation
 from overcommit.planning.plan import NodePlan, Problem, plan_node, preview, with_restores
 from overcommit.planning.selection import Selection, select_policy
-
-KSM_RUN = "sys/kernel/mm/ksm/run"
-KSM_PAGES_TO_SCAN = "sys/kernel/mm/ksm/pages_to_scan"
-ADVISOR_MODE = "sys/kernel/mm/ksm/advisor_mode"
 
 
 @dataclass
@@ -126,8 +129,9 @@ class NodeEngine:
             report.restored = bool(record.originals)
             self._restore_into(report, record)
         elif plan.dry_run:
-            report.changes = preview(with_restores(plan.desired, record.originals),
-                                     obs.settings())
+            current = obs.settings()
+            report.changes = preview(with_restores(plan.desired, record.originals, current),
+                                     current)
             report.notes.append("dry run: nothing was changed")
             report.originals = dict(record.originals)
         else:
@@ -183,10 +187,10 @@ class NodeEngine:
     def _apply(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
                obs: Observation) -> None:
         assert plan.policy is not None
-        target = with_restores(plan.desired, record.originals)
         current = obs.settings()
-        to_touch = [c.path for c in preview(target, current) if _restorable(c.path, current)]
-        grew = self.store.record_before_change(record, to_touch, current)
+        target = with_restores(plan.desired, record.originals, current)
+        grew = self.store.record_before_change(
+            record, _to_record(target, current, record.originals), current)
         if grew or record.allow_unmerge != plan.allow_unmerge \
                 or record.policy != plan.policy.name:
             record.allow_unmerge = record.allow_unmerge or plan.allow_unmerge
@@ -221,7 +225,8 @@ class NodeEngine:
         self._adaptive = None
         if not record.originals:
             return
-        result = self.host.apply(dict(record.originals), allow_unmerge=record.allow_unmerge)
+        target = with_restores({}, record.originals, report.observation.settings())
+        result = self.host.apply(target, allow_unmerge=record.allow_unmerge)
         self._collect(report, result)
         self._forget_restored(record, {})
         report.originals = dict(record.originals)
@@ -232,8 +237,11 @@ class NodeEngine:
         if not candidates:
             return  # the steady state: no second read of the host this cycle
         current = self.host.current_settings()
-        done = [path for path in candidates
-                if _same(path, current.get(path), record.originals[path])]
+        done = {path for path in candidates
+                if _settled(path, current, record.originals[path])}
+        # A reset setting stays recorded while what resets it is still ours to put back.
+        done = {path for path in done if not any(
+            key in record.originals and key not in done for key in resetters_of(path))}
         if not done:
             return
         for path in done:
@@ -250,16 +258,36 @@ class NodeEngine:
         report.notes.extend(result.notes)
 
 
-def _restorable(path: str, current: Mapping[str, str]) -> bool:
-    """pages_to_scan belongs to the kernel's advisor while it runs: putting advisor_mode back
-    hands it back, and writing the advisor's old value would be refused (EINVAL)."""
-    return not (path == KSM_PAGES_TO_SCAN and current.get(ADVISOR_MODE, "none") != "none")
+def _to_record(target: Mapping[str, str], current: Mapping[str, str],
+               originals: Mapping[str, str]) -> list[str]:
+    """The settings whose originals must be on disk before ``target`` is applied: those it
+    changes, and those the kernel resets as a side effect of a change (``RESETS``)."""
+    changed = [c.path for c in preview(target, current)]
+    side_effects = [path for key in changed for path in RESETS.get(key, ())]
+    return [path for path in changed + side_effects if _recordable(path, current, originals)]
 
 
-def _same(path: str, current: str | None, original: str) -> bool:
-    if current is None:
+def _recordable(path: str, current: Mapping[str, str], originals: Mapping[str, str]) -> bool:
+    """Whether ``path`` still holds the node's own value. Not once a write of ours (a recorded
+    resetter) has reset it; not pages_to_scan while the advisor runs: the advisor owns the rate,
+    putting advisor_mode back hands it back, and writing the advisor's old value is EINVAL."""
+    if any(key in originals for key in resetters_of(path)):
+        return False
+    return not (path == KSM_PAGES_TO_SCAN and _advisor_on(current))
+
+
+def _settled(path: str, current: Mapping[str, str], original: str) -> bool:
+    """Whether ``path`` needs no more restoring."""
+    now = current.get(path)
+    if now is None:
         return True  # the file went away; nothing left to restore there
-    return current == original or (path == KSM_RUN and original == "2" and current == "0")
+    if path == KSM_PAGES_TO_SCAN and _advisor_on(current):
+        return True  # the advisor owns the rate (the kernel refuses a write)
+    return now == original or (path == KSM_RUN and original == "2" and now == "0")
+
+
+def _advisor_on(current: Mapping[str, str]) -> bool:
+    return current.get(ADVISOR_MODE, ADVISOR_NONE) != ADVISOR_NONE
 
 
 def saved_bytes(obs: Observation) -> int:

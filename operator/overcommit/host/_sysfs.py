@@ -148,6 +148,8 @@ class SettingsSource:
     title: str = ""  # human name used in messages ("KSM")
     specs: tuple[SettingSpec, ...] = ()
     counter_names: tuple[str, ...] = ()
+    # Writing a new value to the key makes the kernel reset the named settings of this source.
+    resets: Mapping[str, tuple[str, ...]] = {}
 
     def __init__(self, fs: HostFS) -> None:
         self.fs = fs

@@ -86,6 +86,7 @@ class KsmSource(SettingsSource):
         SettingSpec("advisor_target_scan_time", check=unsigned(1)),
     )
     counter_names = KSM_COUNTERS
+    resets = {"advisor_mode": ("pages_to_scan",)}
 
     def apply(self, desired: Mapping[str, str], *, allow_unmerge: bool = False) -> ApplyResult:
         result = ApplyResult()

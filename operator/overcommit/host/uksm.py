@@ -55,10 +55,11 @@ UKSM_COUNTERS = (
     "ema_per_page_time",
 )
 
-# Written after cpu_governor (whose preset overwrites three of them); max_cpu_percentage before
-# cpu_ratios because a "MAX/n" ratio is relative to it.
-_AFTER_GOVERNOR = ("max_cpu_percentage", "cpu_ratios", "eval_intervals", "sleep_millisecs",
-                   "abundant_threshold", "thrash_threshold")
+# What a cpu_governor write resets to the governor's preset.
+GOVERNOR_PRESET = ("max_cpu_percentage", "cpu_ratios", "eval_intervals")
+# Written after cpu_governor (whose preset overwrites the first three); max_cpu_percentage
+# before cpu_ratios because a "MAX/n" ratio is relative to it.
+_AFTER_GOVERNOR = (*GOVERNOR_PRESET, "sleep_millisecs", "abundant_threshold", "thrash_threshold")
 
 
 def canonical_max_cpu(text: str) -> str:
@@ -116,6 +117,7 @@ class UksmSource(SettingsSource):
         SettingSpec("run", check=unsigned(0, 1)),  # no unmerge-all in UKSM
     )
     counter_names = UKSM_COUNTERS
+    resets = {"cpu_governor": GOVERNOR_PRESET}
 
     def parse_counter(self, text: str | None) -> int | None:
         return parse_shifted_int(text)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from overcommit.api.policy import KsmMode, KsmSpec, SwapSpec, UksmSpec, ZswapSpec
-from overcommit.host.ksm import KSM_DIR
+from overcommit.host._sysfs import SettingsSource
+from overcommit.host.ksm import KSM_DIR, KsmSource
 from overcommit.host.swap import SYSCTL_VM
-from overcommit.host.uksm import UKSM_DIR, canonical_cpu_ratios
+from overcommit.host.uksm import UKSM_DIR, UksmSource, canonical_cpu_ratios
 from overcommit.host.zswap import ZSWAP_DIR
 
 Settings = dict[str, str]
@@ -21,6 +22,20 @@ ADVISOR_MODE = f"{KSM_DIR}/advisor_mode"
 KSM_RUN = f"{KSM_DIR}/run"
 KSM_PAGES_TO_SCAN = f"{KSM_DIR}/pages_to_scan"
 KSM_SLEEP = f"{KSM_DIR}/sleep_millisecs"
+
+
+def _resets(source: type[SettingsSource]) -> dict[str, tuple[str, ...]]:
+    return {source.directory + "/" + key: tuple(f"{source.directory}/{name}" for name in names)
+            for key, names in source.resets.items()}
+
+
+# Path -> the paths the kernel resets when it changes (advisor_mode, UKSM's cpu_governor).
+RESETS = _resets(KsmSource) | _resets(UksmSource)
+
+
+def resetters_of(path: str) -> list[str]:
+    """The settings whose change makes the kernel reset ``path``."""
+    return [key for key, reset in RESETS.items() if path in reset]
 
 
 def _flag(value: Value) -> str:
@@ -55,9 +70,9 @@ def ksm_static_settings(ksm: KsmSpec, current: Mapping[str, str]) -> Settings:
         out.setdefault(KSM_RUN, "1")
     elif ksm.pages_to_scan is not None:
         out[KSM_PAGES_TO_SCAN] = str(ksm.pages_to_scan)
-    # pages_to_scan is EINVAL while the advisor runs: naming it implies advisor off.
-    if (KSM_PAGES_TO_SCAN in out or ksm.mode is KsmMode.ADAPTIVE) \
-            and current.get(ADVISOR_MODE, "none") != "none":
+    # pages_to_scan is EINVAL while the advisor runs: naming it implies advisor off. Named also
+    # when already off, so a recorded advisor_mode original is not put back under the rate.
+    if (KSM_PAGES_TO_SCAN in out or ksm.mode is KsmMode.ADAPTIVE) and ADVISOR_MODE in current:
         out[ADVISOR_MODE] = "none"
     return out
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from overcommit.api.model import Policy
 from overcommit.api.policy import KsmAdaptive, KsmMode
 from overcommit.host.base import Change
+from overcommit.host.ksm import ADVISOR_NONE
 from overcommit.planning import adaptive
 from overcommit.planning.kernel import (
     ADVISOR_MODE,
@@ -15,6 +16,7 @@ from overcommit.planning.kernel import (
     KSM_RUN,
     KSM_SLEEP,
     ksm_static_settings,
+    resetters_of,
     swap_settings,
     uksm_settings,
     zswap_settings,
@@ -118,15 +120,35 @@ def _engine_problem(policy: Policy, engine: str) -> Problem:
     return Problem("EngineMissing", message)
 
 
-def with_restores(desired: Mapping[str, str], originals: Mapping[str, str]) -> dict[str, str]:
+def with_restores(desired: Mapping[str, str], originals: Mapping[str, str],
+                  current: Mapping[str, str] | None = None) -> dict[str, str]:
     """What to apply: recorded originals for settings the plan no longer names, then the plan.
 
     A setting an earlier policy changed and the current one does not name goes back to what
     the node had, so "change only what the policy names" holds across policy changes too.
+    ``current`` (the node now) lets a setting the agent never changed count as at its original.
     """
-    merged = {path: value for path, value in originals.items() if path not in desired}
+    before = {**(current or {}), **originals}
+    merged = {path: value for path, value in originals.items()
+              if path not in desired and not _held(path, desired, before)}
     merged.update(desired)
-    return merged
+    return _writable(merged, current or {})
+
+
+def _held(path: str, desired: Mapping[str, str], before: Mapping[str, str]) -> bool:
+    """Whether ``path``'s original waits: the plan keeps a setting whose change resets it away
+    from its original, so the kernel would undo the restore (UKSM's governor preset) or refuse
+    it (pages_to_scan under the advisor). It comes back once that setting does."""
+    return any(key in desired and desired[key] != before.get(key)
+               for key in resetters_of(path))
+
+
+def _writable(target: dict[str, str], current: Mapping[str, str]) -> dict[str, str]:
+    """Without pages_to_scan when advisor_mode ends up scan-time: the kernel refuses it (EINVAL)
+    and the advisor sets the rate itself."""
+    if target.get(ADVISOR_MODE, current.get(ADVISOR_MODE, ADVISOR_NONE)) != ADVISOR_NONE:
+        target.pop(KSM_PAGES_TO_SCAN, None)
+    return target
 
 
 def preview(desired: Mapping[str, str], current: Mapping[str, str]) -> list[Change]:
