@@ -21,6 +21,7 @@ from overcommit.agent.settings import AgentSettings
 from overcommit.api.model import PolicyError, load_policies, parse_policies_text
 from overcommit.api.policy import KsmMode
 from overcommit.controller.settings import ControllerSettings
+from overcommit.engine.state import NodeRecord, StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -67,6 +68,31 @@ def _load(args: argparse.Namespace) -> list[Any]:
     return load_policies(args.file)
 
 
+class StateFileError(Exception):
+    """originals.json cannot be understood; the message says what to do about it."""
+
+    def __init__(self, path: Path, cause: Exception) -> None:
+        self.path = path
+        super().__init__(
+            f"overcommit: the state file {path} is corrupt or unreadable ({cause}).\n"
+            "It records this host's original settings, the values `overcommit restore` puts "
+            "back, so do not just delete it: inspect it (JSON: "
+            '{"version": 1, "originals": {"<path>": "<value>"}, ...}), repair it, or note the '
+            "original values, put them back by hand and move the file aside; then run the "
+            "command again.")
+
+
+class CheckedStateStore(StateStore):
+    """The engine's StateStore, with a corrupt originals.json reported as StateFileError."""
+
+    def load(self) -> NodeRecord:
+        try:
+            return super().load()
+        # JSON and encoding errors are ValueErrors; JSON of the wrong shape gives the others.
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StateFileError(self.path, exc) from exc
+
+
 def _virt(args: argparse.Namespace) -> Any:
     from overcommit.engine.guests import VirtSettings
 
@@ -79,7 +105,9 @@ def _virt(args: argparse.Namespace) -> Any:
 def _engine(args: argparse.Namespace) -> Any:
     from overcommit.engine.cycle import NodeEngine
 
-    return NodeEngine(host_root=args.host_root, state_dir=args.state_dir, virt=_virt(args))
+    engine = NodeEngine(host_root=args.host_root, state_dir=args.state_dir, virt=_virt(args))
+    engine.store = CheckedStateStore(args.state_dir)
+    return engine
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -89,19 +117,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     engine = _engine(args)
     selection, plan, obs = engine.plan(policies, args.node_labels)
     originals = engine.store.load().originals
-    changes = preview(with_restores(plan.desired, originals), obs.settings())
+    current = obs.settings()
+    changes = preview(with_restores(plan.desired, originals, current), current)
     guests = engine.preview_guests(plan.policy, obs)
     data = reporting.plan_json(selection, plan, changes, guests)
     _emit(data, args.output, reporting.plan_text(data))
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """The loop; ``stop`` (default: set by SIGTERM/SIGINT) ends it between cycles."""
     engine = _engine(args)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    policies = _load(args)
+    if stop is None:
+        stop = event = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: event.set())
+    source = _PolicySource(args.file)
+    policies = source.first()
     while True:
         report = engine.cycle(policies, args.node_labels)
         data = reporting.cycle_json(report)
@@ -111,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_OK if report.ok else EXIT_FAILED
         if stop.wait(_next_interval(args.interval, report.plan.policy)):
             return EXIT_OK
-        policies = _reload(args, policies)
+        policies = source.reload(policies)
 
 
 def _next_interval(interval: float, policy: Any) -> float:
@@ -122,13 +154,62 @@ def _next_interval(interval: float, policy: Any) -> float:
     return interval
 
 
-def _reload(args: argparse.Namespace, previous: list[Any]) -> list[Any]:
-    """Re-read the policy file each cycle; keep the last good policies if it turned invalid."""
-    try:
-        return _load(args)
-    except (PolicyError, OSError) as exc:
-        print(f"overcommit: keeping the previous policies: {exc}", file=sys.stderr)
-        return previous
+class _PolicySource:
+    """``run``'s policy file, re-read every cycle.
+
+    A file without policy documents (empty, only comments or ``---``) and a deleted file mean
+    "no policies": the next cycle restores the originals, as deleting the custom resource does
+    in a cluster. A file that does not parse or validate, or cannot be read, keeps the last good
+    policies. Each change of state is reported once on stderr, not every cycle. Standard input
+    (``-f -``) is read once.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._said = ""
+
+    def first(self) -> list[Any]:
+        """The policies at start-up: the file must exist (a typo should not mean "restore")."""
+        policies: list[Any] = load_policies(self.path, allow_empty=True)
+        if not policies:
+            self._say(self._empty)
+        return policies
+
+    def reload(self, previous: list[Any]) -> list[Any]:
+        if self.path == "-":
+            return previous  # stdin was read once, at start-up
+        try:
+            policies: list[Any] = load_policies(self.path, allow_empty=True)
+        except FileNotFoundError:
+            self._say(f"overcommit: {self.path} was deleted: no policies, so the originals are "
+                      "restored")
+            return []
+        except PolicyError as err:
+            self._say("\n".join([f"overcommit: {self.path} is invalid; keeping the previous "
+                                 "policies until it is fixed:", *err.lines()]))
+            return previous
+        except OSError as exc:
+            self._say(f"overcommit: cannot read {self.path} ({exc.strerror or exc}); keeping the "
+                      "previous policies")
+            return previous
+        if not policies:
+            self._say(self._empty)
+        elif self._said:
+            print(f"overcommit: {self.path} is valid again ({len(policies)} "
+                  f"{'policy' if len(policies) == 1 else 'policies'})", file=sys.stderr)
+            self._said = ""  # a later problem is reported again
+        return policies
+
+    @property
+    def _empty(self) -> str:
+        return (f"overcommit: {self.path} has no policy documents: no policies, so the "
+                "originals are restored")
+
+    def _say(self, message: str) -> None:
+        if message != self._said:
+            print(message, file=sys.stderr)
+            sys.stderr.flush()
+            self._said = message
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -277,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=cmd_plan)
 
     run = sub.add_parser("run", help="the observe -> plan -> act loop on this host")
-    run.add_argument("-f", "--file", required=True, help="the policy file (re-read every cycle)")
+    run.add_argument("-f", "--file", required=True,
+                     help="the policy file, re-read every cycle: no policy documents in it (or "
+                          "deleting it while running) means no policies, so the next cycle "
+                          "restores the originals; an invalid edit keeps the last good policies")
     run.add_argument("--once", action="store_true", help="one cycle, then exit (0 on success)")
     run.add_argument("--interval", type=float, default=10.0, metavar="S",
                      help="seconds between cycles (default 10; Adaptive KSM runs at least "
@@ -359,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in err.lines():
             print(line, file=sys.stderr)
         return EXIT_INVALID
+    except StateFileError as err:
+        print(err, file=sys.stderr)
+        return EXIT_FAILED
     except PermissionError as exc:
         print(f"overcommit: permission denied: {exc.filename or exc} (run as root, or point "
               "--host-root/--state-dir at writable directories)", file=sys.stderr)

@@ -86,8 +86,9 @@ def _check_header(obj: Mapping[str, Any]) -> list[str]:
     return errors
 
 
-def iter_documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
-    """Every non-empty YAML (or JSON) document with its 1-based index."""
+def iter_documents(text: str, source: str) -> Iterator[tuple[str, Any]]:
+    """Every non-empty YAML (or JSON) document with its label: ``1``, ``2``, ... and, for the
+    items of a ``kind: List`` document, ``1.1``, ``1.2``, ... (document 1, item 1)."""
     try:
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
@@ -96,27 +97,40 @@ def iter_documents(text: str, source: str) -> Iterator[tuple[int, Any]]:
         if doc is None:
             continue
         if isinstance(doc, Mapping) and doc.get("kind") == "List" and "items" in doc:
-            for sub, item in enumerate(doc["items"], start=1):
-                yield index * 1000 + sub, item
+            items = doc["items"]
+            if items is None:
+                continue  # an empty List, as `kubectl get -o yaml` prints one
+            if not isinstance(items, list):
+                raise PolicyError(f"{source}#{index}", ["items: must be a list"])
+            for sub, item in enumerate(items, start=1):
+                yield f"{index}.{sub}", item
             continue
-        yield index, doc
+        yield str(index), doc
 
 
-def load_policies(path: str | Path) -> list[Policy]:
-    """All policies in a file (several YAML documents or a List); raises on the first bad one."""
+def load_policies(path: str | Path, *, allow_empty: bool = False) -> list[Policy]:
+    """All policies in a file (several YAML documents or a List); raises on the first bad one.
+
+    With ``allow_empty`` a file without any policy document (empty, only comments or ``---``,
+    an empty List) gives ``[]`` instead of an error.
+    """
     results = parse_policies_text(Path(path).read_text() if str(path) != "-" else
-                                  _stdin(), str(path))
+                                  _stdin(), str(path), allow_empty=allow_empty)
     bad = [r for r in results if isinstance(r, PolicyError)]
     if bad:
         raise PolicyError("", [line for err in bad for line in err.lines()])
     return [r for r in results if isinstance(r, Policy)]
 
 
-def parse_policies_text(text: str, source: str) -> list[Policy | PolicyError]:
-    """Each document's result: a Policy or the PolicyError that names its fields and rules."""
+def parse_policies_text(text: str, source: str, *,
+                        allow_empty: bool = False) -> list[Policy | PolicyError]:
+    """Each document's result: a Policy or the PolicyError that names its fields and rules.
+
+    A text without documents is an error unless ``allow_empty``, which gives ``[]``.
+    """
     results: list[Policy | PolicyError] = []
-    for index, doc in iter_documents(text, source):
-        where = f"{source}#{index}"
+    for label, doc in iter_documents(text, source):
+        where = f"{source}#{label}"
         if not isinstance(doc, Mapping):
             results.append(PolicyError(where, ["document is not an object"]))
             continue
@@ -124,7 +138,7 @@ def parse_policies_text(text: str, source: str) -> list[Policy | PolicyError]:
             results.append(policy_from_object(doc, where))
         except PolicyError as err:
             results.append(err)
-    if not results:
+    if not results and not allow_empty:
         results.append(PolicyError(source, ["no policy documents found"]))
     return results
 

@@ -43,11 +43,20 @@ class StateStore:
 
     def load(self) -> NodeRecord:
         try:
-            data: dict[str, Any] = json.loads(self.path.read_text())
+            data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return NodeRecord()
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: not a state file (a JSON object was expected)")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"{self.path}: unsupported state format {data.get('version')!r}")
+        try:
+            return self._record(data)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{self.path}: malformed state file: {exc}") from exc
+
+    @staticmethod
+    def _record(data: dict[str, Any]) -> NodeRecord:
         return NodeRecord(originals=dict(data.get("originals", {})),
                           allow_unmerge=bool(data.get("allowUnmerge", False)),
                           policy=str(data.get("policy", "")),

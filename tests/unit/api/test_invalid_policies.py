@@ -82,3 +82,33 @@ def test_nulls_are_dropped_like_the_api_server_does(tmp_path: Path,
                                                                       "enabled": True}})))
     assert main(["validate", "-f", str(path)]) == 0
     assert "nulls: valid" in capsys.readouterr().out
+
+
+def test_items_of_a_list_are_labelled_document_dot_item(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    first = policy_document("first", {"ksm": {"enabled": True}})
+    good = policy_document("good", {"ksm": {"enabled": True}})
+    bad = policy_document("bad", {"swap": {"swappiness": 999}})
+    path = tmp_path / "list.yaml"
+    path.write_text(yaml.safe_dump_all([first, {"apiVersion": "v1", "kind": "List",
+                                                "items": [good, bad]}]))
+    assert main(["validate", "-f", str(path)]) == EXIT_INVALID
+    out, err = capsys.readouterr()
+    assert "first: valid" in out and "good: valid" in out
+    assert f"{path}#2.2 (MemoryOvercommitPolicy bad): spec.swap.swappiness" in err
+    assert "#1002" not in err
+
+
+@pytest.mark.parametrize("items,needle", [
+    ("[]", "no policy documents found"),
+    ("null", "no policy documents found"),
+    ("5", "#1: items: must be a list"),
+    ("[1]", "#1.1: document is not an object"),
+])
+def test_odd_lists(items: str, needle: str, tmp_path: Path,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text(f"apiVersion: v1\nkind: List\nitems: {items}\n")
+    assert main(["validate", "-f", str(path)]) == EXIT_INVALID
+    assert needle in capsys.readouterr().err

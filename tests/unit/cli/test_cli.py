@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from overcommit.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, main
+from overcommit.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, build_parser, cmd_run, main
 from tests.cases import policy_document
 from tests.fakes.kernel import FakeKernel
 
@@ -122,3 +125,153 @@ def test_text_output_is_readable(host: Path, tmp_path: Path,
                  str(tmp_path / "s")]) == EXIT_OK
     out = capsys.readouterr().out
     assert "policy: p" in out and f"{KSM}/run: 0 -> 1" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# `run` re-reads the policy file every cycle
+
+
+class Script(threading.Event):
+    """The stop event of ``run``: each wait after a cycle records the host's KSM settings, then
+    performs the next step (an edit of the policy file); when no step is left, ``run`` stops."""
+
+    def __init__(self, host: Path, *steps: Callable[[], object]) -> None:
+        super().__init__()
+        self.host = host
+        self.steps = list(steps)
+        self.seen: list[tuple[str, str]] = []  # (run, sleep_millisecs) after each cycle
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.seen.append(ksm_settings(self.host))
+        if not self.steps:
+            return True
+        self.steps.pop(0)()
+        return False
+
+
+def ksm_settings(host: Path) -> tuple[str, str]:
+    return ((host / KSM / "run").read_text().strip(),
+            (host / KSM / "sleep_millisecs").read_text().strip())
+
+
+def run_loop(host: Path, tmp_path: Path, path: str, *steps: Callable[[], object]) -> Script:
+    """``overcommit run -f path`` in-process, one cycle per step plus one, then stopped."""
+    args = build_parser().parse_args(["run", "-f", path, "--interval", "0.01",
+                                      *host_args(host, tmp_path)])
+    script = Script(host, *steps)
+    assert cmd_run(args, stop=script) == EXIT_OK
+    assert script.steps == []
+    return script
+
+
+APPLIED, ORIGINAL = ("1", "50"), ("0", "20")
+KSM_POLICY = policy_document("p", {"ksm": {"enabled": True, "sleepMillisecs": 50}})
+
+
+def originals(tmp_path: Path) -> dict[str, str]:
+    data: dict[str, str] = json.loads((tmp_path / "state" / "originals.json").read_text())[
+        "originals"]
+    return data
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# policies go here\n---\n---\n"],
+                         ids=["empty", "blank", "comments-and-separators"])
+def test_run_restores_when_the_file_is_emptied(text: str, host: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(write_policy(tmp_path, KSM_POLICY))
+    script = run_loop(host, tmp_path, str(path), lambda: path.write_text(text),
+                      lambda: None)
+    assert script.seen == [APPLIED, ORIGINAL, ORIGINAL]
+    assert originals(tmp_path) == {}
+    err = capsys.readouterr().err
+    assert err.count("has no policy documents") == 1, err  # said once, not every cycle
+    assert str(path) in err and "restored" in err
+
+
+def test_run_restores_when_the_file_is_deleted(host: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(write_policy(tmp_path, KSM_POLICY))
+    script = run_loop(host, tmp_path, str(path), path.unlink, lambda: None)
+    assert script.seen == [APPLIED, ORIGINAL, ORIGINAL]
+    assert originals(tmp_path) == {}
+    err = capsys.readouterr().err
+    assert err.count(f"{path} was deleted") == 1, err
+
+
+def test_run_applies_again_when_a_deleted_file_comes_back(host: Path, tmp_path: Path) -> None:
+    path = Path(write_policy(tmp_path, KSM_POLICY))
+    script = run_loop(host, tmp_path, str(path), path.unlink,
+                      lambda: write_policy(tmp_path, KSM_POLICY))
+    assert script.seen == [APPLIED, ORIGINAL, APPLIED]
+
+
+def test_run_keeps_the_last_good_policies_while_the_file_is_invalid(
+        host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(write_policy(tmp_path, KSM_POLICY))
+    invalid = policy_document("p", {"ksm": {"enabled": True, "pagesToScan": -1}})
+    script = run_loop(host, tmp_path, str(path),
+                      lambda: write_policy(tmp_path, invalid),
+                      lambda: None,  # still invalid: not reported again
+                      lambda: path.write_text("a: [unclosed\n"),  # a new error: reported
+                      lambda: write_policy(tmp_path, policy_document(
+                          "p", {"ksm": {"enabled": True, "sleepMillisecs": 60}})))
+    assert script.seen == [APPLIED, APPLIED, APPLIED, APPLIED, ("1", "60")]
+    assert originals(tmp_path) == {f"{KSM}/run": "0", f"{KSM}/sleep_millisecs": "20"}
+    err = capsys.readouterr().err
+    assert err.count(f"{path} is invalid; keeping the previous policies") == 2, err
+    assert err.count("spec.ksm.pagesToScan: Invalid value: -1") == 1, err
+    assert err.count("not valid YAML or JSON") == 1, err
+    assert f"{path} is valid again (1 policy)" in err
+
+
+def test_run_reads_standard_input_once(host: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(KSM_POLICY)))
+    script = run_loop(host, tmp_path, "-", lambda: None)
+    assert script.seen == [APPLIED, APPLIED]  # an exhausted stdin is not "no policies"
+
+
+def test_run_once_with_an_empty_file_restores(host: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(write_policy(tmp_path, KSM_POLICY))
+    assert main(["run", "--once", "-f", str(path), *host_args(host, tmp_path)]) == EXIT_OK
+    assert ksm_settings(host) == APPLIED
+    capsys.readouterr()
+    path.write_text("")
+    code, data = run_json(capsys, "run", "--once", "-f", str(path), *host_args(host, tmp_path))
+    assert code == EXIT_OK and data["restored"] is True
+    assert ksm_settings(host) == ORIGINAL
+
+
+def test_run_with_a_missing_file_at_start_up_fails(host: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "typo.yaml")
+    assert main(["run", "--once", "-f", missing, *host_args(host, tmp_path)]) == EXIT_FAILED
+    assert missing in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# A corrupt originals.json
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"version": 99, "originals": {}}',
+                                     b"[]", b"\xff\xfe\x00", b""],
+                         ids=["syntax", "future-version", "not-an-object", "binary", "empty"])
+@pytest.mark.parametrize("command", ["restore", "run", "status", "plan"])
+def test_a_corrupt_state_file_is_reported_without_a_traceback(
+        command: str, content: bytes, host: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state" / "originals.json"
+    state.parent.mkdir()
+    state.write_bytes(content)
+    argv = [command, *host_args(host, tmp_path)]
+    if command in ("run", "plan"):
+        argv += ["-f", write_policy(tmp_path, KSM_POLICY)]
+    if command == "run":
+        argv.append("--once")
+    assert main(argv) == EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert f"the state file {state} is corrupt or unreadable" in err
+    assert "do not just delete it" in err and "Traceback" not in err and out == ""
+    assert state.read_bytes() == content  # left for the user to inspect
+    assert ksm_settings(host) == ORIGINAL  # nothing was changed without knowing the originals
