@@ -269,7 +269,9 @@ class UksmSpec:
 class SwapSpec:
     """Node swap. Swap devices are reported, never created; vm.swappiness is set if named."""
 
-    swappiness: int | None = doc("/proc/sys/vm/swappiness (0-200).", minimum=0, maximum=200)
+    swappiness: int | None = doc("/proc/sys/vm/swappiness (0-200; kernels before 5.8 accept "
+                                 "0-100 and refuse more, which the node state reports).",
+                                 minimum=0, maximum=200)
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,13 @@ class SourceReading:
 
 @runtime_checkable
 class Source(Protocol):
-    """One kernel interface. Read-only sources return an empty ApplyResult from ``apply``."""
+    """One kernel interface. Read-only sources return an empty ApplyResult from ``apply``.
+
+    There is no ``restore``: restoring is ``apply`` of the recorded originals. What to put back,
+    and in which state of the other settings (the advisor or a UKSM governor resets some), is
+    the planner's decision (``planning.plan.with_restores``); the engine records originals
+    before its first write. A source only has to write safely whatever it is given.
+    """
 
     name: str
 
