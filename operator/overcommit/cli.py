@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,13 @@ def _next_interval(interval: float, policy: Any) -> float:
     return interval
 
 
+REMOVAL_SETTLE_SECONDS = 0.5
+
+
+def _settle(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 class _PolicySource:
     """``run``'s policy file, re-read every cycle.
 
@@ -178,11 +186,22 @@ class _PolicySource:
     def reload(self, previous: list[Any]) -> list[Any]:
         if self.path == "-":
             return previous  # stdin was read once, at start-up
+        policies = self._read(previous, final=not previous)
+        if previous and not policies:
+            # An editor saving (truncate then write, or delete then rename) is not a removal:
+            # only a file still empty or gone a moment later restores the host.
+            _settle(REMOVAL_SETTLE_SECONDS)
+            policies = self._read(previous, final=True)
+        return policies
+
+    def _read(self, previous: list[Any], *, final: bool) -> list[Any]:
+        """The file's policies; ``final``: a removal found now is acted on, so say it."""
         try:
             policies: list[Any] = load_policies(self.path, allow_empty=True)
         except FileNotFoundError:
-            self._say(f"overcommit: {self.path} was deleted: no policies, so the originals are "
-                      "restored")
+            if final:
+                self._say(f"overcommit: {self.path} was deleted: no policies, so the originals "
+                          "are restored")
             return []
         except PolicyError as err:
             self._say("\n".join([f"overcommit: {self.path} is invalid; keeping the previous "
@@ -193,7 +212,8 @@ class _PolicySource:
                       "previous policies")
             return previous
         if not policies:
-            self._say(self._empty)
+            if final:
+                self._say(self._empty)
         elif self._said:
             print(f"overcommit: {self.path} is valid again ({len(policies)} "
                   f"{'policy' if len(policies) == 1 else 'policies'})", file=sys.stderr)

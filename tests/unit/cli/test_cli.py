@@ -154,6 +154,14 @@ def ksm_settings(host: Path) -> tuple[str, str]:
             (host / KSM / "sleep_millisecs").read_text().strip())
 
 
+@pytest.fixture(autouse=True)
+def no_settling(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """run's pause before believing a policy file is gone, recorded instead of slept."""
+    pauses: list[float] = []
+    monkeypatch.setattr("overcommit.cli._settle", pauses.append)
+    return pauses
+
+
 def run_loop(host: Path, tmp_path: Path, path: str, *steps: Callable[[], object]) -> Script:
     """``overcommit run -f path`` in-process, one cycle per step plus one, then stopped."""
     args = build_parser().parse_args(["run", "-f", path, "--interval", "0.01",
@@ -203,6 +211,26 @@ def test_run_applies_again_when_a_deleted_file_comes_back(host: Path, tmp_path: 
     script = run_loop(host, tmp_path, str(path), path.unlink,
                       lambda: write_policy(tmp_path, KSM_POLICY))
     assert script.seen == [APPLIED, ORIGINAL, APPLIED]
+
+
+def test_an_editor_saving_the_file_is_not_a_removal(host: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Truncate, then write (as many editors save): the file is empty for a moment. run looks
+    again after a pause; the policy is back by then, so nothing is restored."""
+    path = Path(write_policy(tmp_path, KSM_POLICY))
+    pauses: list[float] = []
+
+    def editor_finishes(seconds: float) -> None:
+        pauses.append(seconds)
+        write_policy(tmp_path, KSM_POLICY)
+
+    monkeypatch.setattr("overcommit.cli._settle", editor_finishes)
+    script = run_loop(host, tmp_path, str(path), lambda: path.write_text(""), path.unlink,
+                      lambda: None)
+    assert script.seen == [APPLIED, APPLIED, APPLIED, APPLIED]
+    assert pauses == [0.5, 0.5]
+    assert "restored" not in capsys.readouterr().err
 
 
 def test_run_keeps_the_last_good_policies_while_the_file_is_invalid(
