@@ -92,16 +92,18 @@ COMPONENT = "memory-overcommit-controller"
 
 @dataclass
 class _Store:
-    """Adapts a pair of controller methods to the informer's Store protocol."""
+    """Adapts a controller's event method and the names it holds to the informer's Store:
+    after a relist, every name the list no longer has is a DELETED event."""
 
     on_event: Callable[[str, JSON], None]
-    on_retain: Callable[[set[str]], None]
+    held: Callable[[], Iterable[str]]
 
     def apply(self, event_type: str, obj: JSON) -> None:
         self.on_event(event_type, obj)
 
     def retain(self, names: set[str]) -> None:
-        self.on_retain(names)
+        for name in set(self.held()) - names:
+            self.on_event("DELETED", {"metadata": {"name": name}})
 
 
 def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
@@ -163,10 +165,6 @@ class Controller:
             self.mark_due(list(self.policies))
         self.doomed.discard(name)
 
-    def nodes_retained(self, names: set[str]) -> None:
-        for name in set(self.nodes) - names:
-            self.node_event("DELETED", {"metadata": {"name": name}})
-
     def state_event(self, event_type: str, obj: JSON) -> None:
         name = obj["metadata"]["name"]
         old = self.reports.pop(name, None)
@@ -180,10 +178,6 @@ class Controller:
         else:
             self.doomed.discard(name)
         self.mark_due(touched)
-
-    def states_retained(self, names: set[str]) -> None:
-        for name in set(self.reports) - names:
-            self.state_event("DELETED", {"metadata": {"name": name}})
 
     def policy_event(self, event_type: str, obj: JSON) -> None:
         name = obj["metadata"]["name"]
@@ -204,10 +198,6 @@ class Controller:
             view = replace(view, status=old.status)  # keep what we wrote, not its echo
         self.policies[name] = view
         self.mark_due([name])
-
-    def policies_retained(self, names: set[str]) -> None:
-        for name in set(self.policies) - names:
-            self.policy_event("DELETED", {"metadata": {"name": name}})
 
     # -- acting ----------------------------------------------------------------------------
     async def act(self) -> float | None:
@@ -314,12 +304,12 @@ class Controller:
         self.doomed, self.suspects = set(), set()
         self.synced = False
         self.informers = [
-            Informer(self.api, NODES, _Store(self.node_event, self.nodes_retained),
+            Informer(self.api, NODES, _Store(self.node_event, lambda: self.nodes),
                      METADATA_LIST, METADATA_WATCH, on_error=self._api_error),
             # Node states can list a thousand guests each: smaller pages bound the peak.
-            Informer(self.api, NODE_STATES, _Store(self.state_event, self.states_retained),
+            Informer(self.api, NODE_STATES, _Store(self.state_event, lambda: self.reports),
                      page=STATE_PAGE, on_error=self._api_error),
-            Informer(self.api, POLICIES, _Store(self.policy_event, self.policies_retained),
+            Informer(self.api, POLICIES, _Store(self.policy_event, lambda: self.policies),
                      on_error=self._api_error),
         ]
 

@@ -477,3 +477,37 @@ def test_churn_folds_each_policy_at_most_once_per_interval() -> None:
         folds += ctl.last_fold.get("p") != before
     assert folds <= 4
     assert len(api.writes) == 1  # savings alone wait for the savings interval
+
+
+class RelistApi:
+    """Lists from a script of pages, one list per call; every watch expires at once (410)."""
+
+    def __init__(self, *lists: list[JSON]) -> None:
+        self.lists = list(lists)
+
+    async def get(self, path: str, params: JSON, accept: str) -> JSON:
+        return {"items": self.lists.pop(0), "metadata": {"resourceVersion": "7"}}
+
+    async def watch(self, path: str, params: JSON, accept: str) -> Any:
+        yield {"type": "ERROR", "object": {"code": 410, "message": "too old"}}
+
+
+def test_a_relist_forgets_what_was_deleted_while_no_watch_was_open() -> None:
+    """Node b and its state vanish while the watch is gone: the relist after the 410 must turn
+    them into DELETED events, or the policy would count b for ever."""
+    from overcommit.controller.informer import Expired, Informer
+    from overcommit.controller.runtime import _Store
+
+    ctl = cluster(Clock(), FakeApi())
+    api = RelistApi([node("a"), node("b")], [node("a")])
+    informer = Informer(cast(ControllerApi, api), "/api/v1/nodes",
+                        _Store(ctl.node_event, lambda: ctl.nodes))
+
+    async def scenario() -> None:
+        version = await informer.relist()
+        with pytest.raises(Expired):
+            await informer.follow(version)
+        await informer.relist()
+
+    asyncio.run(scenario())
+    assert set(ctl.nodes) == {"a"}
