@@ -76,9 +76,8 @@ def _errors(report: CycleReport, invalid: Sequence[PolicyError]) -> list[News]:
     if report.errors:
         news.append(News(WARNING, "ApplyFailed", "; ".join(
             f"{e.path}: {e.errno_name}: {e.reason}" for e in report.errors)))
-    if report.guests.errors or report.guests.endpoints_down:
-        news.append(News(WARNING, "GuestsFailed", "; ".join(
-            report.guests.errors + report.guests.endpoints_down)))
+    if report.guests.trouble:
+        news.append(News(WARNING, "GuestsFailed", "; ".join(report.guests.trouble)))
     if invalid:
         news.append(News(WARNING, "InvalidPolicy", "; ".join(
             line for err in invalid for line in err.lines())))

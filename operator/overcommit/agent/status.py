@@ -36,7 +36,7 @@ def node_status(report: CycleReport, invalid: Sequence[PolicyError] = (),
     policy = report.selection.winner
     ballooned = report.guests.ballooned_bytes
     errors = [f"{e.path}: {e.errno_name}: {e.reason}" for e in report.errors]
-    errors += report.guests.errors + report.guests.endpoints_down
+    errors += report.guests.trouble
     errors += [line for err in invalid for line in err.lines()]
     status: JSON = {
         "policy": None if policy is None else {"name": policy.name, "uid": policy.uid,
@@ -103,7 +103,7 @@ def _conditions(report: CycleReport, invalid: Sequence[PolicyError],
     policy = report.selection.winner
     generation = policy.generation if policy else None
     problems = [(p.reason, p.message) for p in report.problems]
-    guest_trouble = report.guests.errors + report.guests.endpoints_down
+    guest_trouble = report.guests.trouble
     if guest_trouble:
         problems.append(("GuestsFailed", "; ".join(guest_trouble)))
     if invalid:

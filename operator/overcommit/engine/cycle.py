@@ -149,6 +149,7 @@ class NodeEngine:
         released = spec is None or spec.mode is BalloonMode.OFF
         self.guests.plan(guests, spec, report.observation, record.guests,
                          record.restore_on_release)
+        guests.needed = not released or bool(record.guests or record.stats_periods)
         if plan.dry_run:
             return
         if not released and spec is not None:
@@ -170,6 +171,7 @@ class NodeEngine:
         if after != record.guests:
             record.guests = after
             self.store.save(record)
+        guests.needed = not released or bool(record.guests or record.stats_periods)
 
     def _note_stats_periods(self, record: NodeRecord, guests: GuestReport,
                             seconds: int) -> None:

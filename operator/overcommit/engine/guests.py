@@ -68,6 +68,15 @@ class GuestReport:
     down_uris: set[str] = field(default_factory=set)  # the same endpoints, for code
     # Guests the policy's vmSelector picks: only they get the policy's statistics period.
     selected: set[tuple[str, str]] = field(default_factory=set)
+    # Whether guest problems matter: the policy in force balloons, or guests still hold a
+    # balloon size or statistics period of ours to give back. Otherwise an unreachable
+    # endpoint is only reported (endpointsDown), not a problem of the node.
+    needed: bool = True
+
+    @property
+    def trouble(self) -> list[str]:
+        """Guest errors, and unreachable endpoints when they matter (``needed``)."""
+        return self.errors + self.endpoints_down if self.needed else list(self.errors)
 
     def note_down(self, uri: str, why: str | None) -> None:
         self.endpoints_down.append(f"{uri}: {why}")

@@ -224,7 +224,7 @@ def cycle_errors(report: CycleReport, invalid_policies: int) -> dict[str, int]:
     """How many errors of each kind one agent cycle met."""
     guests = report.guests
     return {"setting": len(report.errors),
-            "guest": len(guests.errors) + len(guests.endpoints_down),
+            "guest": len(guests.trouble),
             "policy": invalid_policies}
 
 

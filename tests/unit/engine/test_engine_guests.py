@@ -177,6 +177,36 @@ def test_a_dead_endpoint_fails_only_guests_and_ksm_still_applies(tmp_path: Path)
     assert isinstance(fs, FakeKernel) and fs.get("sys/kernel/mm/ksm/pages_to_scan") == "555"
 
 
+def test_a_dead_endpoint_is_a_problem_only_while_guests_matter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KSM-only policy on a node whose libvirtd is stopped: the endpoint is reported, not a
+    problem. It is one while a policy balloons, and while guests still hold something of ours
+    (a released policy whose balloons could not be given back yet)."""
+    dead = engine_with(tmp_path / "dead", "test:///nonexistent/node.xml")
+    ksm_only = dead.cycle([policy({"ksm": {"enabled": True}})], {})
+    assert ksm_only.guests.endpoints_down and ksm_only.guests.trouble == []
+    ballooning = dead.cycle([policy({**STATIC, "ksm": {"enabled": True}})], {})
+    assert ballooning.guests.trouble == ballooning.guests.endpoints_down != []
+
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB)])
+    engine = engine_with(tmp_path, uri)
+    assert engine.guests is not None
+    engine.cycle([policy(STATIC)], {})
+
+    def endpoint_down(now: float, vmis: Any = None) -> GuestReport:
+        report = GuestReport()
+        report.note_down(uri, "libvirtd restarting")
+        return report
+
+    monkeypatch.setattr(engine.guests, "observe", endpoint_down)
+    owed = engine.cycle([], {})  # released, but vm-a is still shrunk: that matters
+    assert owed.guests.trouble == [f"{uri}: libvirtd restarting"]
+    monkeypatch.undo()
+    engine.cycle([], {})  # given back
+    monkeypatch.setattr(engine.guests, "observe", endpoint_down)
+    assert engine.cycle([], {}).guests.trouble == []  # nothing owed any more
+
+
 def test_a_guest_destroyed_between_observe_and_act_fails_alone(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
