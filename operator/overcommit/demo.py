@@ -230,6 +230,14 @@ def run_demo(args: argparse.Namespace) -> int:
                     demo.show()
         except KeyboardInterrupt:
             pass
+        except TimeoutError as exc:
+            # What the cluster and the components said, before the temp dir goes with them.
+            print(f"overcommit demo: {exc}; what they reported:\n"
+                  f"{demo.kubectl('get', 'overcommit', '-o', 'wide')}", file=sys.stderr)
+            for log in ("agent.log", "controller.log"):
+                lines = (demo.work / log).read_text(errors="replace").splitlines()[-15:]
+                print(f"--- last lines of {log}:", *lines, sep="\n", file=sys.stderr)
+            return 1
         finally:
             if workload is not None:
                 workload.stop()

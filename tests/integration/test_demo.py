@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from tests.integration.conftest import ksm_value
+
 pytestmark = pytest.mark.slow
 
 
@@ -27,6 +29,22 @@ def test_the_demo_applies_reports_cluster_wide_and_restores() -> None:
     assert "ready=True (Applied)" in out
     assert "policy deleted: the agent restored every original setting" in out
     assert out.rstrip().endswith("originals (restored on exit): {}"), out[-400:]
+
+
+def test_the_demo_on_the_real_ksm_restores_it(real_ksm: dict[str, str]) -> None:
+    """The README's main command as root: the real /sys/kernel/mm/ksm, a real merge workload;
+    on exit every KSM setting is what it was before (checked before the fixture's own restore)."""
+    proc = subprocess.run([sys.executable, "-m", "overcommit.cli", "demo", "--once"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "host: this machine (real KSM)" in out, out
+    applied = next(line for line in out.splitlines() if line.startswith("node state ")
+                   and "ready=True" in line)
+    assert re.search(r"saved=\d+\.\d(Ki|Mi|Gi)", applied), applied  # KSM merged the workload
+    assert "policy deleted: the agent restored every original setting" in out
+    for path, value in real_ksm.items():
+        assert ksm_value(path.rsplit("/", 1)[1]) == value, path
 
 
 def test_ctrl_c_restores_and_exits_cleanly() -> None:
