@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,8 +296,16 @@ def test_agent_does_its_job_under_the_shipped_rbac(cluster: ControlPlane, host: 
     # the same identity cannot write another node's state, nor touch policies
     foreign = {"apiVersion": "memoryovercommit.io/v1alpha1", "kind": "MemoryOvercommitNodeState",
                "metadata": {"name": other}, "spec": {"nodeName": other}}
-    denied = cluster.kubectl("create", "-f", "-", input=json.dumps(foreign),
-                             kubeconfig=kubeconfig, check=False)
+
+    def create_foreign(*flags: str) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl("create", *flags, "-f", "-", input=json.dumps(foreign),
+                               kubeconfig=kubeconfig, check=False)
+
+    # The admission policy reaches the API server through an informer: wait until it is in
+    # force (a dry run creates nothing either way), then the real attempt.
+    wait_for(lambda: create_foreign("--dry-run=server").returncode != 0, 30,
+             "the admission policy to be in force")
+    denied = create_foreign()
     assert denied.returncode != 0 and n in denied.stderr and other in denied.stderr, \
         denied.stderr
     patched = cluster.kubectl("patch", "mop", p, "--type=merge", "-p",
