@@ -117,7 +117,10 @@ class UksmSource(SettingsSource):
         SettingSpec("run", check=unsigned(0, 1)),  # no unmerge-all in UKSM
     )
     counter_names = UKSM_COUNTERS
-    resets = {"cpu_governor": GOVERNOR_PRESET}
+    # Recorded before a governor change and restored after it. Not eval_intervals, although the
+    # preset resets it too: writing it trips the patch's bug (EVAL_INTERVALS_NOTE), so a host's
+    # custom intervals end at the original governor's preset after a restore.
+    resets = {"cpu_governor": ("max_cpu_percentage", "cpu_ratios")}
 
     def parse_counter(self, text: str | None) -> int | None:
         return parse_shifted_int(text)

@@ -1,5 +1,6 @@
-"""A source's ``resets`` declares every setting a write resets as a side effect; the engine
-records originals by it, so it must match what the (fake) kernel does."""
+"""A source's ``resets`` declares the settings a write resets as a side effect; the engine
+records originals by it, so it must match what the (fake) kernel does, but for settings left out
+on purpose (UKSM's eval_intervals: writing it trips the patch's bug)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests.fakes.kernel import FakeKernel
 TUNED = {"pages_to_scan": "1250", "max_cpu_percentage": "50",
          "cpu_ratios": "30 60 MAX/2 MAX/1", "eval_intervals": "900 400 200 50"}
 SWITCH = {"advisor_mode": "scan-time", "cpu_governor": "quiet"}
+LEFT_OUT = {"cpu_governor": {"eval_intervals"}}
 
 
 @pytest.mark.parametrize(("source", "uksm"), [(KsmSource, False), (UksmSource, True)])
@@ -31,4 +33,4 @@ def test_declared_resets_are_exactly_what_the_kernel_resets(
         kernel.write(reader.path_of(key), SWITCH[key])
         after = reader.read_settings()
         changed = {name for name in before if before[name] != after[name]} - {key}
-        assert changed == set(declared)
+        assert changed == set(declared) | LEFT_OUT.get(key, set())
