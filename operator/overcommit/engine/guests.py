@@ -114,8 +114,9 @@ class GuestManager:
         try:
             from overcommit.virt.libvirt_source import LibvirtEndpoint
         except ImportError as exc:  # libvirt-python missing: guests unseen, nothing else lost
-            report.errors.append(f"libvirt-python is not installed ({exc}); guests are not "
-                                 "managed")
+            for endpoint in found:  # unusable like a down endpoint, and as (un)important
+                report.note_down(endpoint.uri, f"libvirt-python is not installed ({exc}); "
+                                 "guests are not managed")
             return report
         for endpoint in found:
             if endpoint.problem:

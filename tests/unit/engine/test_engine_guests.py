@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,20 @@ def test_a_dead_endpoint_is_a_problem_only_while_guests_matter(
     engine.cycle([], {})  # given back
     monkeypatch.setattr(engine.guests, "observe", endpoint_down)
     assert engine.cycle([], {}).guests.trouble == []  # nothing owed any more
+
+
+def test_without_libvirt_python_endpoints_count_as_down(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image without the binding on a node with libvirt: like an endpoint that is down, a
+    problem only while guests matter, and never a failed cycle."""
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=GIB_KIB)])
+    engine = engine_with(tmp_path, uri)
+    monkeypatch.setitem(sys.modules, "overcommit.virt.libvirt_source", None)
+    ksm_only = engine.cycle([policy({"ksm": {"enabled": True}})], {})
+    assert ksm_only.ok and ksm_only.guests.trouble == []
+    assert "libvirt-python is not installed" in ksm_only.guests.endpoints_down[0]
+    ballooning = engine.cycle([policy(STATIC)], {})
+    assert "libvirt-python is not installed" in ballooning.guests.trouble[0]
 
 
 def test_a_guest_destroyed_between_observe_and_act_fails_alone(tmp_path: Path,
