@@ -16,7 +16,7 @@ JSON = dict[str, Any]
 # Fields whose change is news (written at once); everything else is refreshed at most once per
 # status interval, so steady counters never cause a write storm.
 SIGNIFICANT = ("policy", "overridden", "conditions", "engine", "engines", "originals",
-               "lastErrors", "guestCount")
+               "lastErrors", "endpointsDown", "guestCount")
 
 
 def now_rfc3339() -> str:
@@ -58,7 +58,8 @@ def node_status(report: CycleReport, invalid: Sequence[PolicyError] = (),
         "memory": _memory(report),
         "guestCount": len(report.guests.guests),
         "guests": _guests(report),
-        "lastErrors": errors[:32],
+        "endpointsDown": [text[:1024] for text in report.guests.endpoints_down[:32]],
+        "lastErrors": [text[:1024] for text in errors[:32]],
     }
     return status
 

@@ -137,6 +137,11 @@ class NodeStateStatus:
     memory: HostMemory | None = doc("Host memory and pressure.")
     guest_count: int | None = doc("Number of guests seen.", minimum=0)
     guests: list[Guest] | None = doc("One entry per guest.", max_items=1024, list_type="atomic")
+    endpoints_down: list[str] | None = doc(
+        "libvirt endpoints the last cycle could not use, each with why. A node problem "
+        "(Degraded GuestsFailed) only while the policy balloons or guests still hold a balloon "
+        "size or statistics period to give back.", max_items=32, item_max_length=1024,
+        list_type="atomic")
     last_errors: list[str] | None = doc("Errors from the last cycle.", max_items=32,
                                         item_max_length=1024, list_type="atomic")
     last_update: str | None = doc("When the agent last wrote this status (RFC 3339).",

@@ -13,6 +13,8 @@ from overcommit.agent.runner import Agent
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import detail, node_status, significant
 from overcommit.api.model import PolicyError, policy_from_object
+from overcommit.api.schema import openapi_schema, validate
+from overcommit.api.status import NodeStateStatus, find_condition
 from overcommit.engine.cycle import CycleReport, NodeEngine
 from tests.cases import policy_document
 from tests.fakes.kernel import FakeKernel
@@ -93,6 +95,25 @@ def test_invalid_cluster_policies_are_reported(kernel: FakeKernel, tmp_path: Pat
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "InvalidPolicy"
     assert "spec.ksm.pagesToScan" in status["lastErrors"][0]
+
+
+def test_status_stays_valid_for_the_crd_with_long_and_many_errors(kernel: FakeKernel,
+                                                                  tmp_path: Path) -> None:
+    """The API server refuses the whole status write if one item breaks the CRD's bounds: long
+    libvirt messages and many invalid policies must be cut to fit, not lose the report."""
+    report = cycle(kernel, tmp_path, {"ksm": {"enabled": True}})
+    for n in range(40):
+        report.guests.note_down(f"qemu+ssh://host-{n}/system", "refused " * 300)
+    report.guests.needed = False  # as the engine decides for a KSM-only policy
+    invalid = [PolicyError(f"cluster (MemoryOvercommitPolicy x{n})", ["why " * 400])
+               for n in range(40)]
+    status = node_status(report, invalid)
+    assert validate(status, openapi_schema(NodeStateStatus), "status") == []
+    assert len(status["endpointsDown"]) == 32 and status["endpointsDown"][0].startswith(
+        "qemu+ssh://host-0/system: refused")
+    # Listed, but not a problem: the policy does not balloon and nothing is owed to guests.
+    assert find_condition(status, "Degraded")["reason"] == "InvalidPolicy"
+    assert not any("refused" in error for error in status["lastErrors"])
 
 
 def test_transition_time_is_kept_while_status_holds(kernel: FakeKernel, tmp_path: Path) -> None:
