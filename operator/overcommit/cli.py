@@ -12,7 +12,6 @@ import json
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -133,7 +132,7 @@ def cmd_run(args: argparse.Namespace, stop: threading.Event | None = None) -> in
         stop = event = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: event.set())
-    source = _PolicySource(args.file)
+    source = _PolicySource(args.file, stop)
     policies = source.first()
     while True:
         report = engine.cycle(policies, args.node_labels)
@@ -145,6 +144,8 @@ def cmd_run(args: argparse.Namespace, stop: threading.Event | None = None) -> in
         if stop.wait(_next_interval(args.interval, report.plan.policy)):
             return EXIT_OK
         policies = source.reload(policies)
+        if stop.is_set():  # stopped while the file was being checked: no more cycles
+            return EXIT_OK
 
 
 def _next_interval(interval: float, policy: Any) -> float:
@@ -158,8 +159,9 @@ def _next_interval(interval: float, policy: Any) -> float:
 REMOVAL_SETTLE_SECONDS = 0.5
 
 
-def _settle(seconds: float) -> None:
-    time.sleep(seconds)
+def _settle(stop: threading.Event, seconds: float) -> None:
+    """A pause that a stop request (SIGTERM, Ctrl-C) cuts short."""
+    stop.wait(seconds)
 
 
 class _PolicySource:
@@ -172,13 +174,14 @@ class _PolicySource:
     (``-f -``) is read once.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, stop: threading.Event) -> None:
+        self.path, self.stop = path, stop
         self._said = ""
 
     def first(self) -> list[Any]:
-        """The policies at start-up: the file must exist (a typo should not mean "restore")."""
-        policies: list[Any] = load_policies(self.path, allow_empty=True)
+        """The policies at start-up: the file must exist, and standard input must hold a policy
+        (a typo, or an empty pipe, should not mean "restore")."""
+        policies: list[Any] = load_policies(self.path, allow_empty=self.path != "-")
         if not policies:
             self._say(self._empty)
         return policies
@@ -190,7 +193,9 @@ class _PolicySource:
         if previous and not policies:
             # An editor saving (truncate then write, or delete then rename) is not a removal:
             # only a file still empty or gone a moment later restores the host.
-            _settle(REMOVAL_SETTLE_SECONDS)
+            _settle(self.stop, REMOVAL_SETTLE_SECONDS)
+            if self.stop.is_set():
+                return previous
             policies = self._read(previous, final=True)
         return policies
 

@@ -158,7 +158,7 @@ def ksm_settings(host: Path) -> tuple[str, str]:
 def no_settling(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """run's pause before believing a policy file is gone, recorded instead of slept."""
     pauses: list[float] = []
-    monkeypatch.setattr("overcommit.cli._settle", pauses.append)
+    monkeypatch.setattr("overcommit.cli._settle", lambda stop, seconds: pauses.append(seconds))
     return pauses
 
 
@@ -221,7 +221,7 @@ def test_an_editor_saving_the_file_is_not_a_removal(host: Path, tmp_path: Path,
     path = Path(write_policy(tmp_path, KSM_POLICY))
     pauses: list[float] = []
 
-    def editor_finishes(seconds: float) -> None:
+    def editor_finishes(stop: threading.Event, seconds: float) -> None:
         pauses.append(seconds)
         write_policy(tmp_path, KSM_POLICY)
 
@@ -257,6 +257,31 @@ def test_run_reads_standard_input_once(host: Path, tmp_path: Path,
     monkeypatch.setattr("sys.stdin", io.StringIO(yaml.safe_dump(KSM_POLICY)))
     script = run_loop(host, tmp_path, "-", lambda: None)
     assert script.seen == [APPLIED, APPLIED]  # an exhausted stdin is not "no policies"
+
+
+def test_run_refuses_an_empty_standard_input(host: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty pipe (``cat typo.yaml | overcommit run -f -``) is a mistake, not "restore"."""
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code = main(["run", "-f", "-", *host_args(host, tmp_path)])
+    assert code == EXIT_INVALID
+    assert "no" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "state" / "originals.json").exists()
+
+
+def test_a_stop_while_checking_a_vanished_file_runs_no_more_cycles(
+        host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM arrives during the pause before a removal is believed: run exits without the
+    restore cycle (the agent's next start decides, with the file as it is then)."""
+    path = Path(write_policy(tmp_path, KSM_POLICY))
+    monkeypatch.setattr("overcommit.cli._settle",
+                        lambda stop, seconds: stop.set())
+    args = build_parser().parse_args(["run", "-f", str(path), "--interval", "0.01",
+                                      *host_args(host, tmp_path)])
+    script = Script(host, path.unlink)
+    assert cmd_run(args, stop=script) == EXIT_OK
+    assert script.seen == [APPLIED] and ksm_settings(host) == APPLIED
 
 
 def test_run_once_with_an_empty_file_restores(host: Path, tmp_path: Path,
