@@ -166,7 +166,12 @@ class Demo:
         return bool(self.status().get("saved", {}).get("mergedBytes")) or not self.real
 
     def release(self) -> None:
-        """Delete the policy and wait for the agent to put every original back."""
+        """Delete the policy and wait for the agent to put every original back. Not to be
+        interrupted: a second Ctrl-C here would leave the host changed."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        print("restoring the host (Ctrl-C is ignored until this is done)", file=sys.stderr,
+              flush=True)
         self.cp.kubectl("delete", "-f", str(self.policy_file), "--ignore-not-found", check=False)
         try:
             wait_until(self.released, 60, "the agent to restore")
@@ -195,13 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     except ControlPlaneError as exc:
         print(f"overcommit demo: {exc}", file=sys.stderr)
         return 2
-    # SIGTERM ends the demo as Ctrl-C does: restore, stop, exit 0.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM and a closed terminal (SIGHUP) end the demo as Ctrl-C does: restore, stop.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
     try:
         return run_demo(args)
-    except KeyboardInterrupt:  # before the policy was applied: nothing to restore yet
+    except KeyboardInterrupt:  # while starting up, before anything was changed
         print("interrupted", file=sys.stderr)
         return 130
+    except TimeoutError as exc:  # the restore itself did not finish
+        print(f"overcommit demo: {exc}", file=sys.stderr)
+        return 1
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -213,8 +222,10 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"control plane: {cp.url}; host: "
               f"{'this machine (real KSM)' if real else f'simulated at {demo.host_root}'}")
         demo.install()
-        workload = MergeWorkload(workers=4, size_mib=64).start() if real else None
+        workload = MergeWorkload(workers=4, size_mib=64) if real else None
         try:
+            if workload is not None:
+                workload.start()
             demo.start_agent()
             demo.start_controller()
             demo.apply_policy()

@@ -47,25 +47,36 @@ def test_the_demo_on_the_real_ksm_restores_it(real_ksm: dict[str, str]) -> None:
         assert ksm_value(path.rsplit("/", 1)[1]) == value, path
 
 
-def test_ctrl_c_restores_and_exits_cleanly() -> None:
+def read_until(proc: subprocess.Popen[str], seen: list[str], prefix: str,
+               timeout: float) -> None:
+    """Collect the demo's output lines into ``seen`` until one starts with ``prefix``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while not any(line.startswith(prefix) for line in seen):
+        ready, _, _ = select.select([proc.stdout], [], [], 5)
+        assert time.monotonic() < deadline, "".join(seen)
+        if ready:
+            line = proc.stdout.readline()
+            assert line, f"the demo ended before {prefix!r}:\n" + "".join(seen)
+            seen.append(line)
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)],
+                         ids=["ctrl-c-twice", "sigterm"])
+def test_interrupted_demo_restores_and_exits_cleanly(signals: tuple[int, ...]) -> None:
     """Ctrl-C in a terminal signals the whole foreground process group: the demo must still
     delete the policy, see the agent restore the host and exit 0 (its children may not die
-    first)."""
+    first). A second Ctrl-C while it restores is ignored; SIGTERM does what Ctrl-C does."""
     proc = subprocess.Popen([sys.executable, "-m", "overcommit.cli", "demo", "--simulate"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # its own group, as a terminal gives it
-    assert proc.stdout is not None
     seen: list[str] = []
     try:
-        deadline = time.monotonic() + 240
-        while not any(line.startswith("running; Ctrl-C") for line in seen):
-            ready, _, _ = select.select([proc.stdout], [], [], 5)
-            assert time.monotonic() < deadline, "".join(seen)
-            if ready:
-                line = proc.stdout.readline()
-                assert line, "the demo ended early:\n" + "".join(seen)
-                seen.append(line)
-        os.killpg(proc.pid, signal.SIGINT)
+        read_until(proc, seen, "running; Ctrl-C", 240)
+        os.killpg(proc.pid, signals[0])
+        if len(signals) > 1:
+            read_until(proc, seen, "restoring the host", 60)
+            os.killpg(proc.pid, signals[1])
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
