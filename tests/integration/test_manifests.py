@@ -8,6 +8,7 @@ import argparse
 import copy
 import functools
 import json
+import os
 import re
 import subprocess
 import uuid
@@ -399,3 +400,41 @@ def test_pod_security_baseline_would_refuse_the_agent(cluster: ControlPlane) -> 
         assert "hostPath volumes" in proc.stderr, proc.stderr
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def matches_the_agent(expression: str, username: str) -> bool:
+    """The admission policy's matchCondition, evaluated with cel-python for ``username``."""
+    import celpy
+
+    env = celpy.Environment()
+    program = env.program(env.compile(expression))
+    request = celpy.json_to_cel({"userInfo": {"username": username}})
+    return bool(program.evaluate({"request": request}))
+
+
+def test_a_renamed_install_keeps_the_admission_policy_bound_and_matching(
+        tmp_path: Path) -> None:
+    """An operator's overlay moving everything to namespace ops with a namePrefix: the binding
+    must still name the (renamed) policy, and the policy must still match the (renamed) agent
+    service account. Either miss would switch the node-state check off without a sound."""
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "namespace": "ops", "namePrefix": "x-",
+        "resources": [os.path.relpath(REPO / "deploy/overlays/kubevirt", tmp_path)]}))
+    proc = subprocess.run([str(kubectl()), "kustomize", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    objects = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    policy = find(objects, "ValidatingAdmissionPolicy", "x-memory-overcommit-agent-own-node-state")
+    binding = find(objects, "ValidatingAdmissionPolicyBinding",
+                   "x-memory-overcommit-agent-own-node-state")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    account = find(objects, "ServiceAccount", "x-overcommit-agent")
+    username = f"system:serviceaccount:{account['metadata']['namespace']}:x-overcommit-agent"
+    daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
+    assert daemonset["spec"]["template"]["spec"]["serviceAccountName"] == "x-overcommit-agent"
+    condition = next(c for c in policy["spec"]["matchConditions"] if c["name"] == "is-the-agent")
+    assert matches_the_agent(condition["expression"], username)
+    assert not matches_the_agent(condition["expression"],
+                                 "system:serviceaccount:ops:x-overcommit-controller")
+    assert not matches_the_agent(condition["expression"], "kubernetes-admin")
