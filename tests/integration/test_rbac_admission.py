@@ -226,7 +226,8 @@ def test_admission_policy_holds_an_agent_installed_in_another_namespace(
                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "ops"}]}
     apply(cp, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ops"}},
           {"apiVersion": "v1", "kind": "ServiceAccount",
-           "metadata": {"name": sa, "namespace": "ops"}}, binding, pod)
+           "metadata": {"name": sa, "namespace": "ops"}}, binding, pod,
+          node_state(NODE_A))  # its own node's state, whichever test made it first
     try:
         moved = Identity(cp, cp.service_account_kubeconfig("ops", sa, bound_pod="agent-a"))
         vap_denied(moved.kubectl("patch", "mons", NODE_B, "--subresource=status",
