@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,6 +54,11 @@ def simulated_host(root: Path) -> None:
         (ksm / name).write_text(value + "\n")
     (root / "proc").mkdir()
     (root / "proc/meminfo").write_text(Path("/proc/meminfo").read_text())
+
+
+# Children in their own sessions miss the terminal's Ctrl-C (the demo handles it), so they
+# would outlive a demo killed hard: setpriv makes the kernel stop them when the demo dies.
+DIES_WITH_THE_DEMO = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -100,22 +106,25 @@ class Demo:
 
     def start_agent(self) -> None:
         log = (self.work / "agent.log").open("ab")
+        argv = ["agent", "--node-name", self.node,
+                "--kubeconfig", str(self.agent_kubeconfig()),
+                "--host-root", str(self.host_root), "--state-dir", str(self.state_dir),
+                "--interval", "5", "--status-interval", "5", "-v"]
+        # In its own session: a terminal's Ctrl-C is the demo's to handle, not the agent's.
         self.agent = subprocess.Popen(
-            [sys.executable, "-m", "overcommit.cli", "agent", "--node-name", self.node,
-             "--kubeconfig", str(self.agent_kubeconfig()), "--host-root", str(self.host_root),
-             "--state-dir", str(self.state_dir), "--interval", "5",
-             "--status-interval", "5", "-v"], stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)  # a terminal's Ctrl-C is the demo's to handle, not its
+            [*DIES_WITH_THE_DEMO, sys.executable, "-m", "overcommit.cli", *argv],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_controller(self) -> None:
         """The controller under its own ServiceAccount (shipped RBAC): it folds the node state
         into the policy's status, which is what `kubectl get mop` shows."""
         kubeconfig = self.cp.service_account_kubeconfig(NAMESPACE, "overcommit-controller")
         log = (self.work / "controller.log").open("ab")
+        argv = ["controller", "--kubeconfig", str(kubeconfig),
+                "--lease-namespace", NAMESPACE, "--status-interval", "2",
+                "--savings-interval", "5", "--health-port", "0", "--metrics-port", "0"]
         self.controller = subprocess.Popen(
-            [sys.executable, "-m", "overcommit.cli", "controller", "--kubeconfig",
-             str(kubeconfig), "--lease-namespace", NAMESPACE, "--status-interval", "2",
-             "--savings-interval", "5", "--health-port", "0", "--metrics-port", "0"],
+            [*DIES_WITH_THE_DEMO, sys.executable, "-m", "overcommit.cli", *argv],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def apply_policy(self) -> None:
@@ -221,6 +230,9 @@ def run_demo(args: argparse.Namespace) -> int:
             simulated_host(demo.host_root)
         print(f"control plane: {cp.url}; host: "
               f"{'this machine (real KSM)' if real else f'simulated at {demo.host_root}'}")
+        if real:
+            print(f"originals are recorded in {demo.state_dir}; should the demo be killed "
+                  f"hard: overcommit restore --state-dir {demo.state_dir}", flush=True)
         demo.install()
         workload = MergeWorkload(workers=4, size_mib=64) if real else None
         try:
