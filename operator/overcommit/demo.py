@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,7 +31,7 @@ from typing import Any
 
 from overcommit.api.status import find_condition
 from overcommit.testing.controlplane import ControlPlane, ControlPlaneError, find_binaries
-from overcommit.testing.processes import stop_process
+from overcommit.testing.processes import dies_with_this_process, stop_process
 from overcommit.testing.workload import MergeWorkload
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,11 +53,6 @@ def simulated_host(root: Path) -> None:
         (ksm / name).write_text(value + "\n")
     (root / "proc").mkdir()
     (root / "proc/meminfo").write_text(Path("/proc/meminfo").read_text())
-
-
-# Children in their own sessions miss the terminal's Ctrl-C (the demo handles it), so they
-# would outlive a demo killed hard: setpriv makes the kernel stop them when the demo dies.
-DIES_WITH_THE_DEMO = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -104,6 +98,12 @@ class Demo:
         return self.cp.service_account_kubeconfig(NAMESPACE, "overcommit-agent",
                                                   bound_pod=pod_name)
 
+    @staticmethod
+    def ours(argv: list[str]) -> list[str]:
+        """``overcommit <argv>`` stopped (SIGTERM) when the demo dies: in its own session it
+        misses the terminal's Ctrl-C, so it would otherwise outlive a demo killed hard."""
+        return dies_with_this_process([sys.executable, "-m", "overcommit.cli", *argv], "TERM")
+
     def start_agent(self) -> None:
         log = (self.work / "agent.log").open("ab")
         argv = ["agent", "--node-name", self.node,
@@ -112,7 +112,7 @@ class Demo:
                 "--interval", "5", "--status-interval", "5", "-v"]
         # In its own session: a terminal's Ctrl-C is the demo's to handle, not the agent's.
         self.agent = subprocess.Popen(
-            [*DIES_WITH_THE_DEMO, sys.executable, "-m", "overcommit.cli", *argv],
+            self.ours(argv),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_controller(self) -> None:
@@ -124,7 +124,7 @@ class Demo:
                 "--lease-namespace", NAMESPACE, "--status-interval", "2",
                 "--savings-interval", "5", "--health-port", "0", "--metrics-port", "0"]
         self.controller = subprocess.Popen(
-            [*DIES_WITH_THE_DEMO, sys.executable, "-m", "overcommit.cli", *argv],
+            self.ours(argv),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def apply_policy(self) -> None:

@@ -40,6 +40,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from overcommit.testing.processes import dies_with_this_process
+
 __all__ = [
     "INSTALL_HINT",
     "ControlPlane",
@@ -249,12 +251,7 @@ class _Process:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        argv = self.argv
-        setpriv = shutil.which("setpriv")
-        # PR_SET_PDEATHSIG fires when the forking *thread* exits, so only the main thread
-        # (whose end is the process's end) may use it.
-        if setpriv and threading.current_thread() is threading.main_thread():
-            argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
+        argv = dies_with_this_process(self.argv)
         with self.log.open("ab") as out:
             out.write(f"=== {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
             out.flush()
