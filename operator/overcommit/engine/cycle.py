@@ -149,8 +149,8 @@ class NodeEngine:
         released = spec is None or spec.mode is BalloonMode.OFF
         self.guests.plan(guests, spec, report.observation, record.guests,
                          record.restore_on_release)
-        guests.needed = not released or bool(record.guests or record.stats_periods)
         if plan.dry_run:
+            guests.needed = _guests_matter(released, record)
             return
         if not released and spec is not None:
             # Durably note whom we are about to move, so a restart can still give it back.
@@ -171,7 +171,7 @@ class NodeEngine:
         if after != record.guests:
             record.guests = after
             self.store.save(record)
-        guests.needed = not released or bool(record.guests or record.stats_periods)
+        guests.needed = _guests_matter(released, record)  # after this cycle gave back what it could
 
     def _note_stats_periods(self, record: NodeRecord, guests: GuestReport,
                             seconds: int) -> None:
@@ -258,6 +258,12 @@ class NodeEngine:
         report.changes.extend(result.changes)
         report.errors.extend(result.errors)
         report.notes.extend(result.notes)
+
+
+def _guests_matter(released: bool, record: NodeRecord) -> bool:
+    """Whether guest trouble is the node's: a policy balloons, or guests still hold a balloon
+    size or statistics period of ours to give back."""
+    return not released or bool(record.guests or record.stats_periods)
 
 
 def _to_record(target: Mapping[str, str], current: Mapping[str, str],
