@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from overcommit.api.status import find_condition as condition
 from overcommit.testing import ControlPlane
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
@@ -57,10 +58,6 @@ def status_of(cluster: ControlPlane, name: str) -> dict[str, Any]:
     state = node_state(cluster, name) or {}
     status: dict[str, Any] = state.get("status") or {}
     return status
-
-
-def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
 
 
 def test_agent_applies_reports_follows_and_restores(cluster: ControlPlane, host: FakeKernel,

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from overcommit.api.status import find_condition as condition
 from overcommit.testing import ControlPlane
 from overcommit.testing.processes import stop_process
 from tests.fakes.kernel import FakeKernel
@@ -105,10 +106,6 @@ def controller(kubeconfig: Path, log_dir: Path, identity: str,
 def status(cluster: ControlPlane, name: str) -> dict[str, Any]:
     found: dict[str, Any] = (get_json(cluster, "mop", name) or {}).get("status") or {}
     return found
-
-
-def condition(found: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next((c for c in found.get("conditions") or [] if c["type"] == kind), {})
 
 
 def write_state(cluster: ControlPlane, name: str, node_status: dict[str, Any]) -> None:

@@ -182,8 +182,9 @@ def test_agent_writes_its_own_node_state(agent: Identity) -> None:
         assert not agent.can(verb, "memoryovercommitnodestates"), verb
 
 
-def agent_style_event(involved: dict[str, str], component: str, host: str) -> dict[str, Any]:
-    """An Event as agent/kubeapi.py post_event writes it: core v1, in "default"."""
+def posted_event(involved: dict[str, str], component: str, host: str) -> dict[str, Any]:
+    """An Event as agent/kubeapi.py post_event writes it (agent and controller alike): core v1,
+    in "default"."""
     return {"apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{involved['name']}.", "namespace": "default"},
             "involvedObject": involved, "reason": "Applied", "message": "settings applied",
@@ -192,7 +193,7 @@ def agent_style_event(involved: dict[str, str], component: str, host: str) -> di
 
 def test_agent_posts_events_and_nothing_more(agent: Identity) -> None:
     involved = {"apiVersion": API_VERSION, "kind": "MemoryOvercommitNodeState", "name": NODE_A}
-    result = agent.create(agent_style_event(involved, "overcommit-agent", NODE_A))
+    result = agent.create(posted_event(involved, "overcommit-agent", NODE_A))
     assert result.returncode == 0, result.stderr
     for verb in ("patch", "update", "delete", "list"):
         assert not agent.can(verb, "events", "-n", "default"), verb
@@ -323,7 +324,7 @@ def test_controller_cannot_write_node_states(controller: Identity) -> None:
 
 def test_controller_posts_events_and_nothing_more(controller: Identity) -> None:
     involved = {"apiVersion": API_VERSION, "kind": "MemoryOvercommitPolicy", "name": POLICY}
-    result = controller.create(agent_style_event(involved, "overcommit-controller", "c-0"))
+    result = controller.create(posted_event(involved, "overcommit-controller", "c-0"))
     assert result.returncode == 0, result.stderr
     for verb in ("patch", "update", "delete", "list"):
         assert not controller.can(verb, "events", "-n", "default"), verb

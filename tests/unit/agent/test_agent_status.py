@@ -72,7 +72,7 @@ def test_status_reports_policy_settings_after_apply_and_originals(kernel: FakeKe
     assert status["policy"]["name"] == "p"
     assert status["settings"][f"{KSM}/pages_to_scan"] == "900"
     assert status["originals"][f"{KSM}/pages_to_scan"] == "100"
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    ready = find_condition(status, "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "Applied")
     assert status["counters"]["ksm.pages_sharing"] == 0
 
@@ -81,8 +81,8 @@ def test_failed_write_makes_ready_false(kernel: FakeKernel, tmp_path: Path) -> N
     kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
     report = cycle(kernel, tmp_path, {"ksm": {"enabled": True, "sleepMillisecs": 5}})
     status = node_status(report)
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    ready = find_condition(status, "Ready")
+    degraded = find_condition(status, "Degraded")
     assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
     assert degraded["status"] == "True"
     assert "sleep_millisecs" in status["lastErrors"][0]
@@ -92,7 +92,7 @@ def test_invalid_cluster_policies_are_reported(kernel: FakeKernel, tmp_path: Pat
     report = cycle(kernel, tmp_path, None)
     bad = PolicyError("cluster (MemoryOvercommitPolicy x)", ["spec.ksm.pagesToScan: too big"])
     status = node_status(report, [bad])
-    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    degraded = find_condition(status, "Degraded")
     assert degraded["reason"] == "InvalidPolicy"
     assert "spec.ksm.pagesToScan" in status["lastErrors"][0]
 

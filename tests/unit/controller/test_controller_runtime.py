@@ -11,9 +11,10 @@ import pytest
 
 from overcommit.agent.kubeapi import ApiError
 from overcommit.controller.fold import comparable, fold
+from overcommit.controller.informer import Expired, Informer
 from overcommit.controller.kube import ControllerApi
 from overcommit.controller.lease import Action, LeaseRecord, Observer, Timing, decide
-from overcommit.controller.runtime import RETRY_SECONDS, Controller, LeaderElector
+from overcommit.controller.runtime import RETRY_SECONDS, Controller, LeaderElector, _Store
 from overcommit.controller.settings import ControllerSettings
 from overcommit.controller.sweep import sweep
 from overcommit.observability.metrics import ControllerMetrics
@@ -495,9 +496,6 @@ class RelistApi:
 def test_a_relist_forgets_what_was_deleted_while_no_watch_was_open() -> None:
     """Node b and its state vanish while the watch is gone: the relist after the 410 must turn
     them into DELETED events, or the policy would count b for ever."""
-    from overcommit.controller.informer import Expired, Informer
-    from overcommit.controller.runtime import _Store
-
     ctl = cluster(Clock(), FakeApi())
     api = RelistApi([node("a"), node("b")], [node("a")])
     informer = Informer(cast(ControllerApi, api), "/api/v1/nodes",

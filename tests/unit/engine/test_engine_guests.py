@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import resource
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,15 @@ def current(engine: NodeEngine, domain: str) -> int:
     assert engine.guests is not None
     report = engine.guests.observe(0.0)
     return next(g.current_kib for g in report.guests if g.domain == domain)
+
+
+def observed_down(uri: str, why: str) -> Callable[..., GuestReport]:
+    """A stand-in for GuestManager.observe while ``uri``'s libvirtd is away."""
+    def observe(now: float, vmis: Any = None) -> GuestReport:
+        report = GuestReport()
+        report.note_down(uri, why)
+        return report
+    return observe
 
 
 STATIC = {"balloon": {"mode": "Static", "static": {"targetPercent": 60},
@@ -143,12 +153,7 @@ def test_guests_released_while_their_endpoint_is_down_are_released_once_it_is_ba
     spec = {"balloon": {**STATIC["balloon"], "statsPeriodSeconds": 2}}
     engine.cycle([policy(spec)], {})
 
-    def endpoint_down(now: float, vmis: Any = None) -> GuestReport:
-        report = GuestReport()
-        report.note_down(uri, "libvirtd restarting")
-        return report
-
-    monkeypatch.setattr(engine.guests, "observe", endpoint_down)
+    monkeypatch.setattr(engine.guests, "observe", observed_down(uri, "libvirtd restarting"))
     engine.cycle([], {})  # released while libvirtd is away: nothing can be given back yet
     state = json.loads((tmp_path / "state/originals.json").read_text())
     assert state["guests"] == [f"{uri}\tvm-a"] and state["statsPeriods"] == {f"{uri}\tvm-a": 7}
@@ -194,17 +199,12 @@ def test_a_dead_endpoint_is_a_problem_only_while_guests_matter(
     assert engine.guests is not None
     engine.cycle([policy(STATIC)], {})
 
-    def endpoint_down(now: float, vmis: Any = None) -> GuestReport:
-        report = GuestReport()
-        report.note_down(uri, "libvirtd restarting")
-        return report
-
-    monkeypatch.setattr(engine.guests, "observe", endpoint_down)
+    monkeypatch.setattr(engine.guests, "observe", observed_down(uri, "libvirtd restarting"))
     owed = engine.cycle([], {})  # released, but vm-a is still shrunk: that matters
     assert owed.guests.trouble == [f"{uri}: libvirtd restarting"]
     monkeypatch.undo()
     engine.cycle([], {})  # given back
-    monkeypatch.setattr(engine.guests, "observe", endpoint_down)
+    monkeypatch.setattr(engine.guests, "observe", observed_down(uri, "libvirtd restarting"))
     assert engine.cycle([], {}).guests.trouble == []  # nothing owed any more
 
 
