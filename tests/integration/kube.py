@@ -10,7 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,17 @@ CRDS = REPO / "deploy" / "crds"
 
 def free_port() -> int:
     """A loopback port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports nothing listens on right now. They are held open
+    together while chosen: one at a time, the kernel may hand out the same port twice."""
+    with ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def probe(port: int, path: str) -> tuple[int, dict[str, Any]] | None:
@@ -36,7 +44,7 @@ def probe(port: int, path: str) -> tuple[int, dict[str, Any]] | None:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
-    except (ConnectionError, urllib.error.URLError):
+    except OSError:  # refused, reset or timed out: not (yet) serving
         return None
 
 

@@ -26,11 +26,12 @@ from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_process,
     apply,
-    free_port,
+    free_ports,
     get_json,
     install_crds,
     node,
     policy,
+    probe,
 )
 from tests.unit.controller import kstatus
 
@@ -87,20 +88,53 @@ class Replica:
 @contextmanager
 def controller(kubeconfig: Path, log_dir: Path, identity: str,
                lease: str) -> Iterator[Replica]:
-    """``overcommit controller`` as its own process, so a test can kill it like a node would."""
-    port, metrics_port = free_port(), free_port()
-    log = open(log_dir / f"controller-{identity}.log", "a")  # noqa: SIM115
-    argv = [sys.executable, "-m", "overcommit.cli", "controller", "--kubeconfig",
-            str(kubeconfig), "--lease-namespace", NS, "--lease-name", lease, "--identity",
-            identity, "--lease-duration", str(LEASE_SECONDS), "--status-interval", "1",
-            "--savings-interval", "1", "--sweep-interval", "1", "--health-port", str(port),
-            "--metrics-port", str(metrics_port), "-v"]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
+    """``overcommit controller`` as its own process, so a test can kill it like a node would.
+    Yields once both its HTTP servers answer: a replica still importing would refuse the
+    test's first question."""
+    log_path = log_dir / f"controller-{identity}.log"
+    for _ in range(3):
+        port, metrics_port = free_ports(2)
+        with open(log_path, "a") as log:
+            argv = [sys.executable, "-m", "overcommit.cli", "controller", "--kubeconfig",
+                    str(kubeconfig), "--lease-namespace", NS, "--lease-name", lease,
+                    "--identity", identity, "--lease-duration", str(LEASE_SECONDS),
+                    "--status-interval", "1", "--savings-interval", "1", "--sweep-interval",
+                    "1", "--health-port", str(port), "--metrics-port", str(metrics_port), "-v"]
+            start = log.tell()
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
+        replica = Replica(proc, identity, port, metrics_port)
+        try:
+            if wait_until_serving(replica, log_path, start):
+                yield replica
+                return
+        finally:
+            stop_process(proc)
+    pytest.fail(f"controller {identity}: every port tried was taken; see {log_path}")
+
+
+def wait_until_serving(replica: Replica, log_path: Path, start: int) -> bool:
+    """True once both servers answer; False if a port was taken since it was chosen (another
+    process may bind it in between). A replica that exits fails the test with its log."""
+    def outcome() -> str:
+        log = log_path.read_bytes()[start:].decode(errors="replace")
+        if "cannot listen on port" in log:
+            return "port taken"
+        if replica.proc.poll() is not None:
+            pytest.fail(f"controller {replica.identity} exited {replica.proc.returncode} "
+                        f"while starting:\n{log[-4000:]}", pytrace=False)
+        serving = (probe(replica.port, "/healthz") is not None
+                   and probe_metrics(replica.metrics_port))
+        return "serving" if serving else ""
+    found = wait_for(outcome, 60, f"controller {replica.identity} to serve /healthz and /metrics")
+    return found == "serving"
+
+
+def probe_metrics(port: int) -> bool:
     try:
-        yield Replica(proc, identity, port, metrics_port)
-    finally:
-        stop_process(proc)
-        log.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return bool(r.status == 200)
+    except OSError:  # refused, reset or timed out: not (yet) serving
+        return False
 
 
 def status(cluster: ControlPlane, name: str) -> dict[str, Any]:
