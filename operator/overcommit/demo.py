@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -210,8 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overcommit demo: {exc}", file=sys.stderr)
         return 2
     # SIGTERM and a closed terminal (SIGHUP) end the demo as Ctrl-C does: restore, stop.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT is set too: a shell starts background jobs with it ignored, and Python keeps
+    # an inherited "ignore", so `kill -INT` would otherwise do nothing.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
+    # Each line as it is printed, also into a pipe (`scripts/demo | tee demo.log`).
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         return run_demo(args)
     except KeyboardInterrupt:  # while starting up, before anything was changed

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
+from typing import IO
 
 import pytest
 
@@ -47,18 +49,44 @@ def test_the_demo_on_the_real_ksm_restores_it(real_ksm: dict[str, str]) -> None:
         assert ksm_value(path.rsplit("/", 1)[1]) == value, path
 
 
-def read_until(proc: subprocess.Popen[str], seen: list[str], prefix: str,
-               timeout: float) -> None:
-    """Collect the demo's output lines into ``seen`` until one starts with ``prefix``."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while not any(line.startswith(prefix) for line in seen):
-        ready, _, _ = select.select([proc.stdout], [], [], 5)
-        assert time.monotonic() < deadline, "".join(seen)
-        if ready:
-            line = proc.stdout.readline()
-            assert line, f"the demo ended before {prefix!r}:\n" + "".join(seen)
-            seen.append(line)
+class Lines:
+    """The demo's output, line by line as it comes, read by a thread: ``select`` on a buffered
+    pipe misses lines already in Python's buffer and would wait for the next write."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        self.seen: list[str] = []
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(proc.stdout,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.queue.put(line)
+        self.queue.put("")  # the end
+
+    def until(self, prefix: str, timeout: float) -> None:
+        """Collect lines until one starts with ``prefix``; fail with all seen if none does."""
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith(prefix) for line in self.seen):
+            try:
+                line = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no {prefix!r} within {timeout}s:\n" + "".join(self.seen))
+            if not line:
+                pytest.fail(f"the demo ended before {prefix!r}:\n" + "".join(self.seen))
+            self.seen.append(line)
+
+    def rest(self, timeout: float) -> str:
+        """Everything, once the demo has closed its output."""
+        while True:
+            line = self.queue.get(timeout=timeout)
+            if not line:
+                return "".join(self.seen)
+            self.seen.append(line)
+
+
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)],
@@ -66,23 +94,26 @@ def read_until(proc: subprocess.Popen[str], seen: list[str], prefix: str,
 def test_interrupted_demo_restores_and_exits_cleanly(signals: tuple[int, ...]) -> None:
     """Ctrl-C in a terminal signals the whole foreground process group: the demo must still
     delete the policy, see the agent restore the host and exit 0 (its children may not die
-    first). A second Ctrl-C while it restores is ignored; SIGTERM does what Ctrl-C does."""
+    first). A second Ctrl-C while it restores is ignored; SIGTERM does what Ctrl-C does.
+    The demo starts with SIGINT ignored, as a shell starts a background job (or this very
+    suite when run with `&`): it must honour SIGINT all the same."""
     proc = subprocess.Popen([sys.executable, "-m", "overcommit.cli", "demo", "--simulate"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own group, as a terminal gives it
-    seen: list[str] = []
+                            start_new_session=True,  # its own group, as a terminal gives it
+                            preexec_fn=ignore_sigint)
+    lines = Lines(proc)
     try:
-        read_until(proc, seen, "running; Ctrl-C", 240)
+        lines.until("running; Ctrl-C", 240)
         os.killpg(proc.pid, signals[0])
         if len(signals) > 1:
-            read_until(proc, seen, "restoring the host", 60)
+            lines.until("restoring the host", 60)
             os.killpg(proc.pid, signals[1])
-        out, _ = proc.communicate(timeout=120)
+        out = lines.rest(timeout=120)
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    out = "".join(seen) + out
     assert proc.returncode == 0, out
     assert "policy deleted: the agent restored every original setting" in out, out
     assert "Traceback" not in out, out
