@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from overcommit.testing import ControlPlane
+from overcommit.testing.ports import free_ports
 from overcommit.testing.processes import stop_process
 from tests.cases import policy_document
 
@@ -23,18 +23,8 @@ CRDS = REPO / "deploy" / "crds"
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on right now."""
+    """A port nothing listens on right now (see ``overcommit.testing.ports``)."""
     return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports nothing listens on right now. They are held open
-    together while chosen: one at a time, the kernel may hand out the same port twice."""
-    with ExitStack() as held:
-        socks = [held.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def probe(port: int, path: str) -> tuple[int, dict[str, Any]] | None:

@@ -20,13 +20,13 @@ import pytest
 
 from overcommit.api.status import find_condition as condition
 from overcommit.testing import ControlPlane
+from overcommit.testing.ports import free_ports
 from overcommit.testing.processes import stop_process
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_process,
     apply,
-    free_ports,
     get_json,
     install_crds,
     node,
@@ -39,7 +39,9 @@ REPO = Path(__file__).resolve().parents[2]
 NS = "memory-overcommit"
 KUBEVIRT_KSM = "kubevirt.io/ksm-handler-managed"
 API = "memoryovercommit.io/v1alpha1"
-LEASE_SECONDS = 3
+# Long enough that a loaded 2-CPU machine's stalls (renewals every ~1 s, 5 s to give up) do
+# not hand the lease over before the test kills the leader; the takeover test waits it out.
+LEASE_SECONDS = 8
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +229,9 @@ def test_policy_status_folds_real_agents(cluster: ControlPlane, controller_kubec
         expected = in_force_sums(cluster, high, names)
         assert expected["mergedBytes"] > 0
         assert {k: folded["saved"][k] for k in expected} == expected
+        # the losing policy's status is written after the winner's: wait for it too
+        wait_for(lambda: status(cluster, low).get("nodes", {}).get("overridden") == 3, 30,
+                 "the overridden policy's status")
         lost = status(cluster, low)
         assert lost["nodes"] == {"matched": 3, "applied": 0, "failed": 0, "overridden": 3,
                                  "summary": "0/3"}
@@ -254,8 +259,9 @@ def test_policy_status_folds_real_agents(cluster: ControlPlane, controller_kubec
         assert problem[0]["source"]["component"] == "memory-overcommit-controller"
         assert not about(events, "NodeProblem", names[0]) and \
             not about(events, "NodeProblem", names[1])
-        assert solo.metric('overcommit_controller_events_total{reason="NodeProblem",'
-                           'type="Warning"}') >= 1
+        # counted once the POST has returned, a moment after the API server has the Event
+        wait_for(lambda: solo.metric('overcommit_controller_events_total{reason="NodeProblem",'
+                                     'type="Warning"}') >= 1, 10, "the Event counted")
 
         # nothing changes: nothing is written and nothing posted (three status intervals)
         versions = [get_json(cluster, "mop", p)["metadata"]["resourceVersion"]
@@ -329,8 +335,10 @@ def test_killing_the_leader_hands_over_to_the_standby(cluster: ControlPlane,
         assert standby.health()["leader"] and standby.health()["statusWrites"] >= 1
         assert status(cluster, name)["problems"][0]["reason"] == "ApplyFailed"
         assert standby.metric("overcommit_controller_leader") == 1
-        assert standby.metric(
-            f'overcommit_policy_nodes{{policy="{name}",state="failed"}}') == 1
+        # the gauges are published after the status write the test has just seen
+        wait_for(lambda: standby.metric(
+            f'overcommit_policy_nodes{{policy="{name}",state="failed"}}') == 1, 10,
+            "the failed node in the standby's gauges")
         assert standby.metric('overcommit_controller_status_writes_total{result="ok"}') >= 1
 
         standby.proc.terminate()  # a clean exit gives the lease back

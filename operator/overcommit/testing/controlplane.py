@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from overcommit.testing.ports import free_ports
 from overcommit.testing.processes import dies_with_this_process
 
 __all__ = [
@@ -145,9 +145,8 @@ def find_kubectl() -> Path:
 
 def _free_port() -> int:
     # Racy by nature (the port is free now, not necessarily at bind time); callers retry.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Below the ephemeral range, so a restart_apiserver() finds its port still free.
+    return free_ports(1)[0]
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
