@@ -223,7 +223,9 @@ def test_the_agent_runs_in_the_image_confined_as_the_daemonset_confines_it(
         stopped_in = time.monotonic() - started
         code = docker("inspect", "--format", "{{.State.ExitCode}}", container).stdout.strip()
         assert code == "0", docker("logs", container, check=False).stderr[-3000:]
-        assert stopped_in < 10, f"SIGTERM took {stopped_in:.1f}s (as PID 1 in the container)"
+        # Exit code 0 already shows SIGTERM was handled (docker's SIGKILL at 30 s gives 137);
+        # the bound leaves room for a loaded machine's docker and kopf shutdown.
+        assert stopped_in < 25, f"SIGTERM took {stopped_in:.1f}s (as PID 1 in the container)"
         # It restores nothing on SIGTERM: the policy's value stays.
         assert host.get("sys/kernel/mm/ksm/pages_to_scan") == "1234"
     finally:

@@ -75,24 +75,28 @@ def ours(ep: LibvirtEndpoint) -> dict[str, GuestObservation]:
             if g.domain.startswith(f"{PREFIX}{os.getpid()}-")}
 
 
-def settled(ep: LibvirtEndpoint, *names: str) -> dict[str, GuestObservation]:
-    """Observe until the named guests report usable statistics (the driver is up)."""
+def settled(ep: LibvirtEndpoint, *names: str,
+            max_age_s: float | None = None) -> dict[str, GuestObservation]:
+    """Observe until the named guests report usable statistics (the driver is up), no
+    older than ``max_age_s`` if given (TCG guests on a busy host report late now and then)."""
+    def fresh(g: GuestObservation) -> bool:
+        return max_age_s is None or (g.stats_age_s is not None and g.stats_age_s <= max_age_s)
+
     def probe() -> dict[str, GuestObservation] | None:
         seen = ours(ep)
-        return seen if all(seen[n].problem is None for n in names) else None
+        return seen if all(seen[n].problem is None and fresh(seen[n]) for n in names) else None
     return cast(dict[str, GuestObservation],
                 wait_for(probe, 60, f"statistics from {names}", interval=0.5))
 
 
 @pytest.mark.usefixtures("fleet")
 def test_running_guests_are_observed_with_fresh_statistics(endpoint: LibvirtEndpoint) -> None:
-    seen = settled(endpoint, "a", "b")
+    seen = settled(endpoint, "a", "b", max_age_s=3 * PERIOD)  # refreshed every PERIOD
     assert set(seen) == set(NAMES)
     for name in ("a", "b"):
         g = seen[name]
         assert g.has_balloon and g.max_kib == g.current_kib == MAX_MIB * 1024
         assert 0 < g.stats["usable"] <= g.stats["available"] <= MAX_MIB * 1024
-        assert g.stats_age_s is not None and g.stats_age_s <= 3 * PERIOD, g.stats_age_s
         assert g.stats_period_s == PERIOD and g.uuid
 
 

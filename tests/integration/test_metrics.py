@@ -125,6 +125,14 @@ def agreeing(cluster: ControlPlane, name: str, port: int) -> tuple[dict[str, Any
     return status, series
 
 
+def events_counted(port: int) -> Series | None:
+    series = scrape(port)
+    if series and get(series, "overcommit_agent_events_total", type="Normal",
+                      reason="SettingsApplied"):
+        return series
+    return None
+
+
 def agent_args(port: int, *more: str) -> list[str]:
     return ["--metrics-port", str(port), "--metrics-address", "127.0.0.1",
             "--log-format", "json", *more]
@@ -161,7 +169,8 @@ def test_metrics_match_the_node_state(cluster: ControlPlane, name: str,
         assert get(series, "overcommit_agent_info", node=name, version=next(
             dict(labels)["version"] for metric, labels in series
             if metric == "overcommit_agent_info")) == 1
-        # the agent's own work
+        # the agent's own work (its Events are posted, and counted, after the status write)
+        series = wait_for(lambda: events_counted(port), 10, "the agent's Events counted")
         assert (get(series, "overcommit_api_writes_total", verb="patch",
                     resource="memoryovercommitnodestates/status", code="200") or 0) >= 1
         assert (get(series, "overcommit_api_writes_total", verb="create", resource="events",

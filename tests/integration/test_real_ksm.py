@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from overcommit.api.policy import KsmAdaptive
+from overcommit.testing.processes import stop_process
 from overcommit.testing.workload import MergeWorkload
 from tests.cases import policy_document
 from tests.integration.conftest import ksm_value, wait_for
@@ -109,8 +110,11 @@ def test_adaptive_mode_merges_then_idles(real_ksm: dict[str, str], tmp_path: Pat
                                                           "adaptive": {"intervalSeconds": 1}}})
     state = ["--state-dir", str(tmp_path / "state")]
     with MergeWorkload(workers=3, size_mib=32) as workload:
-        loop = subprocess.Popen([sys.executable, "-m", "overcommit.cli", "run", "-f", policy,
-                                 *state, "-o", "json"], stdout=subprocess.PIPE, text=True)
+        # Its per-cycle reports go to a file: a pipe nobody reads fills up and blocks the loop.
+        with open(tmp_path / "run.log", "w") as log:
+            loop = subprocess.Popen([sys.executable, "-m", "overcommit.cli", "run", "-f",
+                                     policy, *state, "-o", "json"], stdout=log,
+                                    stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: int(ksm_value("pages_sharing")) >= 0.9 *
                      workload.achievable_sharing, 90, "adaptive KSM to merge 90%")
@@ -119,8 +123,7 @@ def test_adaptive_mode_merges_then_idles(real_ksm: dict[str, str], tmp_path: Pat
                      "adaptive KSM to back off to its idle trickle once merging stops paying")
             assert ksm_value("sleep_millisecs") == str(idle.idle_sleep_millisecs)
         finally:
-            loop.terminate()
-            loop.wait(timeout=30)
+            stop_process(loop, timeout=30)
     assert overcommit("restore", *state).returncode == 0
     for path, value in real_ksm.items():
         assert ksm_value(path.rsplit("/", 1)[1]) == value, path

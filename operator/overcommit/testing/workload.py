@@ -9,6 +9,7 @@ to the worker. With N workers the achievable saving is therefore
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import time
@@ -71,8 +72,12 @@ class MergeWorkload:
         deadline = time.monotonic() + timeout
         for proc in self.processes:
             assert proc.stdout is not None
+            # Nothing is buffered before the first line, so select() on the pipe is exact.
+            if not select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                self.stop()
+                raise RuntimeError(f"merge worker not ready within {timeout:.0f}s")
             line = proc.stdout.readline()
-            if line.strip() != "ready" or time.monotonic() > deadline:
+            if line.strip() != "ready":
                 self.stop()
                 raise RuntimeError(f"merge worker failed to start (said {line!r})")
         return self
