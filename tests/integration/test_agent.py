@@ -18,6 +18,7 @@ from overcommit.testing import ControlPlane
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import (
+    agent_log,
     agent_process,
     apply,
     free_port,
@@ -347,6 +348,31 @@ VMI_CRD = {
 }
 
 
+def kubevirt_served(cluster: ControlPlane) -> bool:
+    return cluster.kubectl("get", "--raw", "/apis/kubevirt.io/v1", check=False).returncode == 0
+
+
+def test_without_kubevirt_the_agent_starts_without_a_warning(
+        cluster: ControlPlane, host: FakeKernel, names: dict[str, str], tmp_path: Path) -> None:
+    """A cluster without KubeVirt (plain libvirt nodes): the agent asks discovery first and
+    does not watch VMIs at all, so kopf has no unresolvable resource to warn about; one INFO
+    line says what is missing."""
+    cluster.kubectl("delete", "crd", "virtualmachineinstances.kubevirt.io", "--ignore-not-found")
+    wait_for(lambda: not kubevirt_served(cluster), 30, "KubeVirt's API to be gone")
+    n, p = names["node"], names["policy"]
+    apply(cluster, node(n, {"pool": n}))
+    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
+                              "ksm": {"enabled": True, "pagesToScan": 432}}))
+    state = tmp_path / "state"
+    with agent_process(cluster, n, host.root, state, extra_args=["--no-libvirt"]):
+        wait_for(lambda: (status_of(cluster, n).get("policy") or {}).get("name") == p, 60,
+                 "the agent to apply the policy and report")
+    log = agent_log(state, n)
+    assert "KubeVirt serves no VirtualMachineInstances" in log, log
+    assert not [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line], log
+    cluster.kubectl("delete", "mop", p)
+
+
 def test_kubevirt_vmi_labels_select_guests(cluster: ControlPlane, host: FakeKernel,
                                            names: dict[str, str], tmp_path: Path) -> None:
     """VMI labels come from the API (KubeVirt's CRD present): vmSelector.matchLabels works,
@@ -380,6 +406,8 @@ def test_kubevirt_vmi_labels_select_guests(cluster: ControlPlane, host: FakeKern
         wait_for(lambda: status_of(cluster, n).get("guestCount") == 2, 30,
                  "the agent to report both guests")
         guests = {g["domain"]: g for g in status_of(cluster, n)["guests"]}
+    log = agent_log(tmp_path / "state", n)
+    assert "KubeVirt serves no" not in log and "Unresolved resources" not in log, log
     db, web = guests[f"{ns}_vm-db"], guests[f"{ns}_vm-web"]
     assert (db["vmiNamespace"], db["vmiName"], db["vmiUid"]) == (ns, "vm-db", uids["vm-db"])
     assert web["reason"].startswith("not selected"), web

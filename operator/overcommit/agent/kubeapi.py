@@ -112,6 +112,17 @@ class KubeApi:
             return result
         raise AssertionError("unreachable")
 
+    async def serves(self, group: str, version: str, plural: str) -> bool | None:
+        """Whether the API server serves ``plural`` in ``group/version`` (discovery, which
+        every authenticated identity may read); None when it cannot be asked right now."""
+        try:
+            found = await self.request("GET", f"/apis/{group}/{version}")
+        except ApiError as exc:
+            return False if exc.status == 404 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        return any(r.get("name") == plural for r in found.get("resources") or [])
+
     # -- node state ------------------------------------------------------------------------
     async def get_node_state(self, name: str) -> JSON | None:
         try:

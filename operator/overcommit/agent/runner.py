@@ -82,7 +82,9 @@ class Agent:
         settings.watching.label_selectors["kubevirt.io", "virtualmachineinstances"] = \
             f"kubevirt.io/nodeName={node}"
 
-    def registry(self) -> kopf.OperatorRegistry:
+    def registry(self, watch_vmis: bool = True) -> kopf.OperatorRegistry:
+        """kopf's handlers; the VMI index only where KubeVirt serves VMIs (``watch_vmis``),
+        so a cluster without KubeVirt gets no warning about an unresolvable resource."""
         registry = kopf.OperatorRegistry()
         agent = self
 
@@ -101,13 +103,15 @@ class Agent:
             return {name: {"uid": meta.get("uid"), "labels": dict(meta.get("labels") or {}),
                            "annotations": dict(meta.get("annotations") or {})}}
 
-        @kopf.index("kubevirt.io", "v1", "virtualmachineinstances", id="vmi_index",
-                    registry=registry)
         def vmi_index(body: kopf.Body, name: str, namespace: str | None,
                       **_: Any) -> dict[Any, Any]:
             # Labels, annotations and the memory request of this node's VMIs, for vmSelector,
-            # shares and floors. Served only where KubeVirt's CRDs exist.
+            # shares and floors.
             return {(namespace, name): plain(body)}
+
+        if watch_vmis:
+            kopf.index("kubevirt.io", "v1", "virtualmachineinstances", id="vmi_index",
+                       registry=registry)(vmi_index)
 
         @kopf.on.event("", "v1", "nodes", registry=registry)
         def node_event(**kwargs: Any) -> None:
@@ -274,7 +278,12 @@ def failure_kind(exc: BaseException) -> str:
 async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
     """Run the agent until ``stop`` is set (or SIGTERM/SIGINT, which kopf handles)."""
     agent = Agent(settings)
-    registry = agent.registry()
+    # kopf resolves its resources once at start (scanning is off): so do we, for KubeVirt.
+    kubevirt = await agent.api.serves("kubevirt.io", "v1", "virtualmachineinstances")
+    if kubevirt is False:
+        agent.log.info("KubeVirt serves no VirtualMachineInstances here: no VMI labels, "
+                       "shares or memory floors (restart the agent after installing KubeVirt)")
+    registry = agent.registry(watch_vmis=kubevirt is not False)  # unknown: let kopf try
     kopf_settings = kopf.OperatorSettings()
     agent.configure(kopf_settings)
     # No stop_flag for kopf unless the caller has one: kopf awaits it in a task that a signal
