@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from overcommit.api.status import find_condition as condition
 from overcommit.testing import ControlPlane
@@ -266,13 +267,14 @@ def test_kubevirt_ksm_handler_is_not_fought(cluster: ControlPlane, host: FakeKer
     cluster.kubectl("delete", "mop", p)
 
 
-def _pod_bound_kubeconfig(cluster: ControlPlane, node_name: str) -> Path:
-    pod_name = f"overcommit-agent-{node_name}"
+def _pod_bound_kubeconfig(cluster: ControlPlane, node_name: str,
+                          account: str = "overcommit-agent") -> Path:
+    pod_name = f"{account}-{node_name}"
     apply(cluster, {"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": pod_name, "namespace": "memory-overcommit"},
-                    "spec": {"nodeName": node_name, "serviceAccountName": "overcommit-agent",
+                    "spec": {"nodeName": node_name, "serviceAccountName": account,
                              "containers": [{"name": "agent", "image": "agent:test"}]}})
-    return cluster.service_account_kubeconfig("memory-overcommit", "overcommit-agent",
+    return cluster.service_account_kubeconfig("memory-overcommit", account,
                                               bound_pod=pod_name)
 
 
@@ -407,9 +409,52 @@ def test_kubevirt_vmi_labels_select_guests(cluster: ControlPlane, host: FakeKern
                  "the agent to report both guests")
         guests = {g["domain"]: g for g in status_of(cluster, n)["guests"]}
     log = agent_log(tmp_path / "state", n)
-    assert "KubeVirt serves no" not in log and "Unresolved resources" not in log, log
+    assert not [m for m in ("KubeVirt serves no", "may not list", "Unresolved resources")
+                if m in log], log
     db, web = guests[f"{ns}_vm-db"], guests[f"{ns}_vm-web"]
     assert (db["vmiNamespace"], db["vmiName"], db["vmiUid"]) == (ns, "vm-db", uids["vm-db"])
     assert web["reason"].startswith("not selected"), web
     assert not db["reason"].startswith("not selected"), db
+    cluster.kubectl("delete", "mop", p)
+
+
+def test_libvirt_overlay_agent_in_a_kubevirt_cluster_leaves_vmis_alone(
+        cluster: ControlPlane, host: FakeKernel, names: dict[str, str], tmp_path: Path) -> None:
+    """A plain-libvirt node pool in a cluster that also runs KubeVirt: the libvirt overlay's
+    RBAC cannot read VMIs, although the API serves them. The agent must not watch what it may
+    not read (kopf would wait for that index for ever), and says so once."""
+    repo = Path(__file__).parents[2]
+    cluster.kubectl("apply", "--server-side", "-k", str(repo / "deploy/manifests"))
+    apply(cluster, VMI_CRD)
+    wait_for(lambda: kubevirt_served(cluster), 30, "KubeVirt's API to be served")
+    overlay = str(repo / "deploy/overlays/libvirt")
+    rendered = yaml.safe_load_all(cluster.kubectl("kustomize", overlay).stdout)
+    role = next(d for d in rendered if d["kind"] == "ClusterRole"
+                and d["metadata"]["name"] == "memory-overcommit-agent")
+    account, role_name = "libvirt-overcommit-agent", "memory-overcommit-agent-libvirt-test"
+    role["metadata"] = {"name": role_name}
+    apply(cluster, role,
+          {"apiVersion": "v1", "kind": "ServiceAccount",
+           "metadata": {"name": account, "namespace": "memory-overcommit"}},
+          {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+           "metadata": {"name": role_name},
+           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                       "name": role_name},
+           "subjects": [{"kind": "ServiceAccount", "name": account,
+                         "namespace": "memory-overcommit"}]})
+    n, p = names["node"], names["policy"]
+    apply(cluster, node(n, {"pool": n}))
+    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
+                              "ksm": {"enabled": True, "pagesToScan": 543}}))
+    kubeconfig = _pod_bound_kubeconfig(cluster, n, account)
+    state = tmp_path / "state"
+    with agent_process(cluster, n, host.root, state, kubeconfig=kubeconfig,
+                       extra_args=["--no-libvirt"]):
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "543", 60,
+                 "the agent (libvirt overlay's RBAC) to apply the policy")
+        wait_for(lambda: (status_of(cluster, n).get("policy") or {}).get("name") == p, 30,
+                 "the agent to report its node state")
+    log = agent_log(state, n)
+    assert "this agent may not list VirtualMachineInstances" in log, log
+    assert not [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line], log
     cluster.kubectl("delete", "mop", p)

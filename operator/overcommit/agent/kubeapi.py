@@ -23,6 +23,7 @@ JSON = dict[str, Any]
 # (method, path, HTTP status or None when no answer came): metrics count the writes.
 RequestObserver = Callable[[str, str, int | None], None]
 NODE_STATES = f"/apis/{GROUP}/{VERSION}/memoryovercommitnodestates"
+SELF_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 REQUEST_TIMEOUT_SECONDS = 30  # per request, whole exchange
 
 
@@ -122,6 +123,19 @@ class KubeApi:
         except (aiohttp.ClientError, TimeoutError):
             return None
         return any(r.get("name") == plural for r in found.get("resources") or [])
+
+    async def may(self, verb: str, group: str, resource: str) -> bool | None:
+        """Whether this identity may ``verb`` ``resource`` in every namespace (a
+        SelfSubjectAccessReview, which every authenticated identity may create); None when
+        the API server cannot be asked right now."""
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": {"verb": verb, "group": group,
+                                                  "resource": resource}}}
+        try:
+            found = await self.request("POST", SELF_ACCESS_REVIEWS, review)
+        except (ApiError, aiohttp.ClientError, TimeoutError):
+            return None
+        return bool((found.get("status") or {}).get("allowed"))
 
     # -- node state ------------------------------------------------------------------------
     async def get_node_state(self, name: str) -> JSON | None:

@@ -278,12 +278,7 @@ def failure_kind(exc: BaseException) -> str:
 async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
     """Run the agent until ``stop`` is set (or SIGTERM/SIGINT, which kopf handles)."""
     agent = Agent(settings)
-    # kopf resolves its resources once at start (scanning is off): so do we, for KubeVirt.
-    kubevirt = await agent.api.serves("kubevirt.io", "v1", "virtualmachineinstances")
-    if kubevirt is False:
-        agent.log.info("KubeVirt serves no VirtualMachineInstances here: no VMI labels, "
-                       "shares or memory floors (restart the agent after installing KubeVirt)")
-    registry = agent.registry(watch_vmis=kubevirt is not False)  # unknown: let kopf try
+    registry = agent.registry(watch_vmis=await _vmis_watchable(agent))
     kopf_settings = kopf.OperatorSettings()
     agent.configure(kopf_settings)
     # No stop_flag for kopf unless the caller has one: kopf awaits it in a task that a signal
@@ -306,6 +301,26 @@ async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> Non
                 await server.stop()
             if probes is not None:
                 await probes.cleanup()
+
+
+async def _vmis_watchable(agent: Agent) -> bool:
+    """Whether to watch KubeVirt's VMIs: only where the API serves them and this identity may
+    list and watch them (the plain-libvirt overlay's RBAC may not). kopf would warn about an
+    unserved resource, and would wait for ever for an index it may not list, so nothing
+    would be applied. Asked once, as kopf resolves its resources once (scanning is off);
+    unknown (the API server unreachable) counts as yes."""
+    served = await agent.api.serves("kubevirt.io", "v1", "virtualmachineinstances")
+    if served is False:
+        agent.log.info("KubeVirt serves no VirtualMachineInstances here: no VMI labels, "
+                       "shares or memory floors (restart the agent after installing KubeVirt)")
+        return False
+    for verb in ("list", "watch"):
+        if await agent.api.may(verb, "kubevirt.io", "virtualmachineinstances") is False:
+            agent.log.info("this agent may not %s VirtualMachineInstances (its RBAC, as the "
+                           "plain-libvirt overlay's): no VMI labels, shares or memory floors",
+                           verb)
+            return False
+    return True
 
 
 async def _serve_metrics(agent: Agent) -> MetricsServer | None:
