@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"overcommit demo: {exc}", file=sys.stderr)
         return 2
     # SIGTERM and a closed terminal (SIGHUP) end the demo as Ctrl-C does: restore, stop.
-    # SIGINT is set too: a shell starts background jobs with it ignored, and Python keeps
-    # an inherited "ignore", so `kill -INT` would otherwise do nothing.
+    # SIGINT is set too: a shell without job control (a script) starts `&` jobs with it
+    # ignored, and Python keeps an inherited "ignore": `kill -INT` would do nothing.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
     # Each line as it is printed, also into a pipe (`scripts/demo | tee demo.log`).

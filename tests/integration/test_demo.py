@@ -77,9 +77,13 @@ class Lines:
             self.seen.append(line)
 
     def rest(self, timeout: float) -> str:
-        """Everything, once the demo has closed its output."""
+        """Everything, once the demo has closed its output (within ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
         while True:
-            line = self.queue.get(timeout=timeout)
+            try:
+                line = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"the demo still runs after {timeout}s:\n" + "".join(self.seen))
             if not line:
                 return "".join(self.seen)
             self.seen.append(line)
@@ -95,8 +99,8 @@ def test_interrupted_demo_restores_and_exits_cleanly(signals: tuple[int, ...]) -
     """Ctrl-C in a terminal signals the whole foreground process group: the demo must still
     delete the policy, see the agent restore the host and exit 0 (its children may not die
     first). A second Ctrl-C while it restores is ignored; SIGTERM does what Ctrl-C does.
-    The demo starts with SIGINT ignored, as a shell starts a background job (or this very
-    suite when run with `&`): it must honour SIGINT all the same."""
+    The demo starts with SIGINT ignored, as a shell without job control starts an `&` job
+    (this suite run from a script with `&`, say): it must honour SIGINT all the same."""
     proc = subprocess.Popen([sys.executable, "-m", "overcommit.cli", "demo", "--simulate"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True,  # its own group, as a terminal gives it

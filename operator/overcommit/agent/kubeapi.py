@@ -120,7 +120,7 @@ class KubeApi:
             found = await self.request("GET", f"/apis/{group}/{version}")
         except ApiError as exc:
             return False if exc.status == 404 else None
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError, ValueError, kopf.LoginError):
             return None
         return any(r.get("name") == plural for r in found.get("resources") or [])
 
@@ -133,9 +133,13 @@ class KubeApi:
                                                   "resource": resource}}}
         try:
             found = await self.request("POST", SELF_ACCESS_REVIEWS, review)
-        except (ApiError, aiohttp.ClientError, TimeoutError):
+        except (ApiError, aiohttp.ClientError, TimeoutError, ValueError, kopf.LoginError):
             return None
-        return bool((found.get("status") or {}).get("allowed"))
+        status = found.get("status") or {}
+        if status.get("allowed"):
+            return True
+        # Not allowed because an authorizer failed (a webhook down, say) is no answer.
+        return False if status.get("denied") or not status.get("evaluationError") else None
 
     # -- node state ------------------------------------------------------------------------
     async def get_node_state(self, name: str) -> JSON | None:

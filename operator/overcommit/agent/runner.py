@@ -41,6 +41,8 @@ from overcommit.observability.metrics import (
 KUBEVIRT_KSM_ANNOTATION = "kubevirt.io/ksm-handler-managed"
 COMPONENT = "memory-overcommit-agent"
 RETRY_SECONDS = 2.0
+ASK_TIMEOUT_SECONDS = 10.0  # the start-up questions about VMIs, all of them together
+MAX_ASK_DELAY_SECONDS = 30.0
 
 
 class Agent:
@@ -278,23 +280,29 @@ def failure_kind(exc: BaseException) -> str:
 async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> None:
     """Run the agent until ``stop`` is set (or SIGTERM/SIGINT, which kopf handles)."""
     agent = Agent(settings)
-    registry = agent.registry(watch_vmis=await _vmis_watchable(agent))
     kopf_settings = kopf.OperatorSettings()
     agent.configure(kopf_settings)
     # No stop_flag for kopf unless the caller has one: kopf awaits it in a task that a signal
     # leaves pending, and then waits 5 s for that "hung" task on every SIGTERM.
     loop_stop = stop or asyncio.Event()
+    # Probes first: while the API server cannot be asked below, the agent is live, not ready.
     server = await _serve_metrics(agent)
     probes = await serve_health(agent.health, settings.health_port, log=agent.log)
-    loop = asyncio.create_task(agent.run_loop(loop_stop))
+    loop: asyncio.Task[None] | None = None
     try:
+        watch_vmis = await _vmis_watchable(agent, loop_stop)
+        if watch_vmis is None:
+            return  # stopped before the API server could be asked
+        registry = agent.registry(watch_vmis=watch_vmis)
+        loop = asyncio.create_task(agent.run_loop(loop_stop))
         await kopf.operator(registry=registry, settings=kopf_settings, standalone=True,
                             clusterwide=True, stop_flag=stop)
     finally:
         loop_stop.set()
         agent.wake.set()
         try:
-            await loop
+            if loop is not None:
+                await loop
         finally:
             await agent.api.close()
             if server is not None:
@@ -303,24 +311,51 @@ async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> Non
                 await probes.cleanup()
 
 
-async def _vmis_watchable(agent: Agent) -> bool:
+async def _vmis_watchable(agent: Agent, stop: asyncio.Event,
+                          first_delay: float = 1.0) -> bool | None:
     """Whether to watch KubeVirt's VMIs: only where the API serves them and this identity may
     list and watch them (the plain-libvirt overlay's RBAC may not). kopf would warn about an
     unserved resource, and would wait for ever for an index it may not list, so nothing
-    would be applied. Asked once, as kopf resolves its resources once (scanning is off);
-    unknown (the API server unreachable) counts as yes."""
-    served = await agent.api.serves("kubevirt.io", "v1", "virtualmachineinstances")
-    if served is False:
-        agent.log.info("KubeVirt serves no VirtualMachineInstances here: no VMI labels, "
-                       "shares or memory floors (restart the agent after installing KubeVirt)")
-        return False
-    for verb in ("list", "watch"):
-        if await agent.api.may(verb, "kubevirt.io", "virtualmachineinstances") is False:
-            agent.log.info("this agent may not %s VirtualMachineInstances (its RBAC, as the "
-                           "plain-libvirt overlay's): no VMI labels, shares or memory floors",
-                           verb)
-            return False
-    return True
+    would be applied. Decided once, as kopf resolves its resources once (scanning is off),
+    so not guessed: asked again, backing off, until answered. None if stopped first."""
+    delay = first_delay
+    while not stop.is_set():
+        answer = await _ask_about_vmis(agent)
+        if answer is not None:
+            return answer
+        agent.log.warning("cannot ask the API server about KubeVirt's VMIs yet; again in %.1fs",
+                          delay)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+        delay = min(2 * delay, MAX_ASK_DELAY_SECONDS)
+    return None
+
+
+async def _ask_about_vmis(agent: Agent) -> bool | None:
+    """Discovery, then a SelfSubjectAccessReview per verb; None when one went unanswered."""
+    try:
+        async with asyncio.timeout(ASK_TIMEOUT_SECONDS):
+            served = await agent.api.serves("kubevirt.io", "v1", "virtualmachineinstances")
+            if served is None:
+                return None
+            if not served:
+                agent.log.info("KubeVirt serves no VirtualMachineInstances here: no VMI "
+                               "labels, shares or memory floors (restart the agent after "
+                               "installing KubeVirt)")
+                return False
+            for verb in ("list", "watch"):
+                allowed = await agent.api.may(verb, "kubevirt.io", "virtualmachineinstances")
+                if allowed is False:
+                    agent.log.info("this agent may not %s VirtualMachineInstances (its RBAC, "
+                                   "as the plain-libvirt overlay's): no VMI labels, shares or "
+                                   "memory floors", verb)
+                    return False
+                if allowed is None:
+                    return None
+            return True
+    except TimeoutError:
+        return None
 
 
 async def _serve_metrics(agent: Agent) -> MetricsServer | None:
