@@ -41,11 +41,13 @@ def free_ports(count: int = 1, path: Path = EPHEMERAL_RANGE, lowest: int = LOWES
         for port in candidates[:TRIES]:
             if len(chosen) == count:
                 break
-            sock = held.enter_context(socket.socket())
+            sock = socket.socket()
             try:
                 sock.bind(("", port))  # every interface: a loopback-only listener counts too
             except OSError:
+                sock.close()
                 continue
+            held.enter_context(sock)
             chosen.append(port)
         while len(chosen) < count:  # no room below the range: the kernel's choice
             sock = held.enter_context(socket.socket())
