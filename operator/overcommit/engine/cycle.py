@@ -19,14 +19,14 @@ from overcommit.engine.guests import (
 )
 from overcommit.engine.state import NodeRecord, StateStore
 from overcommit.host.base import ApplyError, ApplyResult, Change, HostFS
-from overcommit.host.ksm import ADVISOR_NONE, find_ksmd_pid, ksm_saved_bytes, ksmd_cpu_seconds
+from overcommit.host.ksm import find_ksmd_pid, ksm_saved_bytes, ksmd_cpu_seconds
 from overcommit.host.sources import HostAdapter
 from overcommit.planning.adaptive import AdaptiveState
 from overcommit.planning.kernel import (
-    ADVISOR_MODE,
     KSM_PAGES_TO_SCAN,
     KSM_RUN,
     RESETS,
+    advisor_on,
     resetters_of,
 )
 from overcommit.planning.observation import Observation
@@ -281,7 +281,7 @@ def _recordable(path: str, current: Mapping[str, str], originals: Mapping[str, s
     putting advisor_mode back hands it back, and writing the advisor's old value is EINVAL."""
     if any(key in originals for key in resetters_of(path)):
         return False
-    return not (path == KSM_PAGES_TO_SCAN and _advisor_on(current))
+    return not (path == KSM_PAGES_TO_SCAN and advisor_on(current))
 
 
 def _settled(path: str, current: Mapping[str, str], original: str) -> bool:
@@ -289,13 +289,9 @@ def _settled(path: str, current: Mapping[str, str], original: str) -> bool:
     now = current.get(path)
     if now is None:
         return True  # the file went away; nothing left to restore there
-    if path == KSM_PAGES_TO_SCAN and _advisor_on(current):
+    if path == KSM_PAGES_TO_SCAN and advisor_on(current):
         return True  # the advisor owns the rate (the kernel refuses a write)
     return now == original or (path == KSM_RUN and original == "2" and now == "0")
-
-
-def _advisor_on(current: Mapping[str, str]) -> bool:
-    return current.get(ADVISOR_MODE, ADVISOR_NONE) != ADVISOR_NONE
 
 
 def saved_bytes(obs: Observation) -> int:

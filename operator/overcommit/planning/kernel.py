@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 from overcommit.api.policy import KsmMode, KsmSpec, SwapSpec, UksmSpec, ZswapSpec
 from overcommit.host._sysfs import SettingsSource
-from overcommit.host.ksm import KSM_DIR, KsmSource
+from overcommit.host.ksm import ADVISOR_NONE, KSM_DIR, KsmSource
 from overcommit.host.swap import SYSCTL_VM
 from overcommit.host.uksm import UKSM_DIR, UksmSource, canonical_cpu_ratios
 from overcommit.host.zswap import ZSWAP_DIR
@@ -31,6 +31,12 @@ def _resets(source: type[SettingsSource]) -> dict[str, tuple[str, ...]]:
 
 # Path -> the paths the kernel resets when it changes (advisor_mode, UKSM's cpu_governor).
 RESETS = _resets(KsmSource) | _resets(UksmSource)
+
+
+def advisor_on(settings: Mapping[str, str]) -> bool:
+    """Whether KSM's advisor runs in ``settings``: it then owns pages_to_scan, and the kernel
+    refuses (EINVAL) a write of it."""
+    return settings.get(ADVISOR_MODE, ADVISOR_NONE) != ADVISOR_NONE
 
 
 def resetters_of(path: str) -> list[str]:

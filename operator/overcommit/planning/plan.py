@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from overcommit.api.model import Policy
 from overcommit.api.policy import KsmAdaptive, KsmMode
 from overcommit.host.base import Change
-from overcommit.host.ksm import ADVISOR_NONE
 from overcommit.planning import adaptive
 from overcommit.planning.kernel import (
     ADVISOR_MODE,
     KSM_PAGES_TO_SCAN,
     KSM_RUN,
     KSM_SLEEP,
+    advisor_on,
     ksm_static_settings,
     resetters_of,
     swap_settings,
@@ -146,7 +146,7 @@ def _held(path: str, desired: Mapping[str, str], before: Mapping[str, str]) -> b
 def _writable(target: dict[str, str], current: Mapping[str, str]) -> dict[str, str]:
     """Without pages_to_scan when advisor_mode ends up scan-time: the kernel refuses it (EINVAL)
     and the advisor sets the rate itself."""
-    if target.get(ADVISOR_MODE, current.get(ADVISOR_MODE, ADVISOR_NONE)) != ADVISOR_NONE:
+    if advisor_on({**current, **target}):
         target.pop(KSM_PAGES_TO_SCAN, None)
     return target
 
