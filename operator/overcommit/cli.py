@@ -88,8 +88,7 @@ class CheckedStateStore(StateStore):
     def load(self) -> NodeRecord:
         try:
             return super().load()
-        # JSON and encoding errors are ValueErrors; JSON of the wrong shape gives the others.
-        except (ValueError, TypeError, AttributeError) as exc:
+        except ValueError as exc:  # StateStore's word for every unreadable or malformed file
             raise StateFileError(self.path, exc) from exc
 
 

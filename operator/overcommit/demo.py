@@ -161,7 +161,6 @@ class Demo:
               f"ready={ready.get('status')} ({ready.get('reason')}) "
               f"saved={(status.get('saved') or {}).get('summary')} ksm={ksm}")
         print(f"  originals (restored on exit): {status.get('originals')}\n")
-        sys.stdout.flush()
 
     def applied(self) -> bool:
         status = self.status()
@@ -180,8 +179,7 @@ class Demo:
         interrupted: a second Ctrl-C here would leave the host changed."""
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        print("restoring the host (Ctrl-C is ignored until this is done)", file=sys.stderr,
-              flush=True)
+        print("restoring the host (Ctrl-C is ignored until this is done)", file=sys.stderr)
         self.cp.kubectl("delete", "-f", str(self.policy_file), "--ignore-not-found", check=False)
         try:
             wait_until(self.released, 60, "the agent to restore")
@@ -215,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     # ignored, and Python keeps an inherited "ignore": `kill -INT` would do nothing.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.default_int_handler)
-    # Each line as it is printed, also into a pipe (`scripts/demo | tee demo.log`).
+    # Each line as it is printed, also into a pipe (`scripts/demo | tee demo.log`); stderr is
+    # line-buffered already.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     try:
@@ -238,7 +237,7 @@ def run_demo(args: argparse.Namespace) -> int:
               f"{'this machine (real KSM)' if real else f'simulated at {demo.host_root}'}")
         if real:
             print(f"originals are recorded in {demo.state_dir}; should the demo be killed "
-                  f"hard: overcommit restore --state-dir {demo.state_dir}", flush=True)
+                  f"hard: overcommit restore --state-dir {demo.state_dir}")
         demo.install()
         workload = MergeWorkload(workers=4, size_mib=64) if real else None
         try:
@@ -253,7 +252,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 wait_until(demo.merged, 60, "KSM to merge the workload")
                 demo.show()
             else:
-                print("running; Ctrl-C to restore and stop\n", flush=True)
+                print("running; Ctrl-C to restore and stop\n")
                 while True:
                     time.sleep(10)
                     demo.show()

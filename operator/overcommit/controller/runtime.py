@@ -518,6 +518,3 @@ async def run(settings: ControllerSettings, stop: asyncio.Event | None = None) -
         if metrics_server is not None:
             await metrics_server.stop()
         await api.close()
-
-
-

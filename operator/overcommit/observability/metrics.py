@@ -416,7 +416,6 @@ async def serve_metrics(registry: CollectorRegistry, port: int, address: str,
     return server
 
 
-
 class MetricsServer:
     """``GET /metrics`` (Prometheus text or OpenMetrics, as the scraper asks) on the running
     asyncio loop. ``address`` "" listens on every interface (IPv4 and IPv6)."""
