@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from overcommit.testing import ControlPlane
-from overcommit.testing.ports import free_ports
 from overcommit.testing.processes import stop_process
 from tests.cases import policy_document
 
@@ -22,20 +21,21 @@ REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "deploy" / "crds"
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (see ``overcommit.testing.ports``)."""
-    return free_ports(1)[0]
+def fetch(port: int, path: str) -> tuple[int, str] | None:
+    """(HTTP status, body) from a server on loopback, or None while nothing answers yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError:  # refused, reset or timed out: not (yet) serving
+        return None
 
 
 def probe(port: int, path: str) -> tuple[int, dict[str, Any]] | None:
     """(HTTP status, JSON body) of a health endpoint, or None while nothing listens yet."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-    except OSError:  # refused, reset or timed out: not (yet) serving
-        return None
+    answer = fetch(port, path)
+    return None if answer is None else (answer[0], json.loads(answer[1]))
 
 
 def apply(cp: ControlPlane, *objects: dict[str, Any]) -> None:

@@ -16,13 +16,13 @@ import yaml
 
 from overcommit.api.status import find_condition as condition
 from overcommit.testing import ControlPlane
+from overcommit.testing.ports import free_port
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_log,
     agent_process,
     apply,
-    free_port,
     get_json,
     install_crds,
     node,

@@ -7,13 +7,13 @@ import uuid
 from pathlib import Path
 
 from overcommit.testing import ControlPlane
+from overcommit.testing.ports import free_port
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_log,
     agent_process,
     apply,
-    free_port,
     install_crds,
     node,
     policy,

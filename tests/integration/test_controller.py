@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,6 +26,7 @@ from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_process,
     apply,
+    fetch,
     get_json,
     install_crds,
     node,
@@ -73,18 +73,18 @@ class Replica:
         self.metrics_port = metrics_port
 
     def health(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
-            body: dict[str, Any] = json.load(r)
-            return body
+        answer = probe(self.port, "/healthz")
+        assert answer is not None and answer[0] == 200, f"{self.identity}: /healthz {answer}"
+        return answer[1]
 
     def metric(self, series: str) -> float | None:
         """One series' value from /metrics (``name{labels}`` as Prometheus prints it), or None
         while it has none (a labelled series appears with its first sample)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(series + " "):
-                    return float(line.rsplit(" ", 1)[1])
+        answer = fetch(self.metrics_port, "/metrics")
+        assert answer is not None and answer[0] == 200, f"{self.identity}: /metrics {answer}"
+        for line in answer[1].splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
         return None
 
 
@@ -126,18 +126,10 @@ def wait_until_serving(replica: Replica, log_path: Path, start: int) -> bool:
             pytest.fail(f"controller {replica.identity} exited {replica.proc.returncode} "
                         f"while starting:\n{log[-4000:]}", pytrace=False)
         serving = (probe(replica.port, "/healthz") is not None
-                   and probe_metrics(replica.metrics_port))
+                   and (fetch(replica.metrics_port, "/metrics") or (0,))[0] == 200)
         return "serving" if serving else ""
     found = wait_for(outcome, 60, f"controller {replica.identity} to serve /healthz and /metrics")
     return found == "serving"
-
-
-def probe_metrics(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            return bool(r.status == 200)
-    except OSError:  # refused, reset or timed out: not (yet) serving
-        return False
 
 
 def status(cluster: ControlPlane, name: str) -> dict[str, Any]:

@@ -26,9 +26,10 @@ import pytest
 from overcommit.cli import main
 from overcommit.demo import simulated_host
 from overcommit.testing import ControlPlane
+from overcommit.testing.ports import free_port
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
-from tests.integration.kube import apply, free_port, install_crds, node, policy
+from tests.integration.kube import apply, install_crds, node, policy
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "memory-overcommit:test"

@@ -7,7 +7,6 @@ HTTP, and every value is compared with the MemoryOvercommitNodeState the same ag
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from overcommit.testing import ControlPlane
+from overcommit.testing.ports import free_port
 from tests.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_log,
     agent_process,
     apply,
-    free_port,
+    fetch,
     install_crds,
     node,
     node_state,
@@ -52,13 +52,11 @@ def name() -> str:
 
 
 def scrape(port: int) -> Series | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
-    except OSError:
+    answer = fetch(port, "/metrics")
+    if answer is None or answer[0] != 200:
         return None  # not listening yet
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+            for family in text_string_to_metric_families(answer[1]) for s in family.samples}
 
 
 def get(series: Series, metric: str, /, **labels: str) -> float | None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from overcommit.testing.ports import free_ports
+from overcommit.testing.ports import free_port
 from overcommit.testing.processes import dies_with_this_process
 
 __all__ = [
@@ -141,12 +141,6 @@ def find_kubectl() -> Path:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _free_port() -> int:
-    # Racy by nature (the port is free now, not necessarily at bind time); callers retry.
-    # Below the ephemeral range, so a restart_apiserver() finds its port still free.
-    return free_ports(1)[0]
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -571,9 +565,10 @@ class ControlPlane:
         self._probe_cert = pki.issue("probe", "overcommit-probe", ["system:masters"])
 
     def _start_with_port_retries(self, start: Callable[[], None], port_attr: str) -> None:
-        # _free_port() can race with other processes; a fresh port on "address in use" fixes it.
+        # free_port() can race with other processes; a fresh port on "address in use" fixes it.
+        # (Below the ephemeral range, so a restart_apiserver() finds its port still free.)
         for attempt in range(3):
-            setattr(self, port_attr, _free_port())
+            setattr(self, port_attr, free_port())
             try:
                 start()
                 return
@@ -591,7 +586,7 @@ class ControlPlane:
 
     def _start_etcd(self) -> None:
         assert self.etcd_binary is not None
-        peer = f"http://127.0.0.1:{_free_port()}"
+        peer = f"http://127.0.0.1:{free_port()}"
         argv = [
             str(self.etcd_binary), "--name", "default",
             "--data-dir", str(self.dir / "etcd-data"),

@@ -28,6 +28,11 @@ def ephemeral_range(path: Path = EPHEMERAL_RANGE) -> tuple[int, int]:
     return low, high
 
 
+def free_port() -> int:
+    """One port nothing listens on now (see ``free_ports``)."""
+    return free_ports(1)[0]
+
+
 def free_ports(count: int = 1, path: Path = EPHEMERAL_RANGE, lowest: int = LOWEST) -> list[int]:
     """``count`` distinct ports nothing listens on now, below the ephemeral range where it
     leaves room, else any free ones. They are held open together while chosen, so none

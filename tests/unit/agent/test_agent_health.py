@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from overcommit.agent.health import CycleHealth, serve_health
+from overcommit.testing.ports import free_port
 
 
 class FakeClock:
@@ -64,13 +65,6 @@ def test_a_cycle_running_past_the_limit_fails_both_probes(clock: FakeClock) -> N
         assert health.readiness_problem() == problem
         assert health.report()["cycleRunningSeconds"] == 61.0
     assert health.liveness_problem() is None  # it returned after all
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def get(port: int, path: str) -> tuple[int, dict[str, object]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from overcommit.observability.metrics import (
     policy_samples,
     version,
 )
+from overcommit.testing.ports import free_port
 from tests.cases import policy_document
 from tests.fakes.kernel import FakeKernel
 
@@ -230,13 +230,6 @@ def test_snapshot_refuses_undocumented_series() -> None:
     collector = SnapshotCollector(AgentMetrics("n").node.series)
     with pytest.raises(ValueError, match="undocumented"):
         collector.update([Sample("overcommit_made_up", (), 1.0)])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_server_serves_text_and_openmetrics_over_http() -> None:
