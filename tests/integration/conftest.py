@@ -55,12 +55,17 @@ def ksm_value(name: str) -> str:
     return text
 
 
+def require_root(what: str) -> None:
+    """Fail (never skip) a test that touches the real host without root, saying so."""
+    if os.geteuid() != 0:
+        pytest.fail(f"this test {what} and needs root (run scripts/test as root, as CI does)",
+                    pytrace=False)
+
+
 @pytest.fixture
 def real_ksm() -> Iterator[dict[str, str]]:
     """The host's real KSM, with every writable setting put back afterwards (merges undone)."""
-    if os.geteuid() != 0:
-        pytest.fail("this test drives the real /sys/kernel/mm/ksm and needs root "
-                    "(run scripts/test as root, as CI does)", pytrace=False)
+    require_root("drives the real /sys/kernel/mm/ksm")
     if not (KSM_DIR / "run").exists():
         pytest.fail("this kernel has no /sys/kernel/mm/ksm (CONFIG_KSM): use a kernel with "
                     "KSM", pytrace=False)

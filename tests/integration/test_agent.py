@@ -366,18 +366,30 @@ def test_without_kubevirt_the_agent_starts_without_a_warning(
     line says what is missing."""
     cluster.kubectl("delete", "crd", "virtualmachineinstances.kubevirt.io", "--ignore-not-found")
     wait_for(lambda: not kubevirt_served(cluster), 30, "KubeVirt's API to be gone")
+    log = log_of_an_agent_that_applied(cluster, host, names, tmp_path)
+    assert "KubeVirt serves no VirtualMachineInstances" in log, log
+    assert not [m for m in VMI_TROUBLE if m in log], log
+
+
+def log_of_an_agent_that_applied(cluster: ControlPlane, host: FakeKernel,
+                                 names: dict[str, str], tmp_path: Path,
+                                 account: str | None = None) -> str:
+    """A node and a KSM policy for it; the agent (with ``account``'s pod-bound token, else as
+    admin) runs until it has applied and reported the policy. Its log, for what it decided."""
     n, p = names["node"], names["policy"]
     apply(cluster, node(n, {"pool": n}))
     apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
-                              "ksm": {"enabled": True, "pagesToScan": 432}}))
+                              "ksm": {"enabled": True, "pagesToScan": 543}}))
+    kubeconfig = _pod_bound_kubeconfig(cluster, n, account) if account else None
     state = tmp_path / "state"
-    with agent_process(cluster, n, host.root, state, extra_args=["--no-libvirt"]):
-        wait_for(lambda: (status_of(cluster, n).get("policy") or {}).get("name") == p, 60,
-                 "the agent to apply the policy and report")
-    log = agent_log(state, n)
-    assert "KubeVirt serves no VirtualMachineInstances" in log, log
-    assert not [m for m in VMI_TROUBLE if m in log], log
+    with agent_process(cluster, n, host.root, state, kubeconfig=kubeconfig,
+                       extra_args=["--no-libvirt"]):
+        wait_for(lambda: sysfs(host, "pages_to_scan") == "543", 60,
+                 "the agent to apply the policy")
+        wait_for(lambda: (status_of(cluster, n).get("policy") or {}).get("name") == p, 30,
+                 "the agent to report its node state")
     cluster.kubectl("delete", "mop", p)
+    return agent_log(state, n)
 
 
 def test_kubevirt_vmi_labels_select_guests(cluster: ControlPlane, host: FakeKernel,
@@ -446,19 +458,6 @@ def test_libvirt_overlay_agent_in_a_kubevirt_cluster_leaves_vmis_alone(
                        "name": role_name},
            "subjects": [{"kind": "ServiceAccount", "name": account,
                          "namespace": "memory-overcommit"}]})
-    n, p = names["node"], names["policy"]
-    apply(cluster, node(n, {"pool": n}))
-    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
-                              "ksm": {"enabled": True, "pagesToScan": 543}}))
-    kubeconfig = _pod_bound_kubeconfig(cluster, n, account)
-    state = tmp_path / "state"
-    with agent_process(cluster, n, host.root, state, kubeconfig=kubeconfig,
-                       extra_args=["--no-libvirt"]):
-        wait_for(lambda: sysfs(host, "pages_to_scan") == "543", 60,
-                 "the agent (libvirt overlay's RBAC) to apply the policy")
-        wait_for(lambda: (status_of(cluster, n).get("policy") or {}).get("name") == p, 30,
-                 "the agent to report its node state")
-    log = agent_log(state, n)
+    log = log_of_an_agent_that_applied(cluster, host, names, tmp_path, account)
     assert "this agent may not list VirtualMachineInstances" in log, log
     assert not [m for m in VMI_TROUBLE if m in log], log
-    cluster.kubectl("delete", "mop", p)

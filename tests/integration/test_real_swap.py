@@ -4,7 +4,6 @@ restore every original exactly, and a refused compressor reported without losing
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from tests.cases import policy_document
+from tests.integration.conftest import require_root
 
 ZSWAP = Path("/sys/module/zswap/parameters")
 SWAPPINESS = Path("/proc/sys/vm/swappiness")
@@ -31,9 +31,7 @@ def read_all() -> dict[str, str]:
 @pytest.fixture
 def real_swap() -> Iterator[dict[str, str]]:
     """The real zswap parameters and swappiness, each written back as it was afterwards."""
-    if os.geteuid() != 0:
-        pytest.fail("this test writes the real /sys/module/zswap and /proc/sys/vm and needs "
-                    "root (run scripts/test as root, as CI does)", pytrace=False)
+    require_root("writes the real /sys/module/zswap and /proc/sys/vm")
     if not all((ZSWAP / name).exists() for name in PARAMETERS):
         pytest.fail("this kernel has no zswap with all of " + ", ".join(PARAMETERS) +
                     " (CONFIG_ZSWAP, Linux 6.8+ for shrinker_enabled)", pytrace=False)
