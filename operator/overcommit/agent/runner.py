@@ -236,9 +236,9 @@ class Agent:
                 await self.api.create_node_state(self.settings.node_name, node_uid)
             self.state_uid = obj["metadata"]["uid"]
             self.recreate_state = False
-            force = obj.get("status") is None or self.last_status is None
+            force = obj.get("status") is None
         since_write = time.monotonic() - self.last_write
-        if not (force or should_write(status, self.last_status or {}, since_write,
+        if not (force or should_write(status, self.last_status, since_write,
                                       self.settings.status_interval_seconds)):
             return False
         status["lastUpdate"] = now_rfc3339()
