@@ -36,6 +36,9 @@ print(*[r for r in run if name(r) != "kubernetes"], sep="\n", file=open("/tmp/ru
  && /opt/build/bin/pip --python /opt/overcommit/bin/python install -q -r /tmp/run.txt
 COPY README.md /src/
 COPY operator /src/operator
+# The demo's package data links to these (overcommit/demo/deploy and examples).
+COPY deploy /src/deploy
+COPY examples /src/examples
 RUN /opt/build/bin/pip wheel -q --no-deps --no-build-isolation -w /wheels /src \
  && /opt/build/bin/pip --python /opt/overcommit/bin/python install -q --no-deps /wheels/*.whl
 

@@ -42,9 +42,9 @@ import yaml
 
 from overcommit.api.policy import GROUP, VERSION
 from overcommit.cli import build_parser
-from overcommit.demo import Demo, simulated_host
-from overcommit.testing.controlplane import ControlPlane
-from overcommit.testing.processes import stop_process
+from overcommit.demo.run import Demo, simulated_host
+from overcommit.localcluster.controlplane import ControlPlane
+from overcommit.localcluster.processes import stop_process
 
 JSON = dict[str, Any]
 POLICIES = f"/apis/{GROUP}/{VERSION}/memoryovercommitpolicies"

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
 from typing import Any
 
+from bench.balloon_baselines import mom_targets, proxmox_targets
 from bench.common import log as _log
 from bench.common import quiet as _quiet
 from bench.common import raise_interrupt as _raise_interrupt
@@ -58,11 +59,10 @@ from overcommit.planning.balloon import (
     plan_balloons,
     skip_reason,
 )
-from overcommit.planning.balloon_baselines import mom_targets, proxmox_targets
 from overcommit.planning.observation import Observation
-from overcommit.testing import guests, libvirtd
 from overcommit.virt.libvirt_source import LibvirtEndpoint
 from overcommit.virt.model import BalloonTarget, GuestObservation
+from testkit import guests, libvirtd
 
 MIB = 1024  # KiB
 PAGE_KIB = 4  # a balloon moves in 4 KiB pages: a target is reached within one

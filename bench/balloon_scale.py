@@ -23,9 +23,9 @@ from overcommit.api.model import policy_from_object
 from overcommit.engine.cycle import NodeEngine
 from overcommit.engine.guests import GuestManager, VirtSettings
 from overcommit.virt.libvirt_source import LibvirtEndpoint
-from tests.cases import policy_document
-from tests.fakes.kernel import FakeKernel
-from tests.fakes.libvirt_xml import kubevirt_fleet, write_node
+from testkit.cases import policy_document
+from testkit.fakes.kernel import FakeKernel
+from testkit.fakes.libvirt_xml import kubevirt_fleet, write_node
 
 TARGET_CPU_S = 1.0
 # The test driver stamps every statistic with this constant "last_update"; a wall clock just

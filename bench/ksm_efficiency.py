@@ -29,7 +29,7 @@ from bench.common import log as _log
 from bench.common import quiet as _quiet
 from bench.common import raise_interrupt as _raise_interrupt
 from bench.strategies import BASELINES, STRATEGY_NAMES, Strategy, factory
-from overcommit.testing.workload import MergeWorkload
+from overcommit.demo.workload import MergeWorkload
 
 TARGET_SHARE = 0.9
 ATTEMPTS = 8  # per trial, when someone else disturbs KSM during the measurement

@@ -64,8 +64,8 @@ from bench.scale_model import (
     write_requests,
 )
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
-from overcommit.testing.controlplane import ControlPlane
-from overcommit.testing.processes import stop_process
+from overcommit.localcluster.controlplane import ControlPlane
+from overcommit.localcluster.processes import stop_process
 
 JSON = dict[str, Any]
 REPO = Path(__file__).resolve().parents[1]

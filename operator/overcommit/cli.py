@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="engines, settings, counters and savings here")
     _host_options(status, labels=False)
     status.set_defaults(func=cmd_status)
-    # `demo` parses its own flags (see overcommit.demo); listed here for --help.
+    # `demo` parses its own flags (see overcommit.demo.run); listed here for --help.
     sub.add_parser("demo", help="the whole operator on this machine (a local control plane, "
                    "the agent, an example policy), then restore; see overcommit demo --help")
 
@@ -455,9 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
-        from overcommit import demo
+        from overcommit.demo.run import main as demo_main
 
-        return demo.main(argv[1:])
+        return demo_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -18,7 +18,7 @@ import pytest
 
 from overcommit.host.base import HostFS
 from overcommit.host.ksm import KsmSource
-from overcommit.testing.pytest_plugin import control_plane  # noqa: F401  (a fixture)
+from testkit.pytest_plugin import control_plane  # noqa: F401  (a fixture)
 
 KSM_DIR = Path("/sys/kernel/mm/ksm")
 
@@ -82,7 +82,7 @@ def real_ksm() -> Iterator[dict[str, str]]:
 def libvirt_conn() -> Iterator[Any]:
     """A connection to the real ``qemu:///system`` (libvirtd started if needed), after removing
     test guests left by runs that were killed before their cleanup."""
-    from overcommit.testing import guests, libvirtd
+    from testkit import guests, libvirtd
 
     try:
         import libvirt  # here: a missing binding must fail the test, not collection

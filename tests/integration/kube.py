@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from overcommit.testing import ControlPlane
-from overcommit.testing.processes import stop_process
-from tests.cases import policy_document
+from overcommit.localcluster import ControlPlane
+from overcommit.localcluster.processes import stop_process
+from testkit.cases import policy_document
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "deploy" / "crds"

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from overcommit.api.status import find_condition as condition
-from overcommit.testing import ControlPlane
-from overcommit.testing.ports import free_port
-from tests.fakes.kernel import FakeKernel
+from overcommit.localcluster import ControlPlane
+from overcommit.localcluster.ports import free_port
+from testkit.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_log,
@@ -396,7 +396,7 @@ def test_kubevirt_vmi_labels_select_guests(cluster: ControlPlane, host: FakeKern
                                            names: dict[str, str], tmp_path: Path) -> None:
     """VMI labels come from the API (KubeVirt's CRD present): vmSelector.matchLabels works,
     under the shipped RBAC and a pod-bound token, as on a cluster."""
-    from tests.fakes.libvirt_xml import FakeDomain, write_node
+    from testkit.fakes.libvirt_xml import FakeDomain, write_node
 
     cluster.kubectl("apply", "--server-side", "-k",
                     str(Path(__file__).parents[2] / "deploy/manifests"))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from overcommit.testing import ControlPlane
-from overcommit.testing.ports import free_port
-from tests.fakes.kernel import FakeKernel
+from overcommit.localcluster import ControlPlane
+from overcommit.localcluster.ports import free_port
+from testkit.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_log,

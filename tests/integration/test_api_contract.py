@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from overcommit.testing import ControlPlane
-from tests.cases import invalid_policy_cases, policy_document
+from overcommit.localcluster import ControlPlane
+from testkit.cases import invalid_policy_cases, policy_document
 from tests.integration.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

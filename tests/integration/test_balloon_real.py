@@ -27,8 +27,8 @@ from overcommit.agent.status import node_status
 from overcommit.api.model import policy_from_object
 from overcommit.engine.cycle import NodeEngine
 from overcommit.engine.guests import VirtSettings
-from overcommit.testing import guests, libvirtd
-from tests.cases import policy_document
+from testkit import guests, libvirtd
+from testkit.cases import policy_document
 from tests.integration.conftest import ksm_value, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

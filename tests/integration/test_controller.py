@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from overcommit.api.status import find_condition as condition
-from overcommit.testing import ControlPlane
-from overcommit.testing.ports import free_ports
-from overcommit.testing.processes import stop_process
-from tests.fakes.kernel import FakeKernel
+from overcommit.localcluster import ControlPlane
+from overcommit.localcluster.ports import free_ports
+from overcommit.localcluster.processes import stop_process
+from testkit.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_process,

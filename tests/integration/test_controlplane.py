@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from overcommit.testing import ControlPlane
+from overcommit.localcluster import ControlPlane
 
 NS = "cp-harness"
 NODE = "worker-1"

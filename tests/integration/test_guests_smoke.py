@@ -1,7 +1,7 @@
 """Real guests under the real libvirtd (qemu:///system, TCG): boot, balloon, eat, no driver.
 
 Proves the test infrastructure the balloon feature will be tested with
-(overcommit.testing.libvirtd + guests): libvirt's balloon statistics and the guest's own
+(testkit.libvirtd + guests): libvirt's balloon statistics and the guest's own
 /proc/meminfo agree, a live balloon change reaches the guest, and guest-side memory use shows in
 libvirt's ``usable``. Needs root; missing parts FAIL with a message naming
 scripts/install-libvirt (a skipped suite would look green while testing nothing).
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from overcommit.testing import guests, libvirtd
+from testkit import guests, libvirtd
 from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 from overcommit.cli import main
-from overcommit.demo import simulated_host
-from overcommit.testing import ControlPlane
-from overcommit.testing.ports import free_port
-from tests.fakes.kernel import FakeKernel
+from overcommit.demo.run import simulated_host
+from overcommit.localcluster import ControlPlane
+from overcommit.localcluster.ports import free_port
+from testkit.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import apply, install_crds, node, policy
 

@@ -16,9 +16,9 @@ from typing import Any, cast
 
 import pytest
 
-from overcommit.testing import guests, libvirtd
 from overcommit.virt.libvirt_source import LibvirtEndpoint
 from overcommit.virt.model import GuestObservation
+from testkit import guests, libvirtd
 from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

@@ -27,8 +27,12 @@ from overcommit.host.meminfo import MEMINFO, VMSTAT
 from overcommit.host.pressure import PSI_MEMORY
 from overcommit.host.sources import default_sources
 from overcommit.host.swap import SWAPS
-from overcommit.testing import ControlPlane
-from overcommit.testing.controlplane import ControlPlaneError, find_kubectl, pinned_kube_version
+from overcommit.localcluster import ControlPlane
+from overcommit.localcluster.controlplane import (
+    ControlPlaneError,
+    find_kubectl,
+    pinned_kube_version,
+)
 from overcommit.virt.endpoints import (
     DEFAULT_LINK_DIR,
     LAUNCHER_SOCKETS,

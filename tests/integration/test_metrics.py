@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from overcommit.testing import ControlPlane
-from overcommit.testing.ports import free_port
-from tests.fakes.kernel import FakeKernel
+from overcommit.localcluster import ControlPlane
+from overcommit.localcluster.ports import free_port
+from testkit.fakes.kernel import FakeKernel
 from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_log,
@@ -202,7 +202,7 @@ def test_guest_series_match_the_node_state(cluster: ControlPlane, name: str,
     """Guests on libvirt's test driver (no daemon, no real guest). Its balloon statistics are
     decades old under a real clock, so the agent reports the guests and leaves them alone:
     max, current and usable are served, a target is not."""
-    from tests.fakes.libvirt_xml import FakeDomain, write_node
+    from testkit.fakes.libvirt_xml import FakeDomain, write_node
 
     host = FakeKernel(tmp_path / "host")
     uri = write_node(tmp_path, [

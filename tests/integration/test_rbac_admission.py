@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from overcommit.testing import ControlPlane
-from tests.cases import policy_document
+from overcommit.localcluster import ControlPlane
+from testkit.cases import policy_document
 from tests.integration.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from overcommit.api.policy import KsmAdaptive
-from overcommit.testing.processes import stop_process
-from overcommit.testing.workload import MergeWorkload
-from tests.cases import policy_document
+from overcommit.demo.workload import MergeWorkload
+from overcommit.localcluster.processes import stop_process
+from testkit.cases import policy_document
 from tests.integration.conftest import ksm_value, wait_for
 
 KSM = "sys/kernel/mm/ksm"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cases import policy_document
+from testkit.cases import policy_document
 from tests.integration.conftest import require_root
 
 ZSWAP = Path("/sys/module/zswap/parameters")

@@ -28,9 +28,9 @@ from overcommit.controller.fold import fold, node_report, policy_view
 from overcommit.engine.cycle import NodeEngine
 from overcommit.engine.guests import GuestManager, VirtSettings
 from overcommit.virt.libvirt_source import LibvirtEndpoint
-from tests.cases import policy_document
-from tests.fakes.kernel import FakeKernel
-from tests.fakes.libvirt_xml import FakeDomain, write_node
+from testkit.cases import policy_document
+from testkit.fakes.kernel import FakeKernel
+from testkit.fakes.libvirt_xml import FakeDomain, write_node
 
 GOLDEN = Path(__file__).parent / "golden"
 GIB_KIB = 1024 * 1024

@@ -16,8 +16,8 @@ from overcommit.agent.runner import Agent, failure_kind
 from overcommit.agent.settings import AgentSettings
 from overcommit.api.model import PolicyError, policy_from_object
 from overcommit.engine.cycle import CycleReport, NodeEngine
-from tests.cases import policy_document
-from tests.fakes.kernel import FakeKernel
+from testkit.cases import policy_document
+from testkit.fakes.kernel import FakeKernel
 
 KSM = "sys/kernel/mm/ksm"
 

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from overcommit.agent.health import CycleHealth, serve_health
-from overcommit.testing.ports import free_port
+from overcommit.localcluster.ports import free_port
 
 
 class FakeClock:

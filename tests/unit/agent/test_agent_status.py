@@ -16,8 +16,8 @@ from overcommit.api.model import PolicyError, policy_from_object
 from overcommit.api.schema import openapi_schema, validate
 from overcommit.api.status import NodeStateStatus, find_condition
 from overcommit.engine.cycle import CycleReport, NodeEngine
-from tests.cases import policy_document
-from tests.fakes.kernel import FakeKernel
+from testkit.cases import policy_document
+from testkit.fakes.kernel import FakeKernel
 
 KSM = "sys/kernel/mm/ksm"
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from overcommit.cli import EXIT_INVALID, main
-from tests.cases import invalid_policy_cases, policy_document
+from testkit.cases import invalid_policy_cases, policy_document
 
 CASES = invalid_policy_cases()
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from overcommit.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, build_parser, cmd_run, main
-from tests.cases import policy_document
-from tests.fakes.kernel import FakeKernel
+from testkit.cases import policy_document
+from testkit.fakes.kernel import FakeKernel
 
 KSM = "sys/kernel/mm/ksm"
 

@@ -21,7 +21,7 @@ from overcommit.controller.fold import (
     policy_view,
     significant,
 )
-from tests.cases import policy_document
+from testkit.cases import policy_document
 from tests.unit.controller import kstatus
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"

@@ -18,7 +18,7 @@ from overcommit.controller.runtime import RETRY_SECONDS, Controller, LeaderElect
 from overcommit.controller.settings import ControllerSettings
 from overcommit.controller.sweep import sweep
 from overcommit.observability.metrics import ControllerMetrics
-from tests.cases import policy_document
+from testkit.cases import policy_document
 from tests.unit.controller.test_controller_fold import state
 
 JSON = dict[str, Any]

@@ -11,8 +11,8 @@ import pytest
 
 from overcommit.api.model import Policy, policy_from_object
 from overcommit.engine.cycle import NodeEngine
-from tests.cases import policy_document
-from tests.fakes.kernel import FakeKernel
+from testkit.cases import policy_document
+from testkit.fakes.kernel import FakeKernel
 
 KSM = "sys/kernel/mm/ksm"
 ZSWAP = "sys/module/zswap/parameters"

@@ -16,9 +16,9 @@ from overcommit.api.model import Policy, policy_from_object
 from overcommit.engine.cycle import NodeEngine
 from overcommit.engine.guests import GuestManager, GuestReport, VirtSettings
 from overcommit.virt.libvirt_source import LibvirtEndpoint
-from tests.cases import policy_document
-from tests.fakes.kernel import FakeKernel
-from tests.fakes.libvirt_xml import FakeDomain, kubevirt_fleet, write_node
+from testkit.cases import policy_document
+from testkit.fakes.kernel import FakeKernel
+from testkit.fakes.libvirt_xml import FakeDomain, kubevirt_fleet, write_node
 
 GIB_KIB = 1024 * 1024
 # The test driver reports a constant last_update (627319920); a matching wall clock makes its

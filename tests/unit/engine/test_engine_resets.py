@@ -11,7 +11,7 @@ import pytest
 
 from overcommit.engine.cycle import CycleReport, NodeEngine
 from overcommit.host.uksm import EVAL_INTERVALS_NOTE
-from tests.fakes.kernel import FakeKernel
+from testkit.fakes.kernel import FakeKernel
 from tests.unit.engine.test_engine import engine_for, originals_file, policy
 
 KSM = "sys/kernel/mm/ksm"

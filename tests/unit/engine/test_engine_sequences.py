@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from overcommit.api.model import policy_from_object
 from overcommit.engine.cycle import CycleReport, NodeEngine
-from tests.cases import policy_document
-from tests.fakes.kernel import FakeKernel, scratch_parent
+from testkit.cases import policy_document
+from testkit.fakes.kernel import FakeKernel, scratch_parent
 
 KSM = "sys/kernel/mm/ksm"
 UKSM = "sys/kernel/mm/uksm"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.kernel import FakeKernel, scratch_parent
+from testkit.fakes.kernel import FakeKernel, scratch_parent
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.kernel import FakeKernel
+from testkit.fakes.kernel import FakeKernel
 
 KSM = "sys/kernel/mm/ksm"
 UKSM = "sys/kernel/mm/uksm"

@@ -13,7 +13,7 @@ from overcommit.host.ksm import (
     ksm_saved_bytes,
     ksmd_cpu_seconds,
 )
-from tests.fakes.kernel import CLOCK_TICKS, KSMD_PID, FakeKernel, stat_line
+from testkit.fakes.kernel import CLOCK_TICKS, KSMD_PID, FakeKernel, stat_line
 
 
 def ksm(name: str) -> str:

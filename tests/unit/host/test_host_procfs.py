@@ -4,7 +4,7 @@ from pathlib import Path
 
 from overcommit.host.meminfo import MeminfoSource, parse_meminfo, parse_vmstat
 from overcommit.host.pressure import PSI_MEMORY, PressureSource, parse_psi
-from tests.fakes.kernel import FakeKernel
+from testkit.fakes.kernel import FakeKernel
 
 
 def test_parse_meminfo_scales_kb_and_keeps_counts() -> None:

@@ -11,7 +11,7 @@ import pytest
 from overcommit.host._sysfs import SettingsSource
 from overcommit.host.ksm import KsmSource
 from overcommit.host.uksm import UksmSource
-from tests.fakes.kernel import FakeKernel
+from testkit.fakes.kernel import FakeKernel
 
 # A non-default value for every setting a reset could touch, and a new value for each key.
 TUNED = {"pages_to_scan": "1250", "max_cpu_percentage": "50",

@@ -9,7 +9,7 @@ import pytest
 from overcommit.host.base import ApplyResult, Change, SourceReading
 from overcommit.host.ksm import KsmSource
 from overcommit.host.sources import HostAdapter, default_sources
-from tests.fakes.kernel import FakeKernel
+from testkit.fakes.kernel import FakeKernel
 
 KSM_RUN = "sys/kernel/mm/ksm/run"
 COMPRESSOR = "sys/module/zswap/parameters/compressor"

@@ -17,7 +17,7 @@ from overcommit.host._sysfs import (
 )
 from overcommit.host.ksm import KsmSource
 from overcommit.host.uksm import canonical_cpu_ratios
-from tests.fakes.kernel import FakeKernel, scratch_parent
+from testkit.fakes.kernel import FakeKernel, scratch_parent
 
 
 @pytest.mark.parametrize(("text", "value"), [

@@ -6,7 +6,7 @@ import pytest
 
 from overcommit.host.base import Change
 from overcommit.host.uksm import EVAL_INTERVALS_NOTE, UksmSource
-from tests.fakes.kernel import FakeKernel
+from testkit.fakes.kernel import FakeKernel
 
 
 def uksm(name: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 from overcommit.host.base import Change
 from overcommit.host.swap import SwapSource, parse_swaps
 from overcommit.host.zswap import ZswapSource
-from tests.fakes.kernel import FakeKernel
+from testkit.fakes.kernel import FakeKernel
 
 
 def zswap(name: str) -> str:

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from overcommit.agent.status import node_status
 from overcommit.api.model import policy_from_object
 from overcommit.engine.cycle import CycleReport, NodeEngine
+from overcommit.localcluster.ports import free_port
 from overcommit.observability.metrics import (
     AgentMetrics,
     ControllerMetrics,
@@ -29,9 +30,8 @@ from overcommit.observability.metrics import (
     policy_samples,
     version,
 )
-from overcommit.testing.ports import free_port
-from tests.cases import policy_document
-from tests.fakes.kernel import FakeKernel
+from testkit.cases import policy_document
+from testkit.fakes.kernel import FakeKernel
 
 KSM = "sys/kernel/mm/ksm"
 DOC = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"

@@ -25,7 +25,7 @@ from overcommit.planning.balloon import (
 )
 from overcommit.planning.observation import Observation
 from overcommit.virt.model import GuestObservation
-from tests.cases import policy_document
+from testkit.cases import policy_document
 
 MIB = 1024  # KiB
 GIB = 1024 * MIB

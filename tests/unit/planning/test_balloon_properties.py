@@ -37,7 +37,7 @@ from overcommit.planning.balloon import (
 )
 from overcommit.planning.observation import Observation
 from overcommit.virt.model import GuestDecision, GuestObservation
-from tests.cases import policy_document
+from testkit.cases import policy_document
 from tests.unit.planning.strategies import SCHEMA, from_schema
 from tests.unit.planning.test_balloon import MIB, host
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from bench.balloon_baselines import mom_targets, proxmox_targets
 from overcommit.api.policy import BalloonSpec
 from overcommit.host.base import SourceReading
 from overcommit.planning.balloon import BalloonPlan, BalloonState, plan_balloons
-from overcommit.planning.balloon_baselines import mom_targets, proxmox_targets
 from overcommit.planning.observation import Observation
 from overcommit.virt.model import GuestObservation
 from tests.unit.planning.test_balloon import GIB, MIB, balloon

@@ -19,8 +19,8 @@ from overcommit.api.model import policy_from_object
 from overcommit.host.sources import HostAdapter
 from overcommit.planning.observation import Observation
 from overcommit.planning.plan import plan_node
-from tests.cases import policy_document
-from tests.fakes.kernel import FakeKernel
+from testkit.cases import policy_document
+from testkit.fakes.kernel import FakeKernel
 from tests.unit.planning.strategies import valid_specs
 
 KSM = "sys/kernel/mm/ksm"

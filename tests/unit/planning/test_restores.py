@@ -5,7 +5,7 @@ from __future__ import annotations
 from overcommit.api.model import policy_from_object
 from overcommit.planning.kernel import ksm_static_settings
 from overcommit.planning.plan import with_restores
-from tests.cases import policy_document
+from testkit.cases import policy_document
 
 KSM = "sys/kernel/mm/ksm"
 UKSM = "sys/kernel/mm/uksm"

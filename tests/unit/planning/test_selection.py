@@ -4,7 +4,7 @@ from typing import Any
 
 from overcommit.api.model import Policy, policy_from_object
 from overcommit.planning.selection import select_policy, selector_matches
-from tests.cases import policy_document
+from testkit.cases import policy_document
 
 
 def _policy(name: str, priority: int = 0, selector: dict[str, Any] | None = None,

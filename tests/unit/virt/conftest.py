@@ -10,7 +10,7 @@ import libvirt  # type: ignore[import-untyped]
 import pytest
 
 from overcommit.virt.libvirt_source import LibvirtEndpoint
-from tests.fakes.libvirt_xml import TEST_DRIVER_LAST_UPDATE, FakeDomain, write_node
+from testkit.fakes.libvirt_xml import TEST_DRIVER_LAST_UPDATE, FakeDomain, write_node
 
 # A wall clock 3 s after the test driver's constant last_update: its stats look fresh.
 WALL = float(TEST_DRIVER_LAST_UPDATE + 3)

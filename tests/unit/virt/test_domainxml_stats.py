@@ -12,7 +12,7 @@ from overcommit.virt.balloonstats import (
     stats_age,
 )
 from overcommit.virt.domainxml import DomainFacts, DomainXMLError, parse_domain_xml, split_vmi_name
-from tests.fakes.libvirt_xml import FakeDomain, domain_xml
+from testkit.fakes.libvirt_xml import FakeDomain, domain_xml
 
 FULL = {"usable": 400, "available": 500, "last_update": 1000}
 

@@ -9,7 +9,7 @@ import pytest
 
 from overcommit.virt.libvirt_source import LibvirtEndpoint
 from overcommit.virt.model import GuestObservation
-from tests.fakes.libvirt_xml import TEST_DRIVER_LAST_UPDATE
+from testkit.fakes.libvirt_xml import TEST_DRIVER_LAST_UPDATE
 from tests.unit.virt.conftest import WALL, GiB, Opener
 
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from overcommit.virt.libvirt_source import LibvirtEndpoint
-from tests.fakes.libvirt_xml import kubevirt_fleet, write_node
+from testkit.fakes.libvirt_xml import kubevirt_fleet, write_node
 from tests.unit.virt.conftest import WALL
 
 GUESTS = 200

@@ -11,8 +11,7 @@ import copy
 
 import pytest
 
-from overcommit.planning.balloon import Key
-from overcommit.planning.balloon_baselines import (
+from bench.balloon_baselines import (
     PveVm,
     compute_alg1,
     mom_host_free,
@@ -20,6 +19,7 @@ from overcommit.planning.balloon_baselines import (
     proxmox_goal_kib,
     proxmox_targets,
 )
+from overcommit.planning.balloon import Key
 from tests.unit.planning.test_balloon import GIB, MIB, balloon, host, target_of, vm
 
 MB, GB = 1000**2, 1000**3

@@ -1,7 +1,7 @@
 """pytest fixtures backed by a real control plane.
 
-Enable with ``pytest_plugins = ["overcommit.testing.pytest_plugin"]`` in the root conftest,
-or ``-p overcommit.testing.pytest_plugin`` on the command line.
+Enable with ``pytest_plugins = ["testkit.pytest_plugin"]`` in the root conftest,
+or ``-p testkit.pytest_plugin`` on the command line.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from overcommit.testing.controlplane import ControlPlane, ControlPlaneError, find_binaries
+from overcommit.localcluster.controlplane import ControlPlane, ControlPlaneError, find_binaries
 
 
 @pytest.fixture(scope="session")

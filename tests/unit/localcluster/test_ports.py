@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from overcommit.testing.ports import LOWEST, ephemeral_range, free_ports
+from overcommit.localcluster.ports import LOWEST, ephemeral_range, free_ports
 
 
 def range_file(tmp_path: Path, text: str) -> Path:

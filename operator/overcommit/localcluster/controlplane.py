@@ -39,8 +39,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from overcommit.testing.ports import free_port
-from overcommit.testing.processes import dies_with_this_process
+from overcommit.localcluster.ports import free_port
+from overcommit.localcluster.processes import dies_with_this_process
 
 __all__ = [
     "INSTALL_HINT",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from overcommit.testing import controlplane
-from overcommit.testing.controlplane import ControlPlaneError, find_binaries
+from overcommit.localcluster import controlplane
+from overcommit.localcluster.controlplane import ControlPlaneError, find_binaries
 
 NAMES = ("kube-apiserver", "etcd")
 

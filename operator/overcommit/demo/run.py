@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from overcommit.api.status import find_condition
-from overcommit.testing.controlplane import ControlPlane, ControlPlaneError, find_binaries
-from overcommit.testing.processes import dies_with_this_process, stop_process
-from overcommit.testing.workload import MergeWorkload
+from overcommit.demo.workload import MergeWorkload
+from overcommit.localcluster.controlplane import ControlPlane, ControlPlaneError, find_binaries
+from overcommit.localcluster.processes import dies_with_this_process, stop_process
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "adaptive-ksm.yaml"
+# What the demo applies ships with the package (package data; in a checkout these are links to
+# the repository's deploy/ and examples/), so an installed wheel runs it as a checkout does.
+ASSETS = Path(__file__).resolve().parent
+EXAMPLE = ASSETS / "examples" / "adaptive-ksm.yaml"
 NAMESPACE = "memory-overcommit"
 SIMULATED_KSM = {
     "run": "0", "pages_to_scan": "100", "sleep_millisecs": "20", "max_page_sharing": "256",
@@ -44,6 +46,19 @@ SIMULATED_KSM = {
     "advisor_mode": "[none] scan-time", "pages_shared": "0", "pages_sharing": "0",
     "full_scans": "0", "pages_scanned": "0", "ksm_zero_pages": "0",
 }
+
+
+class DemoError(RuntimeError):
+    """Something the demo needs is missing; the message says what and where it looked."""
+
+
+def asset(relative: str) -> Path:
+    """A file or directory the demo ships (deploy/, examples/), or DemoError saying where."""
+    path = ASSETS / relative
+    if not path.exists():
+        raise DemoError(f"{relative} is missing: looked for {path} (package data of "
+                        "memory-overcommit-operator: reinstall it, or run from a checkout)")
+    return path
 
 
 def simulated_host(root: Path) -> None:
@@ -78,12 +93,12 @@ class Demo:
         return self.cp.kubectl(*args, input=input).stdout
 
     def install(self) -> None:
-        for crd in sorted((REPO / "deploy/crds").glob("memoryovercommit.io_*.yaml")):
+        for crd in sorted((asset("deploy/crds")).glob("memoryovercommit.io_*.yaml")):
             self.kubectl("apply", "--server-side", "-f", str(crd))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                      "crd/memoryovercommitpolicies.memoryovercommit.io",
                      "crd/memoryovercommitnodestates.memoryovercommit.io")
-        self.kubectl("apply", "--server-side", "-k", str(REPO / "deploy/manifests"))
+        self.kubectl("apply", "--server-side", "-k", str(asset("deploy/manifests")))
         node = {"apiVersion": "v1", "kind": "Node", "metadata": {
             "name": self.node, "labels": {"kubernetes.io/hostname": self.node}}}
         self.kubectl("apply", "-f", "-", input=json.dumps(node))
@@ -205,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         find_binaries()
-    except ControlPlaneError as exc:
+        asset("deploy/manifests")
+        if args.file == str(EXAMPLE):
+            asset("examples/adaptive-ksm.yaml")
+    except (ControlPlaneError, DemoError) as exc:
         print(f"overcommit demo: {exc}", file=sys.stderr)
         return 2
     # SIGTERM and a closed terminal (SIGHUP) end the demo as Ctrl-C does: restore, stop.

@@ -1,0 +1,14 @@
+"""A Kubernetes cluster on this one machine, for the demo (and the tests): a real
+kube-apiserver + etcd on loopback (``controlplane``), and the helpers that start, stop and wire
+its processes (``processes``, ``ports``). Importing it costs only the standard library.
+"""
+
+from overcommit.localcluster.controlplane import (
+    INSTALL_HINT,
+    ControlPlane,
+    ControlPlaneError,
+    find_binaries,
+    find_kubectl,
+)
+
+__all__ = ["INSTALL_HINT", "ControlPlane", "ControlPlaneError", "find_binaries", "find_kubectl"]

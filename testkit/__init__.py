@@ -1,0 +1,4 @@
+"""Test support shared by the tests and the benchmarks, outside the product's wheel: real QEMU
+guest fleets (``guests``) under a libvirtd it starts (``libvirtd``), the fake kernel and libvirt
+fixtures (``fakes``), the shared policy cases (``cases``) and pytest fixtures
+(``pytest_plugin``)."""
