@@ -183,7 +183,7 @@ def test_agent_writes_its_own_node_state(agent: Identity) -> None:
 
 
 def posted_event(involved: dict[str, str], component: str, host: str) -> dict[str, Any]:
-    """An Event as agent/kubeapi.py post_event writes it (agent and controller alike): core v1,
+    """An Event as kube/client.py post_event writes it (agent and controller alike): core v1,
     in "default"."""
     return {"apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{involved['name']}.", "namespace": "default"},

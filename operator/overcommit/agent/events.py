@@ -17,31 +17,23 @@ from dataclasses import dataclass, field
 
 from overcommit.api.model import PolicyError
 from overcommit.engine.cycle import CycleReport
+from overcommit.kube.events import NORMAL, WARNING, EventIntent
 
-NORMAL, WARNING = "Normal", "Warning"
 ADAPTIVE_PATHS = frozenset({"sys/kernel/mm/ksm/pages_to_scan",
                             "sys/kernel/mm/ksm/sleep_millisecs"})
 
 
-@dataclass(frozen=True)
-class News:
-    type: str
-    reason: str  # CamelCase, as Kubernetes Events want
-    message: str
-    change: bool = False  # something happened this cycle (else: a fact that holds)
-
-
-def cycle_news(report: CycleReport, invalid: Sequence[PolicyError] = ()) -> list[News]:
+def cycle_news(report: CycleReport, invalid: Sequence[PolicyError] = ()) -> list[EventIntent]:
     """Everything this cycle has to say, changes first."""
     return [*_changes(report), *_policy(report), *_errors(report, invalid), *_adaptive(report)]
 
 
-def failure_news(message: str) -> News:
+def failure_news(message: str) -> EventIntent:
     """A cycle that could not complete (API unreachable, host unreadable, a bug)."""
-    return News(WARNING, "CycleFailed", message)
+    return EventIntent(WARNING, "CycleFailed", message)
 
 
-def _changes(report: CycleReport) -> list[News]:
+def _changes(report: CycleReport) -> list[EventIntent]:
     news = []
     # The adaptive tuner moves the scan rate every few seconds; its phase is reported instead.
     tuned = report.plan.adaptive is not None
@@ -51,54 +43,54 @@ def _changes(report: CycleReport) -> list[News]:
         reason = "OriginalsRestored" if report.restored else "SettingsApplied"
         policy = report.selection.winner.name if report.selection.winner else "none"
         if report.plan.dry_run:
-            news.append(News(NORMAL, "DryRunPlanned", f"policy {policy} (dry run, nothing "
+            news.append(EventIntent(NORMAL, "DryRunPlanned", f"policy {policy} (dry run, nothing "
                                                       f"written) would change: {text}"))
         else:
-            news.append(News(NORMAL, reason, f"policy {policy}: {text}", change=True))
+            news.append(EventIntent(NORMAL, reason, f"policy {policy}: {text}", change=True))
     if report.guests.applied:
-        news.append(News(NORMAL, "BalloonsSet", "; ".join(
+        news.append(EventIntent(NORMAL, "BalloonsSet", "; ".join(
             f"{t.domain} {t.from_kib >> 10}->{t.to_kib >> 10} MiB ({t.reason})"
             for t in report.guests.applied), change=True))
     return news
 
 
-def _policy(report: CycleReport) -> list[News]:
+def _policy(report: CycleReport) -> list[EventIntent]:
     policy = report.selection.winner
     if policy is None:
-        return [News(NORMAL, "NoPolicy", "no policy selects this node")]
+        return [EventIntent(NORMAL, "NoPolicy", "no policy selects this node")]
     lost = "".join(f"; {loser.name} lost: {loser.reason}" for loser in report.selection.losers)
-    return [News(NORMAL, "PolicyInForce",
+    return [EventIntent(NORMAL, "PolicyInForce",
                  f"policy {policy.name} generation {policy.generation} is in force{lost}")]
 
 
-def _errors(report: CycleReport, invalid: Sequence[PolicyError]) -> list[News]:
+def _errors(report: CycleReport, invalid: Sequence[PolicyError]) -> list[EventIntent]:
     news = []
     if report.errors:
-        news.append(News(WARNING, "ApplyFailed", "; ".join(
+        news.append(EventIntent(WARNING, "ApplyFailed", "; ".join(
             f"{e.path}: {e.errno_name}: {e.reason}" for e in report.errors)))
     if report.guests.trouble:
-        news.append(News(WARNING, "GuestsFailed", "; ".join(report.guests.trouble)))
+        news.append(EventIntent(WARNING, "GuestsFailed", "; ".join(report.guests.trouble)))
     if invalid:
-        news.append(News(WARNING, "InvalidPolicy", "; ".join(
+        news.append(EventIntent(WARNING, "InvalidPolicy", "; ".join(
             line for err in invalid for line in err.lines())))
-    news += [News(WARNING, p.reason, p.message) for p in report.problems]
+    news += [EventIntent(WARNING, p.reason, p.message) for p in report.problems]
     return news
 
 
-def _adaptive(report: CycleReport) -> list[News]:
+def _adaptive(report: CycleReport) -> list[EventIntent]:
     adaptive = report.plan.adaptive
     if adaptive is None:
         return []
-    return [News(NORMAL, "AdaptiveKsm", f"{adaptive.phase.value}: {adaptive.reason}")]
+    return [EventIntent(NORMAL, "AdaptiveKsm", f"{adaptive.phase.value}: {adaptive.reason}")]
 
 
 @dataclass
 class EventMemory:
     """The facts already posted, by reason; decides what of a cycle's news to post."""
 
-    posted: dict[str, News] = field(default_factory=dict)
+    posted: dict[str, EventIntent] = field(default_factory=dict)
 
-    def select(self, news: Sequence[News], partial: bool = False) -> list[News]:
+    def select(self, news: Sequence[EventIntent], partial: bool = False) -> list[EventIntent]:
         """The news to post now. ``partial``: ``news`` is not the whole picture (a failed
         cycle), so facts not repeated in it are kept, not forgotten."""
         out = [n for n in news if n.change or self.posted.get(n.reason) != n]
@@ -107,5 +99,5 @@ class EventMemory:
             self.posted = {}
         self.posted.update({n.reason: n for n in news if not n.change})
         if warned and not partial and not any(n.type == WARNING for n in news):
-            out.append(News(NORMAL, "Recovered", "no errors or problems any more"))
+            out.append(EventIntent(NORMAL, "Recovered", "no errors or problems any more"))
         return out

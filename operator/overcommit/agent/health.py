@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from overcommit.kube.probes import serve_probes
 
 # Long enough for a legitimate slow cycle: KSM's run=2 unmerges every merged page in the
 # writing process, which can take minutes on a large host, and killing it midway only makes
@@ -73,30 +75,6 @@ class CycleHealth:
 def _response(health: CycleHealth, problem: str | None) -> web.Response:
     body = {**health.report(), "ok": problem is None, "problem": problem}
     return web.json_response(body, status=503 if problem else 200, dumps=json.dumps)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def serve_probes(port: int, address: str, healthz: Handler, readyz: Handler,
-                       log: logging.Logger | logging.LoggerAdapter[Any]) -> web.AppRunner | None:
-    """/healthz and /readyz on ``port`` (0: not at all), for the agent and the controller. A
-    port already taken costs the probes, not the component's work: the error is logged and it
-    goes on (its probes then fail and say so)."""
-    if not port:
-        return None
-    app = web.Application()
-    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        # The kubelet probes the pod's IP; "" (None for aiohttp) listens on every interface.
-        await web.TCPSite(runner, address or None, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        log.error("probes are off: cannot listen on port %s: %s", port, exc)
-        return None
-    return runner
 
 
 async def serve_health(health: CycleHealth, port: int, address: str = "",

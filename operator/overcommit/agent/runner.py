@@ -20,16 +20,19 @@ from typing import Any
 import aiohttp
 import kopf
 
-from overcommit.agent.events import EventMemory, News, cycle_news, failure_news
+from overcommit.agent.api import AgentApi
+from overcommit.agent.events import EventMemory, cycle_news, failure_news
 from overcommit.agent.health import CycleHealth, serve_health
-from overcommit.agent.kubeapi import ApiError, KubeApi, make_login
 from overcommit.agent.settings import AgentSettings
-from overcommit.agent.status import node_status, now_rfc3339, should_write
+from overcommit.agent.status import node_status, should_write
 from overcommit.api.model import Policy, PolicyError, policy_from_object
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION, KsmMode
 from overcommit.api.schema import plain
 from overcommit.engine.cycle import CycleReport, NodeEngine
 from overcommit.engine.guests import VirtSettings
+from overcommit.kube.client import ApiError, make_login
+from overcommit.kube.clock import now_rfc3339
+from overcommit.kube.events import EventIntent
 from overcommit.observability.logs import context_logger
 from overcommit.observability.metrics import (
     AgentMetrics,
@@ -40,7 +43,6 @@ from overcommit.observability.metrics import (
 
 KUBEVIRT_KSM_ANNOTATION = "kubevirt.io/ksm-handler-managed"
 COMPONENT = "memory-overcommit-agent"
-RETRY_SECONDS = 2.0
 ASK_TIMEOUT_SECONDS = 10.0  # the start-up questions about VMIs, all of them together
 MAX_ASK_DELAY_SECONDS = 30.0
 
@@ -54,7 +56,7 @@ class Agent:
                                  virt=virt)
         self.metrics = AgentMetrics(settings.node_name)
         self._login = make_login(settings.kubeconfig, fall_back_to_kubeconfig=False)
-        self.api = KubeApi(self._login, on_write=self.metrics.api_write)
+        self.api = AgentApi(self._login, on_write=self.metrics.api_write)
         self.log = context_logger("overcommit.agent", node=settings.node_name)
         self.wake = asyncio.Event()
         self.policy_index: Mapping[Any, Any] | None = None
@@ -153,14 +155,15 @@ class Agent:
             return await self.reconcile()
         except (TimeoutError, ApiError, OSError) as exc:
             kind = failure_kind(exc)
-            self.log.warning("cycle failed, retrying in %ss: %s", RETRY_SECONDS, exc,
+            self.log.warning("cycle failed, retrying in %ss: %s", self.settings.retry_seconds,
+                             exc,
                              extra={"error_kind": kind})
             await self._cycle_failed(kind, f"{type(exc).__name__}: {exc}")
-            return RETRY_SECONDS
+            return self.settings.retry_seconds
         except Exception as exc:
             self.log.exception("cycle failed unexpectedly", extra={"error_kind": "internal"})
             await self._cycle_failed("internal", f"{type(exc).__name__}: {exc}")
-            return RETRY_SECONDS
+            return self.settings.retry_seconds
 
     async def _cycle_failed(self, kind: str, message: str) -> None:
         self.metrics.failed_cycle(kind)
@@ -252,7 +255,7 @@ class Agent:
         it holds (see overcommit.agent.events)."""
         await self._post_news(self.events.select(cycle_news(report, invalid)))
 
-    async def _post_news(self, news: Sequence[News]) -> None:
+    async def _post_news(self, news: Sequence[EventIntent]) -> None:
         for item in news:
             await self._post(item.type, item.reason, item.message)
 

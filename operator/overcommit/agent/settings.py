@@ -22,6 +22,10 @@ class AgentSettings:
     interval_seconds: float = 30.0
     """Cycle period when nothing wakes the agent earlier (policy or node changes do)."""
 
+    retry_seconds: float = 2.0
+    """After a failed cycle (the API server away, a host file unreadable), try again this much
+    later rather than after the whole interval."""
+
     status_interval_seconds: float = 60.0
     """At most one status write per this many seconds for counter-only changes; changes of
     the policy in force, conditions, errors or originals are written at once."""

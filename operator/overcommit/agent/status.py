@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from overcommit.api.model import PolicyError
 from overcommit.api.status import find_condition
 from overcommit.engine.cycle import CycleReport, saved_bytes
+from overcommit.kube.clock import now_rfc3339
 from overcommit.report import guests_json, human_bytes
 
 JSON = dict[str, Any]
@@ -17,10 +17,6 @@ JSON = dict[str, Any]
 # status interval, so steady counters never cause a write storm.
 SIGNIFICANT = ("policy", "overridden", "conditions", "engine", "engines", "originals",
                "lastErrors", "endpointsDown", "guestCount")
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def node_status(report: CycleReport, invalid: Sequence[PolicyError] = (),

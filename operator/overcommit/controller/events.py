@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from overcommit.agent.events import NORMAL, WARNING, News
 from overcommit.api.status import find_condition
+from overcommit.kube.events import NORMAL, WARNING, EventIntent
 
 MAX_NODE_EVENTS = 3  # per direction and fold; more nodes moving at once become one summary
 NAMES_SHOWN = 5
@@ -42,7 +42,7 @@ class Condition:
         return f"{self.reason}: {self.message}" if self.reason else self.message
 
 
-def policy_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[News]:
+def policy_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventIntent]:
     """The Events that going from status ``old`` to status ``new`` deserves, policy first."""
     return [*condition_news(old, new), *node_news(old, new)]
 
@@ -58,20 +58,20 @@ def _condition(status: Mapping[str, Any], kind: str) -> Condition:
                      str(found.get("message") or ""))
 
 
-def condition_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[News]:
+def condition_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventIntent]:
     was_ready, ready = _condition(old, "Ready"), _condition(new, "Ready")
     was_stalled, stalled = _condition(old, "Stalled"), _condition(new, "Stalled")
     news = []
     stalls = stalled.status == "True" and was_stalled.status != "True"
     if stalls:
-        news.append(News(WARNING, "PolicyStalled", stalled.text()))
+        news.append(EventIntent(WARNING, "PolicyStalled", stalled.text()))
     if ready.status != was_ready.status:
         if ready.status == "True":
-            news.append(News(NORMAL, "PolicyReady", ready.text()))
+            news.append(EventIntent(NORMAL, "PolicyReady", ready.text()))
         elif not stalls:  # PolicyStalled already says why it is not ready
-            news.append(News(NORMAL, "PolicyNotReady", ready.text()))
+            news.append(EventIntent(NORMAL, "PolicyNotReady", ready.text()))
     if was_stalled.status == "True" and stalled.status != "True" and ready.status != "True":
-        news.append(News(NORMAL, "PolicyNotStalled",
+        news.append(EventIntent(NORMAL, "PolicyNotStalled",
                          f"{stalled.text()}; Ready is {ready.status}: {ready.text()}"))
     return news
 
@@ -106,7 +106,7 @@ def problems(status: Mapping[str, Any]) -> Problems:
     return Problems(listed, max(count, len(listed)), status.get("observedGeneration"))
 
 
-def node_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[News]:
+def node_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventIntent]:
     before, after = problems(old), problems(new)
     entered = sorted(n for n in after.listed if before.surely_fine(n))
     changed = sorted(n for n in after.listed
@@ -123,23 +123,24 @@ def node_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[News]:
 
 
 def _problem_news(before: Problems, after: Problems, entered: Sequence[str],
-                  changed: Sequence[str], unseen: int) -> list[News]:
+                  changed: Sequence[str], unseen: int) -> list[EventIntent]:
     moved = sorted({*entered, *changed})
     if unseen > 0 or len(moved) > MAX_NODE_EVENTS:
-        return [News(WARNING, "NodeProblem", _summary(before, after, "newly failing", moved))]
+        return [EventIntent(WARNING, "NodeProblem",
+                            _summary(before, after, "newly failing", moved))]
     news = []
     for node in moved:
         reason, message = after.listed[node]
         was = f" (was {before.listed[node][0]})" if node in before.listed else ""
-        news.append(News(WARNING, "NodeProblem", f"{node}: {reason}{was}: {message}"))
+        news.append(EventIntent(WARNING, "NodeProblem", f"{node}: {reason}{was}: {message}"))
     return news
 
 
 def _recovery_news(before: Problems, after: Problems, left: Sequence[str],
-                   unseen: int) -> list[News]:
+                   unseen: int) -> list[EventIntent]:
     if unseen < 0 or len(left) > MAX_NODE_EVENTS:
-        return [News(NORMAL, "NodeRecovered", _summary(before, after, "recovered", left))]
-    return [News(NORMAL, "NodeRecovered", f"{node} no longer reports a problem (was "
+        return [EventIntent(NORMAL, "NodeRecovered", _summary(before, after, "recovered", left))]
+    return [EventIntent(NORMAL, "NodeRecovered", f"{node} no longer reports a problem (was "
                                           f"{before.listed[node][0]})") for node in left]
 
 

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from overcommit.kube.lease import LeaseConfig
+
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_NAMESPACE = "memory-overcommit"
 DEFAULT_LEASE_NAME = "memory-overcommit-controller"
@@ -37,6 +39,9 @@ class ControllerSettings:
     """Changes of the saved-bytes sums alone (counters drift all the time on busy nodes) are
     written at most this often; counts, conditions and problems follow status_interval."""
 
+    retry_seconds: float = 2.0
+    """After a failed status write, fold and write that policy again this much later."""
+
     sweep_interval_seconds: float = 60.0
     """How often node states whose Node is gone are looked for (and deleted on the second
     sighting)."""
@@ -56,6 +61,11 @@ class ControllerSettings:
 
     metrics_address: str = ""
     """Address /metrics listens on ("": every interface)."""
+
+    def lease(self) -> LeaseConfig:
+        """The leader-election Lease these settings name, held as ``identity``."""
+        return LeaseConfig(self.lease_namespace, self.lease_name, self.identity,
+                           self.lease_seconds)
 
 
 def default_identity() -> str:

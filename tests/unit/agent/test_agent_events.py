@@ -10,12 +10,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from overcommit.agent.events import EventMemory, News, cycle_news, failure_news
-from overcommit.agent.kubeapi import ApiError
+from overcommit.agent.events import EventMemory, cycle_news, failure_news
 from overcommit.agent.runner import Agent, failure_kind
 from overcommit.agent.settings import AgentSettings
 from overcommit.api.model import PolicyError, policy_from_object
 from overcommit.engine.cycle import CycleReport, NodeEngine
+from overcommit.kube.client import ApiError
+from overcommit.kube.events import EventIntent
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
 
@@ -43,7 +44,7 @@ def node(tmp_path: Path) -> Engine:
     return Engine(tmp_path)
 
 
-def reasons(news: list[News]) -> list[str]:
+def reasons(news: list[EventIntent]) -> list[str]:
     return [n.reason for n in news]
 
 

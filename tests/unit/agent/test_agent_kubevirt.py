@@ -12,15 +12,16 @@ import aiohttp
 import pytest
 
 from overcommit.agent import runner
-from overcommit.agent.kubeapi import ApiError, KubeApi
+from overcommit.agent.api import AgentApi
 from overcommit.agent.runner import Agent, _vmis_watchable
 from overcommit.agent.settings import AgentSettings
+from overcommit.kube.client import ApiError
 
 Answer = bool | None
 
 
 class Answers:
-    """A stand-in for KubeApi's two questions: each call takes the next scripted answer."""
+    """A stand-in for AgentApi's two questions: each call takes the next scripted answer."""
 
     def __init__(self, served: list[Answer], allowed: dict[str, list[Answer]],
                  slow: float = 0.0) -> None:
@@ -112,8 +113,8 @@ def test_the_registry_holds_the_vmi_index_only_when_asked_to(tmp_path: Path) -> 
     assert {"memoryovercommitpolicies", "nodes"} <= names(False)
 
 
-class Scripted(KubeApi):
-    """KubeApi with its one request scripted: a JSON answer, or an exception to raise."""
+class Scripted(AgentApi):
+    """AgentApi with its one request scripted: a JSON answer, or an exception to raise."""
 
     def __init__(self, reply: dict[str, Any] | Exception) -> None:
         super().__init__(login=self._no_login)

@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overcommit.agent.events import News
 from overcommit.controller.events import MAX_EVENTS, MAX_NODE_EVENTS, policy_news
 from overcommit.controller.fold import MAX_PROBLEMS, fold
+from overcommit.kube.events import EventIntent
 from tests.unit.controller.test_controller_fold import policy, reports, state, virt_nodes
 
 JSON = dict[str, Any]
@@ -30,14 +30,14 @@ class Policy:
         self.status: JSON = {}
         self.generation = 1
 
-    def step(self, *objs: JSON) -> list[News]:
+    def step(self, *objs: JSON) -> list[EventIntent]:
         new = fold(policy(generation=self.generation, status=self.status), reports(*objs),
                    self.nodes, T)
         news, self.status = policy_news(self.status, new), new
         return news
 
 
-def summary(news: list[News]) -> list[tuple[str, str]]:
+def summary(news: list[EventIntent]) -> list[tuple[str, str]]:
     return [(n.type, n.reason) for n in news]
 
 

@@ -9,14 +9,14 @@ from typing import Any, cast
 
 import pytest
 
-from overcommit.agent.kubeapi import ApiError
+from overcommit.controller.api import ControllerApi
 from overcommit.controller.fold import comparable, fold
-from overcommit.controller.informer import Expired, Informer
-from overcommit.controller.kube import ControllerApi
-from overcommit.controller.lease import Action, LeaseRecord, Observer, Timing, decide
-from overcommit.controller.runtime import RETRY_SECONDS, Controller, LeaderElector, _Store
+from overcommit.controller.reconciler import Controller, _Store
 from overcommit.controller.settings import ControllerSettings
 from overcommit.controller.sweep import sweep
+from overcommit.kube.client import ApiError
+from overcommit.kube.informer import Expired, Informer
+from overcommit.kube.lease import Action, LeaderElector, LeaseRecord, Observer, Timing, decide
 from overcommit.observability.metrics import ControllerMetrics
 from testkit.cases import policy_document
 from tests.unit.controller.test_controller_fold import state
@@ -177,8 +177,8 @@ def test_failed_writes_retry_unless_the_policy_is_gone_or_replaced() -> None:
     clock, api = Clock(), FakeApi()
     ctl = cluster(clock, api)
     api.fail = ApiError(500, '{"message": "etcd timeout"}', "PATCH")
-    assert act(ctl) == pytest.approx(RETRY_SECONDS)
-    clock.now = RETRY_SECONDS
+    assert act(ctl) == pytest.approx(settings().retry_seconds)
+    clock.now = settings().retry_seconds
     act(ctl)
     assert len(api.writes) == 1
     clock.now = 10.0
@@ -228,7 +228,7 @@ def test_no_event_before_the_status_is_written() -> None:
     api.fail = ApiError(500, '{"message": "etcd timeout"}', "PATCH")
     act(ctl)
     assert api.writes == [] and api.events == []
-    clock.now = RETRY_SECONDS
+    clock.now = settings().retry_seconds
     act(ctl)
     assert api.reasons() == ["PolicyReady"]
 
@@ -330,8 +330,7 @@ class FakeLeases:
 class Replica:
     def __init__(self, leases: FakeLeases, clock: Clock, name: str, seconds: int = 15) -> None:
         self.working = False
-        self.elector = LeaderElector(cast(ControllerApi, leases),
-                                     settings(identity=name, lease_seconds=seconds),
+        self.elector = LeaderElector(leases, settings(identity=name, lease_seconds=seconds).lease(),
                                      self.work, clock=clock)
 
     async def work(self) -> None:
@@ -370,12 +369,12 @@ def test_one_leader_and_the_standby_takes_over_after_the_lease_expires() -> None
         clock.now = died + 16
         await standby.elector.step()
         await settle()
-        assert standby.working and leases.holder == standby.elector.settings.identity
+        assert standby.working and leases.holder == standby.elector.lease.identity
         assert leases.obj["spec"]["leaseTransitions"] == 1
         # the old leader wakes up (a paused process): it sees it lost and stops working
         await leader.elector.step()
         await settle()
-        assert not leader.working and leases.holder == standby.elector.settings.identity
+        assert not leader.working and leases.holder == standby.elector.lease.identity
         await standby.elector.step_down("test over")
 
     asyncio.run(scenario())

@@ -14,10 +14,9 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from overcommit.agent.kubeapi import ApiError
-from overcommit.controller.kube import ControllerApi
+from overcommit.kube.client import ApiError, KubeClient
 
-log = logging.getLogger("overcommit.controller")
+log = logging.getLogger("overcommit.kube")
 
 JSON = dict[str, Any]
 PAGE = 500
@@ -38,7 +37,7 @@ class Expired(Exception):
 
 
 class Informer:
-    def __init__(self, api: ControllerApi, path: str, store: Store,
+    def __init__(self, api: KubeClient, path: str, store: Store,
                  list_accept: str = "application/json",
                  watch_accept: str = "application/json", page: int = PAGE,
                  on_error: Callable[[], None] = lambda: None) -> None:

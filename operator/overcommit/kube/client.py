@@ -1,34 +1,36 @@
-"""A few REST calls the agent makes itself, over kopf's own credentials and aiohttp.
+"""The Kubernetes REST client both components use: kopf's credentials, aiohttp, JSON.
 
-kopf watches; writes of the node state and Events go through this small client instead of the
-``kubernetes`` package, which would add ~20 MiB to every node's agent (measured: kopf alone
-40 MiB, with the official client imported 59 MiB).
+Not the ``kubernetes`` package: it would add ~20 MiB to every node's agent (measured: kopf alone
+40 MiB, with the official client imported 59 MiB). kopf provides the login (a kubeconfig, the
+pod's service account), so the agent's watches and both components' requests authenticate the
+same way. Paths of the resources the operator uses are in ``overcommit.kube.resources``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import kopf
 
-from overcommit.agent.status import now_rfc3339
-from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
+from overcommit.kube.clock import now_rfc3339
+from overcommit.kube.events import event_body
+from overcommit.kube.resources import SELF_ACCESS_REVIEWS, events, leases
 
 JSON = dict[str, Any]
+Login = Callable[[], Awaitable[kopf.ConnectionInfo]]
 # (method, path, HTTP status or None when no answer came): metrics count the writes.
 RequestObserver = Callable[[str, str, int | None], None]
-NODE_STATES = f"/apis/{GROUP}/{VERSION}/memoryovercommitnodestates"
-SELF_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 REQUEST_TIMEOUT_SECONDS = 30  # per request, whole exchange
+# What a failed request may raise besides ApiError: the network, a timeout, the host's sockets.
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 
 
-def make_login(kubeconfig: str | None, *, fall_back_to_kubeconfig: bool = True
-               ) -> Callable[[], Awaitable[kopf.ConnectionInfo]]:
+def make_login(kubeconfig: str | None, *, fall_back_to_kubeconfig: bool = True) -> Login:
     """kopf's credential discovery: a given kubeconfig, else the pod's service account, else
     (``fall_back_to_kubeconfig``: the controller) $KUBECONFIG or ~/.kube/config. The agent does
     not fall back: on a node, a kubeconfig lying around is not its identity."""
@@ -50,6 +52,8 @@ def make_login(kubeconfig: str | None, *, fall_back_to_kubeconfig: bool = True
 
 
 class ApiError(Exception):
+    """The API server answered with an HTTP error; ``message`` is its Status message."""
+
     def __init__(self, status: int, body: str, what: str) -> None:
         self.status = status
         try:
@@ -59,11 +63,10 @@ class ApiError(Exception):
         super().__init__(f"{what}: HTTP {status}: {self.message}")
 
 
-class KubeApi:
-    """Authenticated JSON requests; re-logs in through kopf's login function on HTTP 401."""
+class KubeClient:
+    """Authenticated JSON requests and watches; logs in again through kopf on HTTP 401."""
 
-    def __init__(self, login: Callable[[], Awaitable[kopf.ConnectionInfo]],
-                 on_write: RequestObserver | None = None) -> None:
+    def __init__(self, login: Login, on_write: RequestObserver | None = None) -> None:
         self._login = login
         self._on_write = on_write
         self._session: aiohttp.ClientSession | None = None
@@ -113,11 +116,71 @@ class KubeApi:
             return result
         raise AssertionError("unreachable")
 
+    async def get(self, path: str, params: JSON | None = None,
+                  accept: str = "application/json") -> JSON:
+        url = f"{path}?{urlencode(params)}" if params else path
+        return await self.request("GET", url, accept=accept)
+
+    async def get_or_none(self, path: str) -> JSON | None:
+        """The object at ``path``, or None when there is none (404)."""
+        try:
+            return await self.get(path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def json_patch(self, path: str, patch: list[JSON]) -> JSON:
+        return await self.request("PATCH", path, patch, "application/json-patch+json")
+
+    async def watch(self, path: str, params: JSON,
+                    accept: str = "application/json") -> AsyncIterator[JSON]:
+        """The events of one watch request, until the server ends it."""
+        session, server = await self._ensure()
+        server_timeout = int(params.get("timeoutSeconds", 300))
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=server_timeout + 30)
+        url = f"{server}{path}?{urlencode({**params, 'watch': 'true'})}"
+        async with session.get(url, headers={"Accept": accept}, timeout=timeout) as response:
+            if response.status == 401:
+                await self._ensure(refresh=True)  # the caller retries with the new login
+            if response.status >= 400:
+                raise ApiError(response.status, await response.text(), f"watch {path}")
+            # Lines, not readline(): one node state with many guests can exceed aiohttp's
+            # line limit.
+            buffer = bytearray()
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                while (end := buffer.find(b"\n")) >= 0:
+                    line = bytes(buffer[:end])
+                    del buffer[:end + 1]
+                    if line.strip():
+                        event: JSON = json.loads(line)
+                        yield event
+
+    # -- leases (leader election) ---------------------------------------------------------
+    async def get_lease(self, namespace: str, name: str) -> JSON | None:
+        return await self.get_or_none(f"{leases(namespace)}/{name}")
+
+    async def create_lease(self, namespace: str, body: JSON) -> JSON:
+        return await self.request("POST", leases(namespace), body)
+
+    async def replace_lease(self, namespace: str, name: str, body: JSON) -> JSON:
+        """PUT with the resourceVersion in ``body``: fails with 409 if the lease moved on."""
+        return await self.request("PUT", f"{leases(namespace)}/{name}", body)
+
+    # -- events ----------------------------------------------------------------------------
+    async def post_event(self, namespace: str, involved: JSON, event_type: str, reason: str,
+                         message: str, component: str, host: str) -> None:
+        body = event_body(namespace, involved, event_type, reason, message, component, host,
+                          now_rfc3339())
+        await self.request("POST", events(namespace), body)
+
+    # -- questions any identity may ask ----------------------------------------------------
     async def serves(self, group: str, version: str, plural: str) -> bool | None:
         """Whether the API server serves ``plural`` in ``group/version`` (discovery, which
         every authenticated identity may read); None when it cannot be asked right now."""
         try:
-            found = await self.request("GET", f"/apis/{group}/{version}")
+            found = await self.get(f"/apis/{group}/{version}")
         except ApiError as exc:
             return False if exc.status == 404 else None
         except (aiohttp.ClientError, TimeoutError, ValueError, kopf.LoginError):
@@ -140,50 +203,3 @@ class KubeApi:
             return True
         # Not allowed because an authorizer failed (a webhook down, say) is no answer.
         return False if status.get("denied") or not status.get("evaluationError") else None
-
-    # -- node state ------------------------------------------------------------------------
-    async def get_node_state(self, name: str) -> JSON | None:
-        try:
-            return await self.request("GET", f"{NODE_STATES}/{name}")
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    async def create_node_state(self, name: str, node_uid: str | None) -> JSON:
-        metadata: JSON = {"name": name, "labels": {"app.kubernetes.io/name": "memory-overcommit"}}
-        if node_uid:
-            # Owned by the Node, so it is garbage-collected with the node.
-            metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": name,
-                                            "uid": node_uid}]
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": NODE_STATE_KIND,
-                "metadata": metadata, "spec": {"nodeName": name}}
-        try:
-            return await self.request("POST", NODE_STATES, body)
-        except ApiError as exc:
-            if exc.status == 409:  # someone (a previous life of ours) made it already
-                existing = await self.get_node_state(name)
-                if existing is not None:
-                    return existing
-            raise
-
-    async def replace_status(self, name: str, status: JSON) -> JSON:
-        # JSON patch "add" replaces the whole status, so keys we dropped disappear too.
-        patch = [{"op": "add", "path": "/status", "value": status}]
-        return await self.request("PATCH", f"{NODE_STATES}/{name}/status", patch,
-                                  "application/json-patch+json")
-
-    # -- events ----------------------------------------------------------------------------
-    async def post_event(self, namespace: str, involved: JSON, event_type: str, reason: str,
-                         message: str, component: str, host: str) -> None:
-        stamp = now_rfc3339()
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}",
-                         "namespace": namespace},
-            "involvedObject": involved, "type": event_type, "reason": reason,
-            "message": message[:1024], "source": {"component": component, "host": host},
-            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
-            "reportingComponent": component, "reportingInstance": host,
-        }
-        await self.request("POST", f"/api/v1/namespaces/{namespace}/events", body)

@@ -1,0 +1,337 @@
+"""What the leading controller replica does: list+watch caches, batched status writes, cleanup.
+
+Why plain aiohttp watches and not kopf (which the agent uses):
+
+* kopf's peering is priority-based through its own KopfPeering CRDs: replicas of equal priority
+  all freeze, and there is no Lease with a duration after which a standby takes over. Two safe
+  replicas need a coordination.k8s.io Lease, which is a small state machine (``lease``).
+* A standby must cost nothing: here it holds no watch and no cache, only a GET every couple of
+  seconds; kopf would keep its watches (and per-object workers) running while paused.
+* Memory at thousands of nodes: kopf keeps whole bodies (in indexes) and one worker task per
+  object; the controller keeps ~200 bytes per node state (``fold.NodeReport``) and a Node's
+  labels only, listing and watching Nodes as metadata (PartialObjectMetadata) to skip their
+  status.
+
+kopf still provides the credentials (``kube.client.make_login``), so both components log in
+the same way. Leader election is ``kube.lease``; the process around both is ``runtime``.
+
+Data flow: watch events update the caches and mark the policies they concern as due; one act
+loop folds each due policy (``fold``) and writes its status only when it differs (ignoring
+timestamps), at most once per status interval per policy; savings-only changes at most once per
+savings interval. After a write, the differences a human acts on (``events``) are posted as
+Events on the policy, best effort. The same loop deletes node states whose Node is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from overcommit.api.policy import GROUP, POLICY_KIND, VERSION
+from overcommit.api.status import find_condition
+from overcommit.controller.api import ControllerApi
+from overcommit.controller.events import policy_news
+from overcommit.controller.fold import (
+    Labels,
+    NodeReport,
+    PolicyView,
+    comparable,
+    fold,
+    node_report,
+    policy_view,
+    without_savings,
+)
+from overcommit.controller.settings import ControllerSettings
+from overcommit.controller.sweep import sweep
+from overcommit.kube.client import TRANSPORT_ERRORS, ApiError
+from overcommit.kube.clock import now_rfc3339
+from overcommit.kube.events import EventIntent
+from overcommit.kube.informer import Informer
+from overcommit.kube.resources import METADATA_LIST, METADATA_WATCH, NODE_STATES, NODES, POLICIES
+from overcommit.observability.metrics import ControllerMetrics
+
+log = logging.getLogger("overcommit.controller")
+
+JSON = dict[str, Any]
+Clock = Callable[[], float]
+STATE_PAGE = 100
+API_ERRORS = (ApiError, *TRANSPORT_ERRORS)
+COMPONENT = "memory-overcommit-controller"
+
+
+@dataclass
+class _Store:
+    """Adapts a controller's event method and the names it holds to the informer's Store:
+    after a relist, every name the list no longer has is a DELETED event."""
+
+    on_event: Callable[[str, JSON], None]
+    held: Callable[[], Iterable[str]]
+
+    def apply(self, event_type: str, obj: JSON) -> None:
+        self.on_event(event_type, obj)
+
+    def retain(self, names: set[str]) -> None:
+        for name in set(self.held()) - names:
+            self.on_event("DELETED", {"metadata": {"name": name}})
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    # Every node carries the same few label keys and values: share one copy of each string.
+    return {sys.intern(k): sys.intern(str(v)) for k, v in labels.items()}
+
+
+class Controller:
+    """What the leader does: caches of nodes, node states and policies; status writes; cleanup.
+
+    Created once; ``lead()`` runs while this replica holds the lease and starts from empty
+    caches each time, so a replica that lost and regained leadership never acts on stale data.
+    """
+
+    def __init__(self, api: ControllerApi, settings: ControllerSettings,
+                 clock: Clock = time.monotonic, now: Callable[[], str] = now_rfc3339,
+                 metrics: ControllerMetrics | None = None) -> None:
+        self.api, self.settings, self.clock, self.now = api, settings, clock, now
+        self.metrics = metrics or ControllerMetrics()
+        self.nodes: dict[str, Labels] = {}
+        self.reports: dict[str, NodeReport] = {}
+        self.policies: dict[str, PolicyView] = {}
+        self.due: dict[str, float] = {}  # policy -> earliest time to fold and maybe write it
+        self.last_fold: dict[str, float] = {}
+        self.last_write: dict[str, float] = {}
+        self.doomed: set[str] = set()  # node states to delete: their Node is gone
+        self.suspects: set[str] = set()
+        self.wake = asyncio.Event()
+        self.synced = False
+        self.informers: list[Informer] = []
+        self.status_writes = 0
+        self.states_deleted = 0
+        self.events_posted = 0
+
+    # -- cache updates (pure bookkeeping, called by the informers) -------------------------
+    def mark_due(self, names: Iterable[str]) -> None:
+        """Fold these policies again, at most once per status interval each: under constant
+        churn (thousands of agents) the fold rate, and so the CPU, stays bounded too."""
+        now = self.clock()
+        for name in names:
+            if name in self.policies:
+                earliest = max(now, self.last_fold.get(name, -math.inf)
+                               + self.settings.status_interval_seconds)
+                self.due[name] = min(self.due.get(name, math.inf), earliest)
+        self.wake.set()
+
+    def node_event(self, event_type: str, obj: JSON) -> None:
+        name = obj["metadata"]["name"]
+        if event_type == "DELETED":
+            self.nodes.pop(name, None)
+            if name in self.reports:
+                self.doomed.add(name)
+            self.mark_due(list(self.policies))
+            return
+        labels = _labels(obj)
+        if self.nodes.get(name) != labels:  # a heartbeat changes nothing we use
+            self.nodes[name] = labels
+            self.mark_due(list(self.policies))
+        self.doomed.discard(name)
+
+    def state_event(self, event_type: str, obj: JSON) -> None:
+        name = obj["metadata"]["name"]
+        old = self.reports.pop(name, None)
+        touched = old.policies() if old else set()
+        if event_type != "DELETED":
+            report = node_report(obj)
+            self.reports[name] = report
+            if report == old:
+                return
+            touched |= report.policies()
+        else:
+            self.doomed.discard(name)
+        self.mark_due(touched)
+
+    def policy_event(self, event_type: str, obj: JSON) -> None:
+        name = obj["metadata"]["name"]
+        if event_type == "DELETED":
+            self.policies.pop(name, None)
+            self.due.pop(name, None)
+            self.last_fold.pop(name, None)
+            self.last_write.pop(name, None)
+            self.wake.set()  # its metrics series go at the next act
+            return
+        old = self.policies.get(name)
+        meta = obj["metadata"]
+        if old is not None and (old.uid, old.generation) == (meta.get("uid"),
+                                                             meta.get("generation")):
+            return  # a status echo (ours, or the previous leader's): nothing new to fold
+        view = policy_view(obj)
+        if old is not None and old.uid == view.uid:
+            view = replace(view, status=old.status)  # keep what we wrote, not its echo
+        self.policies[name] = view
+        self.mark_due([name])
+
+    # -- acting ----------------------------------------------------------------------------
+    async def act(self) -> float | None:
+        """Delete doomed node states, then fold and write every due policy; returns the
+        seconds until the next policy is due (None: none is)."""
+        for name in sorted(self.doomed):
+            await self.delete_state(name)
+        now = self.clock()
+        for name, due in sorted(self.due.items()):
+            if due <= now:
+                del self.due[name]
+                await self.reconcile(name, now)
+        self.publish()
+        return max(0.0, min(self.due.values()) - self.clock()) if self.due else None
+
+    def publish(self) -> None:
+        """The metrics of what this replica holds (nothing while it does not lead)."""
+        self.metrics.counts(len(self.policies), len(self.reports))
+        self.metrics.observe_policies({name: view.status for name, view in
+                                       self.policies.items()})
+
+    async def reconcile(self, name: str, now: float) -> None:
+        policy = self.policies.get(name)
+        if policy is None:
+            return
+        with self.metrics.fold():
+            status = fold(policy, self.reports, self.nodes, self.now())
+        self.last_fold[name] = now
+        new, old = comparable(status), comparable(policy.status)
+        if new == old:
+            return
+        savings_due = self.last_write.get(name, -math.inf) + \
+            self.settings.savings_interval_seconds
+        if without_savings(new) == without_savings(old) and now < savings_due:
+            self.due[name] = savings_due  # only the sums moved: fold again when that is due
+            return
+        await self.write(policy, status)
+
+    async def write(self, policy: PolicyView, status: JSON) -> None:
+        try:
+            await self.api.replace_policy_status(policy.name, policy.uid, status)
+        except ApiError as exc:
+            if exc.status in (404, 422):  # deleted, or made again: the watch will tell us
+                return
+            self._retry_later(policy.name, exc)
+            return
+        except API_ERRORS as exc:
+            self._retry_later(policy.name, exc)
+            return
+        current = self.policies.get(policy.name)
+        if current is not None and current.uid == policy.uid:
+            # A spec change may have arrived while we wrote: keep that newer view.
+            self.policies[policy.name] = replace(current, status=status)
+        self.last_write[policy.name] = self.clock()
+        self.status_writes += 1
+        self.metrics.status_written(True)
+        ready = find_condition(status, "Ready")
+        log.info("status of %s (generation %d): %s Ready=%s %s", policy.name, policy.generation,
+                 status["nodes"].get("summary", "-"), ready.get("status"), ready.get("reason"))
+        # Compared with the status it replaced, never with what a previous fold saw: what was
+        # not written is not news, and a new leader starts from the status in the API.
+        await self.announce(policy, policy_news(policy.status, status))
+
+    async def announce(self, policy: PolicyView, news: list[EventIntent]) -> None:
+        """Post ``news`` as Events on the policy. Best effort: the status carries the truth,
+        and a failed post is neither retried nor allowed to stop the controller."""
+        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": POLICY_KIND,
+                    "name": policy.name, "uid": policy.uid}
+        for item in news:
+            try:
+                await self.api.post_event(self.settings.event_namespace, involved, item.type,
+                                          item.reason, item.message, COMPONENT,
+                                          self.settings.identity)
+            except Exception as exc:
+                log.warning("could not post event %s on %s: %s", item.reason, policy.name, exc)
+                self.metrics.error("api" if isinstance(exc, API_ERRORS) else "internal")
+                return  # the rest would most likely fail (and wait) the same way
+            self.metrics.event_posted(item.type, item.reason)
+            self.events_posted += 1
+
+    def _retry_later(self, name: str, exc: Exception) -> None:
+        log.warning("could not write the status of %s, retrying: %s", name, exc)
+        self.metrics.status_written(False)
+        self.metrics.error("api")
+        self.due[name] = self.clock() + self.settings.retry_seconds
+
+    async def delete_state(self, name: str) -> None:
+        self.doomed.discard(name)
+        report = self.reports.get(name)
+        if report is None or name in self.nodes:
+            return
+        try:
+            if await self.api.delete_node_state(name, report.uid):
+                self.states_deleted += 1
+                log.info("deleted node state %s: its Node no longer exists", name)
+        except API_ERRORS as exc:
+            log.warning("could not delete node state %s: %s", name, exc)
+            self.metrics.error("api")
+
+    # -- the leader's tasks ----------------------------------------------------------------
+    def _reset(self) -> None:
+        self.nodes, self.reports, self.policies = {}, {}, {}
+        self.due, self.last_fold, self.last_write = {}, {}, {}
+        self.doomed, self.suspects = set(), set()
+        self.synced = False
+        self.informers = [
+            Informer(self.api, NODES, _Store(self.node_event, lambda: self.nodes),
+                     METADATA_LIST, METADATA_WATCH, on_error=self._api_error),
+            # Node states can list a thousand guests each: smaller pages bound the peak.
+            Informer(self.api, NODE_STATES, _Store(self.state_event, lambda: self.reports),
+                     page=STATE_PAGE, on_error=self._api_error),
+            Informer(self.api, POLICIES, _Store(self.policy_event, lambda: self.policies),
+                     on_error=self._api_error),
+        ]
+
+    def _api_error(self) -> None:
+        self.metrics.error("api")
+
+    async def lead(self) -> None:
+        """Runs until cancelled (when this replica stops leading)."""
+        self._reset()
+        try:
+            await self._lead()
+        finally:
+            self._reset()  # a standby keeps no cache and exports no policy series
+            self.publish()
+
+    async def _lead(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for informer in self.informers:
+                group.create_task(informer.run())
+            await asyncio.gather(*(informer.synced.wait() for informer in self.informers))
+            self.synced = True
+            log.info("caches synced: %d nodes, %d node states, %d policies", len(self.nodes),
+                     len(self.reports), len(self.policies))
+            self.mark_due(list(self.policies))
+            group.create_task(self._act_loop())
+            group.create_task(self._sweep_loop())
+
+    async def _act_loop(self) -> None:
+        while True:
+            self.wake.clear()  # before acting: anything marked while we act wakes us again
+            delay = await self.act()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.wake.wait()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            doomed, self.suspects = sweep(self.reports, self.nodes, self.suspects)
+            if doomed:
+                self.doomed |= doomed
+                self.wake.set()
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+
+    def health(self) -> JSON:
+        return {"synced": self.synced, "nodes": len(self.nodes),
+                "nodeStates": len(self.reports), "policies": len(self.policies),
+                "statusWrites": self.status_writes, "nodeStatesDeleted": self.states_deleted,
+                "eventsPosted": self.events_posted,
+                "watchEvents": sum(i.events for i in self.informers)}
