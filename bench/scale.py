@@ -64,6 +64,7 @@ from bench.scale_model import (
     write_requests,
 )
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
+from overcommit.api.schema import to_json
 from overcommit.localcluster.controlplane import ControlPlane
 from overcommit.localcluster.processes import stop_process
 
@@ -135,7 +136,7 @@ async def create_node_states(kube: Kube, views: Sequence[NodeView], uids: dict[s
                      "uid": uids[view.node]}]},
                 "spec": {"nodeName": view.node}}
         await kube.call("POST", NODE_STATES, body)
-        patch = [{"op": "add", "path": "/status", "value": node_status(view, POLICY)}]
+        patch = [{"op": "add", "path": "/status", "value": to_json(node_status(view, POLICY))}]
         await kube.call("PATCH", f"{NODE_STATES}/{view.node}/status", patch,
                         "application/json-patch+json")
 

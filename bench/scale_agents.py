@@ -33,6 +33,8 @@ from bench.scale_model import (
     with_naive_entry,
 )
 from overcommit.agent.status import should_write
+from overcommit.api.schema import to_json
+from overcommit.api.status import NodeStateStatus
 
 JSON = dict[str, Any]
 # What a write can fail with: an error answer (e.g. 504 when the API server gave up on the
@@ -56,7 +58,7 @@ class Writes:
 @dataclass
 class Agent:
     view: NodeView
-    last_status: JSON | None = None
+    last_status: NodeStateStatus | None = None
     last_write: float = 0.0
     tally: Tally = field(default_factory=Tally)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -145,10 +147,10 @@ class Fleet:
             return True
 
     # -- writes ----------------------------------------------------------------------------
-    async def write(self, node: str, status: JSON) -> None:
+    async def write(self, node: str, status: NodeStateStatus) -> None:
         try:
             if self.design == PER_NODE:
-                await self._replace_node_status(node, status)
+                await self._replace_node_status(node, to_json(status))
             else:
                 await self._put_naive_entry(node, naive_entry(status))
         except FAILURES:

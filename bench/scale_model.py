@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overcommit.api.policy import GROUP, POLICY_KIND, VERSION, PolicySpec
-from overcommit.api.schema import doc, openapi_schema, to_json
+from overcommit.api.schema import doc, fit, openapi_schema, to_json
 from overcommit.api.status import (
     Condition,
     Engine,
@@ -24,9 +24,9 @@ from overcommit.api.status import (
     NodeStateStatus,
     PolicyRef,
     Saved,
-    find_condition,
+    condition_of,
 )
-from overcommit.report import human_bytes
+from overcommit.units import human_bytes
 
 JSON = dict[str, Any]
 PER_NODE = "per_node_state"
@@ -141,9 +141,9 @@ def saved(view: NodeView) -> Saved:
                  summary=human_bytes(total))
 
 
-def node_status(view: NodeView, policy: str) -> JSON:
+def node_status(view: NodeView, policy: str) -> NodeStateStatus:
     """A node state's status of the size and shape the real agent writes (~5 KiB)."""
-    status = NodeStateStatus(
+    return NodeStateStatus(
         policy=PolicyRef(policy, view.policy_uid, view.generation), overridden=[],
         conditions=conditions(view, policy), engine="ksm",
         engines=[Engine(name, name != "uksm")
@@ -155,8 +155,6 @@ def node_status(view: NodeView, policy: str) -> JSON:
         guest_count=GUESTS_PER_NODE, guests=guests(view),
         last_errors=["sys/kernel/mm/ksm/merge_across_nodes: EBUSY: pages are merged"]
         if view.failed else [])
-    out: JSON = to_json(status)
-    return out
 
 
 # -- the naive design -----------------------------------------------------------------------
@@ -180,15 +178,15 @@ class NaiveStatus:
     nodes: dict[str, NaiveEntry] | None = doc("One entry per node, keyed by node name.")
 
 
-def naive_entry(status: Mapping[str, Any]) -> JSON:
+def naive_entry(status: NodeStateStatus) -> JSON:
     """The entry a naive agent writes into the policy status, from its node status."""
-    ready = find_condition(status, "Ready")
-    saved_ = status["saved"]
-    entry = NaiveEntry(generation=(status.get("policy") or {}).get("generation"),
-                       ready=ready["status"], reason=ready["reason"],
-                       message=ready["message"][:1024], merged_bytes=saved_["mergedBytes"],
-                       ballooned_bytes=saved_["balloonedBytes"],
-                       compressed_bytes=saved_["compressedBytes"])
+    ready = condition_of(status, "Ready")
+    saved_ = status.saved or Saved()
+    entry = fit(NaiveEntry(generation=status.policy.generation if status.policy else None,
+                           ready=ready.status, reason=ready.reason, message=ready.message,
+                           merged_bytes=saved_.merged_bytes,
+                           ballooned_bytes=saved_.ballooned_bytes,
+                           compressed_bytes=saved_.compressed_bytes))
     out: JSON = to_json(entry)
     return out
 

@@ -22,9 +22,9 @@ import pytest
 
 from overcommit.agent.status import node_status
 from overcommit.api.model import PolicyError, policy_from_object
-from overcommit.api.schema import openapi_schema, validate
+from overcommit.api.schema import openapi_schema, to_json, validate
 from overcommit.api.status import NodeStateStatus, PolicyStatus
-from overcommit.controller.fold import fold, node_report, policy_view
+from overcommit.controller.fold import fold, node_summary, policy_view
 from overcommit.engine.cycle import NodeEngine
 from overcommit.engine.guests import GuestManager, VirtSettings
 from overcommit.virt.libvirt_source import LibvirtEndpoint
@@ -37,6 +37,7 @@ GIB_KIB = 1024 * 1024
 TEST_DRIVER_NOW = 627319920 + 1  # the test driver's constant last_update, plus one second
 KSM = "sys/kernel/mm/ksm"
 T0 = "2026-01-01T00:00:00Z"
+NOW = "2026-12-03T12:00:00Z"  # the agent's clock at the cycle (was read inside node_status)
 
 WINNER = {
     "priority": 10,
@@ -113,7 +114,7 @@ def policy_statuses() -> dict[str, Any]:
         _state("n4", "winner", generation=2),
         _state("n5", "loser", merged=8192),
     ]
-    reports = {s["metadata"]["name"]: node_report(s) for s in states}
+    reports = {s["metadata"]["name"]: node_summary(s) for s in states}
     nodes = {f"n{i}": {"pool": "virt"} for i in range(1, 7)}
     out = {}
     for name, spec, previous in (
@@ -124,7 +125,7 @@ def policy_statuses() -> dict[str, Any]:
         doc = policy_document(name, spec)
         doc["metadata"].update(uid=f"uid-{name}", generation=3)
         doc["status"] = previous
-        out[name] = fold(policy_view(doc), reports, nodes, "2026-06-01T00:00:00Z")
+        out[name] = to_json(fold(policy_view(doc), reports, nodes, "2026-06-01T00:00:00Z"))
     return out
 
 
@@ -143,6 +144,7 @@ def _plain(value: Any) -> Any:
     data = _pruned(json.loads(json.dumps(value)))
     for condition in data.get("conditions") or []:
         if condition.get("lastTransitionTime") not in (None, T0, "2026-06-01T00:00:00Z"):
+            # The old builder read the wall clock itself; the new one is given NOW.
             condition["lastTransitionTime"] = "<now>"
     return data
 
@@ -157,7 +159,7 @@ def _check(name: str, rendered: Any) -> None:
 
 def test_node_state_status_has_the_shape_it_always_had(tmp_path: Path) -> None:
     report, invalid = node_state_cycle(tmp_path)
-    status = _plain(node_status(report, invalid))
+    status = _plain(to_json(node_status(report, invalid, now=NOW)))
     assert validate(json.loads(json.dumps(status)), openapi_schema(NodeStateStatus),
                     "status") == []
     _check("node_state_status", status)
@@ -165,7 +167,7 @@ def test_node_state_status_has_the_shape_it_always_had(tmp_path: Path) -> None:
 
 def test_node_state_status_without_a_policy_has_the_shape_it_always_had(tmp_path: Path) -> None:
     report, _ = node_state_cycle(tmp_path, with_policies=False)
-    status = _plain(node_status(report))
+    status = _plain(to_json(node_status(report, now=NOW)))
     assert validate(json.loads(json.dumps(status)), openapi_schema(NodeStateStatus),
                     "status") == []
     _check("node_state_status_no_policy", status)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,7 +28,8 @@ from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import node_status, should_write
 from overcommit.api.model import Policy, PolicyError, policy_from_object
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION, KsmMode
-from overcommit.api.schema import plain
+from overcommit.api.schema import plain, to_json
+from overcommit.api.status import NodeStateStatus
 from overcommit.engine.cycle import CycleReport, NodeEngine
 from overcommit.engine.guests import VirtSettings
 from overcommit.kube.client import ApiError, make_login
@@ -37,7 +39,6 @@ from overcommit.observability.logs import context_logger
 from overcommit.observability.metrics import (
     AgentMetrics,
     MetricsServer,
-    cycle_errors,
     serve_metrics,
 )
 
@@ -64,7 +65,7 @@ class Agent:
         self.vmi_index: Mapping[Any, Any] | None = None
         self.state_uid: str | None = None
         self.recreate_state = True
-        self.last_status: dict[str, Any] | None = None
+        self.last_status: NodeStateStatus | None = None
         self.last_write = 0.0
         self.events = EventMemory()
         self.health = CycleHealth()  # what the probes report
@@ -190,7 +191,7 @@ class Agent:
         self.log.info("cycle %d: policy=%s labels=%s changes=%d errors=%d restored=%s",
                       self.health.completed, policy, node["labels"], len(report.changes),
                       len(report.errors), report.restored, extra={"policy": policy})
-        status = node_status(report, invalid, self.last_status)
+        status = node_status(report, invalid, self.last_status, now=now_rfc3339())
         # Metrics first: they describe the host, which is done even if the API fails below.
         self.metrics.observe_cycle(status, cycle_errors(report, len(invalid)))
         await self.publish(status, node["uid"])
@@ -231,7 +232,7 @@ class Agent:
         return interval
 
     # -- reporting -------------------------------------------------------------------------
-    async def publish(self, status: dict[str, Any], node_uid: str | None) -> bool:
+    async def publish(self, status: NodeStateStatus, node_uid: str | None) -> bool:
         """Write the status if it changed (counter-only changes at most once per interval)."""
         force = False
         if self.recreate_state or self.state_uid is None:
@@ -244,8 +245,8 @@ class Agent:
         if not (force or should_write(status, self.last_status, since_write,
                                       self.settings.status_interval_seconds)):
             return False
-        status["lastUpdate"] = now_rfc3339()
-        await self.api.replace_status(self.settings.node_name, status)
+        status = dataclasses.replace(status, last_update=now_rfc3339())
+        await self.api.replace_status(self.settings.node_name, to_json(status))
         self.last_status, self.last_write = status, time.monotonic()
         return True
 
@@ -271,6 +272,12 @@ class Agent:
             self.log.warning("could not post event %s: %s", reason, exc)
             return
         self.metrics.event_posted(event_type, reason)
+
+
+def cycle_errors(report: CycleReport, invalid_policies: int) -> dict[str, int]:
+    """How many errors of each kind one cycle met (for ``overcommit_agent_errors_total``)."""
+    return {"setting": len(report.errors), "guest": len(report.guests.trouble),
+            "policy": invalid_policies}
 
 
 def failure_kind(exc: BaseException) -> str:

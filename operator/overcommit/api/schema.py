@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import re
 import types
 import typing
@@ -92,15 +93,22 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def api_fields(cls: type) -> list[tuple[dataclasses.Field[Any], Any, Meta]]:
+def api_fields(cls: Any) -> tuple[tuple[dataclasses.Field[Any], Any, Meta], ...]:
+    """Every API field of the dataclass ``cls`` with its (resolved) type and metadata."""
+    return _api_fields(cls)
+
+
+@functools.cache
+def _api_fields(cls: type) -> tuple[tuple[dataclasses.Field[Any], Any, Meta], ...]:
+    # Cached: status objects are built and fitted every cycle and folded for every node.
     hints = typing.get_type_hints(cls, include_extras=True)
-    result = []
-    for f in dataclasses.fields(cls):
-        meta = f.metadata.get("api")
-        if meta is None:
-            continue
-        result.append((f, hints[f.name], meta))
-    return result
+    return tuple((f, hints[f.name], f.metadata["api"]) for f in dataclasses.fields(cls)
+                 if "api" in f.metadata)
+
+
+def meta_of(cls: type, name: str) -> Meta:
+    """The declared metadata (description, bounds) of one API field."""
+    return next(meta for f, _, meta in api_fields(cls) if f.name == name)
 
 
 def rules_of(cls: type) -> tuple[Rule, ...]:
@@ -378,6 +386,26 @@ def build(cls: type[T], data: Mapping[str, Any]) -> T:
     return cls(**kwargs)
 
 
+def parse(cls: type[T], data: Any) -> T | None:
+    """``cls`` from JSON read back from the API (a status, say), or None when it breaks the
+    schema: written by another version of the CRD, or by hand. Defaults are applied as the API
+    server would; ``data`` itself is left as it was."""
+    copy = plain(data)
+    if not isinstance(copy, dict) or validate(copy, _schema_of(cls), "status"):
+        return None
+    return build(cls, copy)
+
+
+def _schema_of(cls: Any) -> JSON:
+    return _cached_schema(cls)
+
+
+@functools.cache
+def _cached_schema(cls: type) -> JSON:
+    register_rules(cls)
+    return openapi_schema(cls)
+
+
 def _build_value(tp: Any, value: Any) -> Any:
     tp, _ = _unwrap_optional(tp)
     if value is None:
@@ -416,6 +444,49 @@ def to_json(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_json(v) for k, v in obj.items()}
     return obj
+
+
+def fit(obj: T) -> T:
+    """``obj`` (an API dataclass) cut to its declared bounds: lists to ``max_items``, maps to
+    ``max_properties``, strings to ``max_length`` and list items or map values to
+    ``item_max_length``, all the way down. The API server refuses a whole write when one value
+    breaks a bound, so what the operator reports is made to fit rather than lost; lists should
+    hold their most important entries first."""
+    changes: dict[str, Any] = {}
+    for f, _, meta in api_fields(type(obj)):
+        value = getattr(obj, f.name)
+        fitted = _fit_value(value, meta)
+        if fitted is not value:
+            changes[f.name] = fitted
+    return dataclasses.replace(obj, **changes) if changes else obj  # type: ignore[type-var]
+
+
+def _fit_value(value: Any, meta: Meta) -> Any:
+    if isinstance(value, str):
+        return _cut(value, meta.max_length)
+    if isinstance(value, list):
+        items = value[:meta.max_items] if meta.max_items is not None else value
+        fitted = [_fit_item(item, meta) for item in items]
+        return value if fitted == value and len(items) == len(value) else fitted
+    if isinstance(value, dict):
+        keys = list(value)[:meta.max_properties] if meta.max_properties is not None else value
+        fitted_map = {k: _fit_item(value[k], meta) for k in keys}
+        return value if fitted_map == value else fitted_map
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return fit(value)
+    return value
+
+
+def _fit_item(item: Any, meta: Meta) -> Any:
+    if isinstance(item, str):
+        return _cut(item, meta.item_max_length)
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return fit(item)
+    return item
+
+
+def _cut(text: str, limit: int | None) -> str:
+    return text if limit is None or len(text) <= limit else text[:limit]
 
 
 _QUANTITY_FACTORS = {

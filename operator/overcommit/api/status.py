@@ -1,26 +1,34 @@
-"""Status schemas: the policy's small cluster summary and the per-node state.
+"""Status: the policy's small cluster summary and the per-node state, as typed objects.
 
-Declared like the spec (documented dataclasses) so the CRDs explain every status field too.
+Declared like the spec (documented dataclasses), so the one declaration generates the CRDs'
+status schema (every field explained by ``kubectl explain``), is what the agent builds and the
+controller parses (``schema.build``), and goes on the wire through ``schema.to_json`` after
+``schema.fit`` has cut every list and string to the schema's bounds. Conditions follow kstatus:
+one builder (:func:`condition`) keeps a condition's transition time while its status holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from overcommit.api.schema import doc
 
+TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+
 
 def find_condition(status: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any]:
-    """The condition of type ``kind`` in an object's status; {} when there is none (yet)."""
+    """The condition of type ``kind`` in an object's status as read from the API (plain JSON);
+    {} when there is none (yet). Typed statuses have :meth:`Conditioned.condition`."""
     for condition in (status or {}).get("conditions") or []:
         if isinstance(condition, Mapping) and condition.get("type") == kind:
             return condition
     return {}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Condition:
     """A standard Kubernetes condition (kstatus conventions)."""
 
@@ -34,8 +42,61 @@ class Condition:
     last_transition_time: str | None = doc("When the status last changed (RFC 3339).",
                                            max_length=64)
 
+    @property
+    def holds(self) -> bool:
+        return self.status == TRUE
 
-@dataclass(frozen=True)
+    def text(self) -> str:
+        """``reason: message``, for Events and logs."""
+        message = self.message or ""
+        return f"{self.reason}: {message}" if self.reason else message
+
+
+ABSENT = Condition(type="", status=UNKNOWN)  # how kstatus reads a condition not (yet) reported
+
+
+def condition(kind: str, status: str, reason: str, message: str, now: str,
+              previous: Sequence[Condition] | None = None,
+              generation: int | None = None) -> Condition:
+    """A condition that keeps the previous one's ``lastTransitionTime`` while its status stays
+    the same (kstatus: the time the status last *changed*), else takes ``now``."""
+    old = next((c for c in previous or () if c.type == kind), None)
+    unchanged = old is not None and old.status == status and old.last_transition_time
+    return Condition(type=kind, status=status, reason=reason, message=message,
+                     observed_generation=generation,
+                     last_transition_time=old.last_transition_time if unchanged and old
+                     else now)
+
+
+class Conditioned(Protocol):
+    @property
+    def conditions(self) -> list[Condition] | None: ...
+
+
+def condition_of(status: Conditioned | None, kind: str) -> Condition:
+    """The condition ``kind`` of a typed status; :data:`ABSENT` (Unknown) when not reported."""
+    return next((c for c in (status.conditions if status else None) or () if c.type == kind),
+                ABSENT)
+
+
+S = TypeVar("S")
+
+
+def without_timestamps(status: S) -> S:
+    """``status`` with every wall-clock stamp (condition transition times, ``lastUpdate``)
+    cleared: two statuses equal this way say the same, and writing one over the other is
+    noise."""
+    changes: dict[str, Any] = {}
+    conditions = getattr(status, "conditions", None)
+    if conditions:
+        changes["conditions"] = [dataclasses.replace(c, last_transition_time=None)
+                                 for c in conditions]
+    if getattr(status, "last_update", None) is not None:
+        changes["last_update"] = None
+    return dataclasses.replace(status, **changes) if changes else status  # type: ignore[type-var]
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyRef:
     """The policy in force on a node."""
 
@@ -44,7 +105,7 @@ class PolicyRef:
     generation: int | None = doc("The policy generation applied.", minimum=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OverriddenPolicy:
     """A policy that selects the node but lost to the one in force."""
 
@@ -52,7 +113,7 @@ class OverriddenPolicy:
     reason: str | None = doc("Why it lost (priority, age or name).", max_length=1024)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Engine:
     """One kernel interface found on the node."""
 
@@ -60,7 +121,7 @@ class Engine:
     present: bool | None = doc("Whether the node's kernel has it.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Saved:
     """Memory saved, in bytes, by each lever and in total."""
 
@@ -74,8 +135,19 @@ class Saved:
     total_bytes: int | None = doc("Sum of the above savings.", minimum=0)
     summary: str | None = doc("The total in human units, for kubectl get.", max_length=32)
 
+    def __add__(self, other: Saved) -> Saved:
+        """The sums of two nodes' savings (the summary is the caller's to write)."""
+        def add(a: int | None, b: int | None) -> int | None:
+            return None if a is None and b is None else (a or 0) + (b or 0)
 
-@dataclass(frozen=True)
+        return Saved(add(self.merged_bytes, other.merged_bytes),
+                     add(self.merging_profit_bytes, other.merging_profit_bytes),
+                     add(self.ballooned_bytes, other.ballooned_bytes),
+                     add(self.compressed_bytes, other.compressed_bytes),
+                     add(self.total_bytes, other.total_bytes))
+
+
+@dataclass(frozen=True, slots=True)
 class HostMemory:
     """Host memory and pressure."""
 
@@ -87,7 +159,7 @@ class HostMemory:
     psi_full_avg10: str | None = doc("PSI memory 'full' avg10, percent.", max_length=16)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Guest:
     """One guest's balloon state."""
 
@@ -104,7 +176,7 @@ class Guest:
                              max_length=1024)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeStateSpec:
     """Identifies the node; the agent writes everything else into status."""
 
@@ -112,7 +184,7 @@ class NodeStateSpec:
                          required=True, max_length=253)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeStateStatus:
     """What the node's agent found, applied and saved."""
 
@@ -148,7 +220,7 @@ class NodeStateStatus:
                                   max_length=64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeCounts:
     """How many nodes the policy reaches."""
 
@@ -160,7 +232,7 @@ class NodeCounts:
     summary: str | None = doc("applied/matched, for kubectl get.", max_length=32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeProblem:
     """A node where the policy has a problem."""
 
@@ -169,7 +241,7 @@ class NodeProblem:
     message: str | None = doc("What is wrong.", max_length=1024)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PolicyStatus:
     """The cluster-wide summary the controller writes (small, bounded)."""
 

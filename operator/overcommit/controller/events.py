@@ -20,11 +20,10 @@ once) becomes one summary Event per direction, so a fold posts at most ``MAX_EVE
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from overcommit.api.status import find_condition
+from overcommit.api.status import PolicyStatus, condition_of
 from overcommit.kube.events import NORMAL, WARNING, EventIntent
 
 MAX_NODE_EVENTS = 3  # per direction and fold; more nodes moving at once become one summary
@@ -32,17 +31,7 @@ NAMES_SHOWN = 5
 MAX_EVENTS = 2 + 2 * MAX_NODE_EVENTS  # Ready and Stalled, then nodes in each direction
 
 
-@dataclass(frozen=True)
-class Condition:
-    status: str = "Unknown"  # an absent condition is Unknown, as kstatus reads it
-    reason: str = ""
-    message: str = ""
-
-    def text(self) -> str:
-        return f"{self.reason}: {self.message}" if self.reason else self.message
-
-
-def policy_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventIntent]:
+def policy_news(old: PolicyStatus, new: PolicyStatus) -> list[EventIntent]:
     """The Events that going from status ``old`` to status ``new`` deserves, policy first."""
     return [*condition_news(old, new), *node_news(old, new)]
 
@@ -50,29 +39,21 @@ def policy_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventInt
 # -- conditions ------------------------------------------------------------------------------
 
 
-def _condition(status: Mapping[str, Any], kind: str) -> Condition:
-    found = find_condition(status, kind)
-    if not found:
-        return Condition()
-    return Condition(str(found.get("status") or "Unknown"), str(found.get("reason") or ""),
-                     str(found.get("message") or ""))
-
-
-def condition_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventIntent]:
-    was_ready, ready = _condition(old, "Ready"), _condition(new, "Ready")
-    was_stalled, stalled = _condition(old, "Stalled"), _condition(new, "Stalled")
+def condition_news(old: PolicyStatus, new: PolicyStatus) -> list[EventIntent]:
+    was_ready, ready = condition_of(old, "Ready"), condition_of(new, "Ready")
+    was_stalled, stalled = condition_of(old, "Stalled"), condition_of(new, "Stalled")
     news = []
-    stalls = stalled.status == "True" and was_stalled.status != "True"
+    stalls = stalled.holds and not was_stalled.holds
     if stalls:
         news.append(EventIntent(WARNING, "PolicyStalled", stalled.text()))
     if ready.status != was_ready.status:
-        if ready.status == "True":
+        if ready.holds:
             news.append(EventIntent(NORMAL, "PolicyReady", ready.text()))
         elif not stalls:  # PolicyStalled already says why it is not ready
             news.append(EventIntent(NORMAL, "PolicyNotReady", ready.text()))
-    if was_stalled.status == "True" and stalled.status != "True" and ready.status != "True":
+    if was_stalled.holds and not stalled.holds and not ready.holds:
         news.append(EventIntent(NORMAL, "PolicyNotStalled",
-                         f"{stalled.text()}; Ready is {ready.status}: {ready.text()}"))
+                                f"{stalled.text()}; Ready is {ready.status}: {ready.text()}"))
     return news
 
 
@@ -85,7 +66,7 @@ class Problems:
 
     listed: dict[str, tuple[str, str]]
     failed: int
-    generation: Any
+    generation: int | None
 
     def surely_fine(self, node: str) -> bool:
         """``node`` does not fail here: the list holds every failed node, or, sorted by name
@@ -95,18 +76,14 @@ class Problems:
         return self.failed <= len(self.listed) or (bool(self.listed) and node < max(self.listed))
 
 
-def problems(status: Mapping[str, Any]) -> Problems:
-    listed = {}
-    for p in status.get("problems") or []:
-        if isinstance(p, Mapping) and p.get("node"):
-            listed[str(p["node"])] = (str(p.get("reason") or ""), str(p.get("message") or ""))
-    nodes = status.get("nodes")
-    failed = nodes.get("failed") if isinstance(nodes, Mapping) else None
-    count = failed if isinstance(failed, int) and not isinstance(failed, bool) else len(listed)
-    return Problems(listed, max(count, len(listed)), status.get("observedGeneration"))
+def problems(status: PolicyStatus) -> Problems:
+    listed = {p.node: (p.reason or "", p.message or "") for p in status.problems or () if p.node}
+    failed = status.nodes.failed if status.nodes else None
+    count = failed if failed is not None else len(listed)
+    return Problems(listed, max(count, len(listed)), status.observed_generation)
 
 
-def node_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[EventIntent]:
+def node_news(old: PolicyStatus, new: PolicyStatus) -> list[EventIntent]:
     before, after = problems(old), problems(new)
     entered = sorted(n for n in after.listed if before.surely_fine(n))
     changed = sorted(n for n in after.listed
@@ -141,7 +118,7 @@ def _recovery_news(before: Problems, after: Problems, left: Sequence[str],
     if unseen < 0 or len(left) > MAX_NODE_EVENTS:
         return [EventIntent(NORMAL, "NodeRecovered", _summary(before, after, "recovered", left))]
     return [EventIntent(NORMAL, "NodeRecovered", f"{node} no longer reports a problem (was "
-                                          f"{before.listed[node][0]})") for node in left]
+                                                 f"{before.listed[node][0]})") for node in left]
 
 
 def _summary(before: Problems, after: Problems, what: str, nodes: Sequence[str]) -> str:

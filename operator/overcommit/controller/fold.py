@@ -12,6 +12,7 @@ neither; each carries the generation it describes.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -20,100 +21,93 @@ from typing import Any
 
 from overcommit.api.model import PolicyError, policy_from_object
 from overcommit.api.policy import LabelSelector
+from overcommit.api.schema import fit, meta_of, parse
+from overcommit.api.status import (
+    FALSE,
+    TRUE,
+    Condition,
+    NodeCounts,
+    NodeProblem,
+    NodeStateStatus,
+    PolicyRef,
+    PolicyStatus,
+    Saved,
+    condition,
+    condition_of,
+    without_timestamps,
+)
 from overcommit.planning.selection import selector_matches
-from overcommit.report import human_bytes
+from overcommit.units import human_bytes
 
-JSON = dict[str, Any]
 Labels = Mapping[str, str]
 
-MAX_PROBLEMS = 20  # the CRD's bound on status.problems
-MAX_PROBLEM_MESSAGE = 1024
-MAX_CONDITION_MESSAGE = 32768
+MAX_PROBLEMS = meta_of(PolicyStatus, "problems").max_items or 0
 NAMES_IN_MESSAGE = 5
 # A node's Degraded=InvalidPolicy is about some *other* policy the agent could not parse; that
 # policy gets its own Stalled=InvalidPolicy from the controller's own parse.
 FOREIGN_REASONS = frozenset({"InvalidPolicy"})
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled")
-
-
-def _intern(text: Any) -> str | None:
-    # Thousands of reports repeat the same policy names and reasons: keep one copy of each.
-    return sys.intern(text) if isinstance(text, str) else None
+NO_SAVINGS = Saved(0, 0, 0, 0, 0)
 
 
 # -- inputs ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Savings:
-    """Bytes saved on one node, or summed over many."""
-
-    merged: int = 0
-    profit: int = 0
-    ballooned: int = 0
-    compressed: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.merged + self.ballooned + self.compressed
-
-    def __add__(self, other: Savings) -> Savings:
-        return Savings(self.merged + other.merged, self.profit + other.profit,
-                       self.ballooned + other.ballooned, self.compressed + other.compressed)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeReport:
-    """The few fields the controller keeps of one node state, whatever that object's size."""
+class NodeSummary:
+    """What the controller keeps of one node state, whatever that object's size."""
 
     node: str
     uid: str = ""
-    policy: str | None = None
-    policy_uid: str | None = None
-    generation: int | None = None
+    policy: PolicyRef | None = None
     overridden: tuple[str, ...] = ()
     ready: bool | None = None  # the node's Ready condition; None: not reported (yet)
     problem: tuple[str, str] | None = None  # (reason, message) when the node has a problem
-    saved: Savings = Savings()
+    saved: Saved = NO_SAVINGS
 
     def policies(self) -> set[str]:
-        """Every policy whose status this report can change."""
-        return {*self.overridden, *([self.policy] if self.policy else [])}
+        """Every policy whose status this summary can change."""
+        return {*self.overridden, *([self.policy.name] if self.policy and self.policy.name
+                                    else [])}
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def node_report(obj: Mapping[str, Any]) -> NodeReport:
+def node_summary(obj: Mapping[str, Any]) -> NodeSummary:
     """The summary of one MemoryOvercommitNodeState object (as the API server returns it)."""
     meta = obj.get("metadata") or {}
-    status = obj.get("status") or {}
-    policy = status.get("policy") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions") or []
-                  if isinstance(c, Mapping)}
-    ready, degraded = conditions.get("Ready") or {}, conditions.get("Degraded") or {}
-    problem = None
-    if ready.get("status") == "False":
-        problem = (str(ready.get("reason") or "NotReady"), str(ready.get("message") or ""))
-    elif degraded.get("status") == "True" and degraded.get("reason") not in FOREIGN_REASONS:
-        problem = (str(degraded.get("reason") or "Degraded"), str(degraded.get("message") or ""))
-    saved = status.get("saved") or {}
-    generation = policy.get("generation")
-    return NodeReport(
-        node=sys.intern(str(meta.get("name", ""))),
-        uid=str(meta.get("uid", "")),
-        policy=_intern(policy.get("name")),
-        policy_uid=_intern(policy.get("uid")),
-        generation=generation if isinstance(generation, int) else None,
-        overridden=tuple(n for n in (_intern(o.get("name")) for o in status.get("overridden")
-                                     or [] if isinstance(o, Mapping)) if n),
-        ready={"True": True, "False": False}.get(str(ready.get("status"))),
-        problem=None if problem is None else (sys.intern(problem[0]),
-                                              problem[1][:MAX_PROBLEM_MESSAGE]),
-        saved=Savings(_int(saved.get("mergedBytes")), _int(saved.get("mergingProfitBytes")),
-                      _int(saved.get("balloonedBytes")), _int(saved.get("compressedBytes"))),
-    )
+    raw = obj.get("status") or {}
+    folded = {k: v for k, v in raw.items() if k in _WIRE_FOLDED} if isinstance(raw, dict) else {}
+    status = parse(NodeStateStatus, folded) or NodeStateStatus()
+    ready = condition_of(status, "Ready")
+    policy = status.policy
+    return NodeSummary(
+        node=sys.intern(str(meta.get("name", ""))), uid=str(meta.get("uid", "")),
+        policy=None if policy is None else PolicyRef(_intern(policy.name), _intern(policy.uid),
+                                                     policy.generation),
+        overridden=tuple(_intern(o.name) for o in status.overridden or () if o.name),
+        ready={TRUE: True, FALSE: False}.get(ready.status),
+        problem=_problem(ready, condition_of(status, "Degraded")),
+        saved=status.saved or NO_SAVINGS)
+
+
+# The part of a node state folding reads; the rest (settings, counters, guests) can be large.
+_WIRE_FOLDED = frozenset({"policy", "overridden", "conditions", "saved"})
+
+
+def _intern(text: str | None) -> str:
+    # Thousands of summaries repeat the same policy names and reasons: keep one copy of each.
+    return sys.intern(text or "")
+
+
+def _problem(ready: Condition, degraded: Condition) -> tuple[str, str] | None:
+    """(reason, message) of what is wrong on the node: Ready=False, else Degraded=True about
+    this node (not about some other policy it could not parse)."""
+    if ready.status == FALSE:
+        found = (ready.reason or "NotReady", ready.message or "")
+    elif degraded.holds and degraded.reason not in FOREIGN_REASONS:
+        found = (degraded.reason or "Degraded", degraded.message or "")
+    else:
+        return None
+    return sys.intern(found[0]), found[1]
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,7 @@ class PolicyView:
     selector: LabelSelector | None = None
     dry_run: bool = False
     error: str | None = None  # why the spec is invalid (admission bypassed); None when valid
-    status: Mapping[str, Any] = field(default_factory=dict)
+    status: PolicyStatus = field(default_factory=PolicyStatus)
 
     def matches(self, labels: Labels) -> bool:
         return self.error is None and selector_matches(self.selector, labels)
@@ -136,12 +130,11 @@ def policy_view(obj: Mapping[str, Any]) -> PolicyView:
     meta = obj.get("metadata") or {}
     name, uid = str(meta.get("name", "")), str(meta.get("uid", ""))
     generation = int(meta.get("generation") or 0)
-    status = obj.get("status") or {}
+    status = parse(PolicyStatus, obj.get("status") or {}) or PolicyStatus()
     try:
         policy = policy_from_object(obj, "")
     except PolicyError as err:
-        return PolicyView(name, uid, generation, error="; ".join(err.errors)[:1024],
-                          status=status)
+        return PolicyView(name, uid, generation, error="; ".join(err.errors), status=status)
     return PolicyView(name, uid, generation, policy.spec.node_selector, policy.spec.dry_run,
                       status=status)
 
@@ -158,10 +151,10 @@ class Tally:
     overridden: int = 0
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # node, reason, message
     pending: list[str] = field(default_factory=list)
-    saved: Savings = Savings()
+    saved: Saved = NO_SAVINGS
 
 
-def tally(policy: PolicyView, reports: Mapping[str, NodeReport],
+def tally(policy: PolicyView, reports: Mapping[str, NodeSummary],
           nodes: Mapping[str, Labels]) -> Tally:
     """Bucket every existing node for ``policy`` (reports of vanished nodes are ignored)."""
     result = Tally()
@@ -184,12 +177,14 @@ def tally(policy: PolicyView, reports: Mapping[str, NodeReport],
     return result
 
 
-def _in_force(policy: PolicyView, report: NodeReport) -> bool:
-    return report.policy == policy.name and report.policy_uid in (None, "", policy.uid)
+def _in_force(policy: PolicyView, report: NodeSummary) -> bool:
+    ref = report.policy
+    return ref is not None and ref.name == policy.name and ref.uid in (None, "", policy.uid)
 
 
-def _classify(policy: PolicyView, report: NodeReport, result: Tally) -> None:
-    current = report.generation == policy.generation and report.ready is not None
+def _classify(policy: PolicyView, report: NodeSummary, result: Tally) -> None:
+    generation = report.policy.generation if report.policy else None
+    current = generation == policy.generation and report.ready is not None
     if not current:
         result.pending.append(report.node)
     elif report.problem is not None:
@@ -267,61 +262,40 @@ def _names(names: list[str]) -> str:
     return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
-def conditions(policy: PolicyView, outcome: Verdict, now: str) -> list[JSON]:
+def conditions(policy: PolicyView, outcome: Verdict, now: str) -> list[Condition]:
     """The three kstatus conditions; a condition keeps its lastTransitionTime while its status
     stays the same."""
-    previous = {c.get("type"): c for c in policy.status.get("conditions") or []
-                if isinstance(c, Mapping)}
-    out = []
-    for kind, (status, reason, message) in zip(
-            CONDITION_TYPES, (outcome.ready, outcome.reconciling, outcome.stalled), strict=True):
-        old = previous.get(kind) or {}
-        unchanged = old.get("status") == status and old.get("lastTransitionTime")
-        out.append({"type": kind, "status": status, "reason": reason,
-                    "message": message[:MAX_CONDITION_MESSAGE],
-                    "observedGeneration": policy.generation,
-                    "lastTransitionTime": old["lastTransitionTime"] if unchanged else now})
-    return out
+    return [condition(kind, *verdict, now, policy.status.conditions, policy.generation)
+            for kind, verdict in zip(CONDITION_TYPES, (outcome.ready, outcome.reconciling,
+                                                       outcome.stalled), strict=True)]
 
 
 # -- the status ------------------------------------------------------------------------------
 
 
-def fold(policy: PolicyView, reports: Mapping[str, NodeReport], nodes: Mapping[str, Labels],
-         now: str) -> JSON:
+def fold(policy: PolicyView, reports: Mapping[str, NodeSummary], nodes: Mapping[str, Labels],
+         now: str) -> PolicyStatus:
     """The policy's whole status (``now``: RFC 3339, for conditions that change status)."""
     counts = tally(policy, reports, nodes)
-    node_counts: JSON = {"applied": counts.applied, "failed": len(counts.failed),
-                         "overridden": counts.overridden}
-    if policy.error is None:
-        node_counts["matched"] = counts.matched
-        node_counts["summary"] = f"{counts.applied}/{counts.matched}"
+    valid = policy.error is None
     saved = counts.saved
-    return {
-        "observedGeneration": policy.generation,
-        "conditions": conditions(policy, verdict(policy, counts), now),
-        "nodes": node_counts,
-        "saved": {"mergedBytes": saved.merged, "mergingProfitBytes": saved.profit,
-                  "balloonedBytes": saved.ballooned, "compressedBytes": saved.compressed,
-                  "totalBytes": saved.total, "summary": human_bytes(saved.total)},
-        "problems": [{"node": node, "reason": reason, "message": message}
-                     for node, reason, message in sorted(counts.failed)[:MAX_PROBLEMS]],
-    }
+    return fit(PolicyStatus(
+        observed_generation=policy.generation,
+        conditions=conditions(policy, verdict(policy, counts), now),
+        nodes=NodeCounts(matched=counts.matched if valid else None, applied=counts.applied,
+                         failed=len(counts.failed), overridden=counts.overridden,
+                         summary=f"{counts.applied}/{counts.matched}" if valid else None),
+        saved=dataclasses.replace(saved, summary=human_bytes(saved.total_bytes or 0)),
+        problems=[NodeProblem(node, reason, message)
+                  for node, reason, message in sorted(counts.failed)],
+    ))
 
 
-def comparable(status: Mapping[str, Any]) -> JSON:
+def comparable(status: PolicyStatus) -> PolicyStatus:
     """The status without timestamps: equal comparables mean there is nothing to write."""
-    out = dict(status)
-    out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
-                         for c in status.get("conditions") or [] if isinstance(c, Mapping)]
-    return out
+    return without_timestamps(status)
 
 
-def without_savings(comparable_status: Mapping[str, Any]) -> JSON:
-    """A comparable() status but the savings, whose churn is written at a slower pace."""
-    return {k: v for k, v in comparable_status.items() if k != "saved"}
-
-
-def significant(status: Mapping[str, Any]) -> JSON:
-    """Everything but the savings and the timestamps."""
-    return without_savings(comparable(status))
+def without_savings(status: PolicyStatus) -> PolicyStatus:
+    """A status but the savings, whose churn is written at a slower pace."""
+    return dataclasses.replace(status, saved=None)

@@ -8,7 +8,7 @@ Why plain aiohttp watches and not kopf (which the agent uses):
 * A standby must cost nothing: here it holds no watch and no cache, only a GET every couple of
   seconds; kopf would keep its watches (and per-object workers) running while paused.
 * Memory at thousands of nodes: kopf keeps whole bodies (in indexes) and one worker task per
-  object; the controller keeps ~200 bytes per node state (``fold.NodeReport``) and a Node's
+  object; the controller keeps ~200 bytes per node state (``fold.NodeSummary``) and a Node's
   labels only, listing and watching Nodes as metadata (PartialObjectMetadata) to skip their
   status.
 
@@ -35,16 +35,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from overcommit.api.policy import GROUP, POLICY_KIND, VERSION
-from overcommit.api.status import find_condition
+from overcommit.api.schema import to_json
+from overcommit.api.status import PolicyStatus, condition_of
 from overcommit.controller.api import ControllerApi
 from overcommit.controller.events import policy_news
 from overcommit.controller.fold import (
     Labels,
-    NodeReport,
+    NodeSummary,
     PolicyView,
     comparable,
     fold,
-    node_report,
+    node_summary,
     policy_view,
     without_savings,
 )
@@ -101,7 +102,7 @@ class Controller:
         self.api, self.settings, self.clock, self.now = api, settings, clock, now
         self.metrics = metrics or ControllerMetrics()
         self.nodes: dict[str, Labels] = {}
-        self.reports: dict[str, NodeReport] = {}
+        self.reports: dict[str, NodeSummary] = {}
         self.policies: dict[str, PolicyView] = {}
         self.due: dict[str, float] = {}  # policy -> earliest time to fold and maybe write it
         self.last_fold: dict[str, float] = {}
@@ -146,7 +147,7 @@ class Controller:
         old = self.reports.pop(name, None)
         touched = old.policies() if old else set()
         if event_type != "DELETED":
-            report = node_report(obj)
+            report = node_summary(obj)
             self.reports[name] = report
             if report == old:
                 return
@@ -212,9 +213,9 @@ class Controller:
             return
         await self.write(policy, status)
 
-    async def write(self, policy: PolicyView, status: JSON) -> None:
+    async def write(self, policy: PolicyView, status: PolicyStatus) -> None:
         try:
-            await self.api.replace_policy_status(policy.name, policy.uid, status)
+            await self.api.replace_policy_status(policy.name, policy.uid, to_json(status))
         except ApiError as exc:
             if exc.status in (404, 422):  # deleted, or made again: the watch will tell us
                 return
@@ -230,9 +231,9 @@ class Controller:
         self.last_write[policy.name] = self.clock()
         self.status_writes += 1
         self.metrics.status_written(True)
-        ready = find_condition(status, "Ready")
+        ready = condition_of(status, "Ready")
         log.info("status of %s (generation %d): %s Ready=%s %s", policy.name, policy.generation,
-                 status["nodes"].get("summary", "-"), ready.get("status"), ready.get("reason"))
+                 status.nodes.summary if status.nodes else "-", ready.status, ready.reason)
         # Compared with the status it replaced, never with what a previous fold saw: what was
         # not written is not news, and a new leader starts from the status in the API.
         await self.announce(policy, policy_news(policy.status, status))

@@ -19,7 +19,7 @@ from overcommit.engine.guests import (
 )
 from overcommit.engine.state import NodeRecord, StateStore
 from overcommit.host.base import ApplyError, ApplyResult, Change, HostFS
-from overcommit.host.ksm import find_ksmd_pid, ksm_saved_bytes, ksmd_cpu_seconds
+from overcommit.host.ksm import find_ksmd_pid, ksmd_cpu_seconds
 from overcommit.host.sources import HostAdapter
 from overcommit.planning.adaptive import AdaptiveState
 from overcommit.planning.kernel import (
@@ -292,8 +292,3 @@ def _settled(path: str, current: Mapping[str, str], original: str) -> bool:
     if path == KSM_PAGES_TO_SCAN and advisor_on(current):
         return True  # the advisor owns the rate (the kernel refuses a write)
     return now == original or (path == KSM_RUN and original == "2" and now == "0")
-
-
-def saved_bytes(obs: Observation) -> int:
-    reading = obs.readings.get("ksm")
-    return ksm_saved_bytes(reading.counters, obs.page_size) if reading else 0

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
+from overcommit.api.status import Condition, Guest, NodeStateStatus, PolicyStatus, Saved
 from overcommit.host.ksm import KSM_DIR
 from overcommit.host.swap import SYSCTL_VM
 from overcommit.host.uksm import UKSM_DIR
@@ -36,14 +37,10 @@ from overcommit.host.zswap import ZSWAP_DIR
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from overcommit.engine.cycle import CycleReport
-
 PREFIX = "overcommit"
 ENGINE_DIRS = {KSM_DIR: "ksm", UKSM_DIR: "uksm", ZSWAP_DIR: "zswap", SYSCTL_VM: "swap"}
-SAVED_KINDS = {"merged": "mergedBytes", "ballooned": "balloonedBytes",
-               "compressed": "compressedBytes", "total": "totalBytes"}
-GUEST_SIZES = {"max": "maxBytes", "current": "currentBytes", "target": "targetBytes",
-               "usable": "usableBytes"}
+SAVED_KINDS = ("merged", "ballooned", "compressed", "total")  # Saved's <kind>_bytes fields
+GUEST_SIZES = ("max", "current", "target", "usable")  # Guest's <size>_bytes fields
 GUEST_LABELS = ("domain", "vmi_namespace", "vmi_name")
 # Why a cycle (or a part of it) failed; every kind is exported from the start, at 0.
 AGENT_ERROR_KINDS = ("setting", "guest", "policy", "api", "host", "internal")
@@ -149,62 +146,59 @@ def _counter_samples(counters: Mapping[str, int]) -> Iterator[Sample]:
         yield Sample(f"{PREFIX}_engine_counter", (engine, name), float(value))
 
 
-def _saved_samples(saved: Mapping[str, Any]) -> Iterator[Sample]:
-    for kind, key in SAVED_KINDS.items():
-        yield Sample(f"{PREFIX}_saved_bytes", (kind,), float(saved.get(key) or 0))
-    yield Sample(f"{PREFIX}_merging_profit_bytes", (),
-                 float(saved.get("mergingProfitBytes") or 0))
+def _saved_samples(saved: Saved | None, name: str, *first: str) -> Iterator[Sample]:
+    for kind in SAVED_KINDS:
+        value = getattr(saved, f"{kind}_bytes", None) if saved else None
+        yield Sample(name, (*first, kind), float(value or 0))
 
 
-def _guest_samples(guests: Sequence[Mapping[str, Any]]) -> Iterator[Sample]:
+def _guest_samples(guests: Sequence[Guest]) -> Iterator[Sample]:
     for guest in guests:
-        labels = (guest.get("domain") or "", guest.get("vmiNamespace") or "",
-                  guest.get("vmiName") or "")
-        for size, key in GUEST_SIZES.items():
-            if guest.get(key) is not None:  # unknown (no target yet, no stats): no series
-                yield Sample(f"{PREFIX}_guest_{size}_bytes", labels, float(guest[key]))
+        labels = (guest.domain or "", guest.vmi_namespace or "", guest.vmi_name or "")
+        for size in GUEST_SIZES:
+            value = getattr(guest, f"{size}_bytes")
+            if value is not None:  # unknown (no target yet, no stats): no series
+                yield Sample(f"{PREFIX}_guest_{size}_bytes", labels, float(value))
 
 
-def _conditions(conditions: Sequence[Mapping[str, Any]], name: str,
+def _conditions(conditions: Sequence[Condition] | None, name: str,
                 *first: str) -> Iterator[Sample]:
-    for c in conditions:
-        yield Sample(name, (*first, c.get("type") or "", c.get("reason") or ""),
-                     1.0 if c.get("status") == "True" else 0.0)
+    for c in conditions or ():
+        yield Sample(name, (*first, c.type, c.reason or ""), 1.0 if c.holds else 0.0)
 
 
-def node_samples(status: Mapping[str, Any]) -> list[Sample]:
+def node_samples(status: NodeStateStatus) -> list[Sample]:
     """Every node series' value, from a MemoryOvercommitNodeState status."""
-    samples = [Sample(f"{PREFIX}_engine_present", (e.get("name") or "",),
-                      1.0 if e.get("present") else 0.0) for e in status.get("engines") or []]
-    samples += _setting_samples(status.get("settings") or {})
-    samples += _counter_samples(status.get("counters") or {})
-    samples += _saved_samples(status.get("saved") or {})
-    samples.append(Sample(f"{PREFIX}_guests", (), float(status.get("guestCount") or 0)))
-    samples += _guest_samples(status.get("guests") or [])
-    policy = status.get("policy")
+    samples = [Sample(f"{PREFIX}_engine_present", (e.name or "",), 1.0 if e.present else 0.0)
+               for e in status.engines or ()]
+    samples += _setting_samples(status.settings or {})
+    samples += _counter_samples(status.counters or {})
+    samples += _saved_samples(status.saved, f"{PREFIX}_saved_bytes")
+    samples.append(Sample(f"{PREFIX}_merging_profit_bytes", (),
+                          float(status.saved.merging_profit_bytes or 0) if status.saved else 0.0))
+    samples.append(Sample(f"{PREFIX}_guests", (), float(status.guest_count or 0)))
+    samples += _guest_samples(status.guests or ())
+    policy = status.policy
     if policy:
-        generation = policy.get("generation")
-        samples.append(Sample(f"{PREFIX}_policy_info", (
-            policy.get("name") or "", policy.get("uid") or "",
-            "" if generation is None else str(generation)), 1.0))
+        generation = "" if policy.generation is None else str(policy.generation)
+        samples.append(Sample(f"{PREFIX}_policy_info",
+                              (policy.name or "", policy.uid or "", generation), 1.0))
     samples.append(Sample(f"{PREFIX}_overridden_policies", (),
-                          float(len(status.get("overridden") or []))))
-    samples += _conditions(status.get("conditions") or [], f"{PREFIX}_condition")
+                          float(len(status.overridden or ()))))
+    samples += _conditions(status.conditions, f"{PREFIX}_condition")
     return unique(samples)
 
 
-def policy_samples(statuses: Mapping[str, Mapping[str, Any]]) -> list[Sample]:
+def policy_samples(statuses: Mapping[str, PolicyStatus]) -> list[Sample]:
     """The per-policy series, from each policy's status (as the controller writes it)."""
     samples: list[Sample] = []
     for name, status in sorted(statuses.items()):
-        nodes = status.get("nodes") or {}
-        samples += [Sample(f"{PREFIX}_policy_nodes", (name, state), float(nodes.get(state) or 0))
+        nodes = status.nodes
+        samples += [Sample(f"{PREFIX}_policy_nodes", (name, state),
+                           float(getattr(nodes, state) or 0) if nodes else 0.0)
                     for state in ("matched", "applied", "failed", "overridden")]
-        saved = status.get("saved") or {}
-        samples += [Sample(f"{PREFIX}_policy_saved_bytes", (name, kind),
-                           float(saved.get(key) or 0)) for kind, key in SAVED_KINDS.items()]
-        samples += _conditions(status.get("conditions") or [], f"{PREFIX}_policy_condition",
-                               name)
+        samples += _saved_samples(status.saved, f"{PREFIX}_policy_saved_bytes", name)
+        samples += _conditions(status.conditions, f"{PREFIX}_policy_condition", name)
     return unique(samples)
 
 
@@ -218,14 +212,6 @@ def unique(samples: Iterable[Sample]) -> list[Sample]:
             seen.add(key)
             out.append(sample)
     return out
-
-
-def cycle_errors(report: CycleReport, invalid_policies: int) -> dict[str, int]:
-    """How many errors of each kind one agent cycle met."""
-    guests = report.guests
-    return {"setting": len(report.errors),
-            "guest": len(guests.trouble),
-            "policy": invalid_policies}
 
 
 def api_resource(path: str) -> str:
@@ -318,7 +304,7 @@ class AgentMetrics:
         self.api_write = ApiWrites(r)
         ProcessCollector(registry=r)
 
-    def observe_cycle(self, status: Mapping[str, Any], errors: Mapping[str, int]) -> None:
+    def observe_cycle(self, status: NodeStateStatus, errors: Mapping[str, int]) -> None:
         """A completed cycle: the node's new snapshot and the errors it met."""
         self.node.update(node_samples(status))
         for kind, count in errors.items():
@@ -380,7 +366,7 @@ class ControllerMetrics:
     def status_written(self, ok: bool) -> None:
         self.status_writes.labels("ok" if ok else "error").inc()
 
-    def observe_policies(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
+    def observe_policies(self, statuses: Mapping[str, PolicyStatus]) -> None:
         self.policies_snapshot.update(policy_samples(statuses))
 
     def counts(self, policies: int, node_states: int) -> None:

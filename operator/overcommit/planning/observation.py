@@ -21,6 +21,12 @@ class Observation:
         reading = self.readings.get(source)
         return reading is not None and reading.present
 
+    @property
+    def merge_engine(self) -> str:
+        """The page-merging engine this kernel has: ksm, uksm (a patched kernel has it instead
+        of KSM) or none."""
+        return "ksm" if self.present("ksm") else "uksm" if self.present("uksm") else "none"
+
     def settings(self) -> dict[str, str]:
         """Every current setting of every source, keyed by path."""
         merged: dict[str, str] = {}

@@ -60,7 +60,7 @@ def plan_node(policy: Policy | None, obs: Observation,
     problems: list[Problem] = []
     notes: list[str] = []
     adaptive_state = None
-    engine = "ksm" if obs.present("ksm") else "uksm" if obs.present("uksm") else "none"
+    engine = obs.merge_engine
 
     if spec.ksm is not None and engine == "ksm" and ksm_owner:
         problems.append(Problem("KsmManagedElsewhere", f"KSM on this node is managed by "

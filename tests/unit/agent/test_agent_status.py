@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +12,16 @@ import pytest
 
 from overcommit.agent.runner import Agent
 from overcommit.agent.settings import AgentSettings
-from overcommit.agent.status import detail, node_status, significant
+from overcommit.agent.status import detail_of, news_of, node_status
 from overcommit.api.model import PolicyError, policy_from_object
-from overcommit.api.schema import openapi_schema, validate
+from overcommit.api.schema import openapi_schema, to_json, validate
 from overcommit.api.status import NodeStateStatus, find_condition
 from overcommit.engine.cycle import CycleReport, NodeEngine
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
 
 KSM = "sys/kernel/mm/ksm"
+NOW = "2026-12-03T12:00:00Z"
 
 
 class RecordingApi:
@@ -51,6 +53,12 @@ def kernel(tmp_path: Path) -> FakeKernel:
     return FakeKernel(tmp_path / "host")
 
 
+def wire(report: CycleReport, invalid: list[PolicyError] | None = None) -> dict[str, Any]:
+    """The node state's status after ``report`` as the API server receives it."""
+    status: dict[str, Any] = to_json(node_status(report, invalid or [], now=NOW))
+    return status
+
+
 def cycle(kernel: FakeKernel, tmp_path: Path, spec: dict[str, Any] | None) -> CycleReport:
     engine = NodeEngine(state_dir=tmp_path / "state", fs=kernel)
     policies = [policy_from_object(policy_document("p", spec))] if spec else []
@@ -68,7 +76,7 @@ def agent_with(api: RecordingApi, tmp_path: Path, status_interval: float = 60.0)
 def test_status_reports_policy_settings_after_apply_and_originals(kernel: FakeKernel,
                                                                   tmp_path: Path) -> None:
     report = cycle(kernel, tmp_path, {"ksm": {"enabled": True, "pagesToScan": 900}})
-    status = node_status(report)
+    status = wire(report)
     assert status["policy"]["name"] == "p"
     assert status["settings"][f"{KSM}/pages_to_scan"] == "900"
     assert status["originals"][f"{KSM}/pages_to_scan"] == "100"
@@ -80,7 +88,7 @@ def test_status_reports_policy_settings_after_apply_and_originals(kernel: FakeKe
 def test_failed_write_makes_ready_false(kernel: FakeKernel, tmp_path: Path) -> None:
     kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
     report = cycle(kernel, tmp_path, {"ksm": {"enabled": True, "sleepMillisecs": 5}})
-    status = node_status(report)
+    status = wire(report)
     ready = find_condition(status, "Ready")
     degraded = find_condition(status, "Degraded")
     assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
@@ -91,7 +99,7 @@ def test_failed_write_makes_ready_false(kernel: FakeKernel, tmp_path: Path) -> N
 def test_invalid_cluster_policies_are_reported(kernel: FakeKernel, tmp_path: Path) -> None:
     report = cycle(kernel, tmp_path, None)
     bad = PolicyError("cluster (MemoryOvercommitPolicy x)", ["spec.ksm.pagesToScan: too big"])
-    status = node_status(report, [bad])
+    status = wire(report, [bad])
     degraded = find_condition(status, "Degraded")
     assert degraded["reason"] == "InvalidPolicy"
     assert "spec.ksm.pagesToScan" in status["lastErrors"][0]
@@ -107,7 +115,7 @@ def test_status_stays_valid_for_the_crd_with_long_and_many_errors(kernel: FakeKe
     report.guests.needed = False  # as the engine decides for a KSM-only policy
     invalid = [PolicyError(f"cluster (MemoryOvercommitPolicy x{n})", ["why " * 400])
                for n in range(40)]
-    status = node_status(report, invalid)
+    status = wire(report, invalid)
     assert validate(status, openapi_schema(NodeStateStatus), "status") == []
     assert len(status["endpointsDown"]) == 32 and status["endpointsDown"][0].startswith(
         "qemu+ssh://host-0/system: refused")
@@ -118,20 +126,24 @@ def test_status_stays_valid_for_the_crd_with_long_and_many_errors(kernel: FakeKe
 
 def test_transition_time_is_kept_while_status_holds(kernel: FakeKernel, tmp_path: Path) -> None:
     report = cycle(kernel, tmp_path, {"ksm": {"enabled": True}})
-    first = node_status(report)
-    for c in first["conditions"]:
-        c["lastTransitionTime"] = "2020-01-01T00:00:00Z"
-    second = node_status(report, previous=first)
-    assert {c["lastTransitionTime"] for c in second["conditions"]} == {"2020-01-01T00:00:00Z"}
+    first = node_status(report, now="2020-01-01T00:00:00Z")
+    second = node_status(report, previous=first, now=NOW)
+    assert {c.last_transition_time for c in second.conditions or ()} == {"2020-01-01T00:00:00Z"}
+    failing = replace(second, conditions=[replace(c, status="False") if c.type == "Ready" else c
+                                          for c in second.conditions or ()])
+    third = node_status(report, previous=failing, now=NOW)
+    assert {c.type: c.last_transition_time for c in third.conditions or ()} == {
+        "Ready": NOW, "Degraded": "2020-01-01T00:00:00Z"}
 
 
 def test_counters_alone_are_detail_not_news(kernel: FakeKernel, tmp_path: Path) -> None:
     report = cycle(kernel, tmp_path, {"ksm": {"enabled": True}})
-    before = node_status(report)
+    before = node_status(report, now=NOW)
     kernel.merge(shared=10, sharing=40)
-    after = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), previous=before)
-    assert significant(after) == significant(before)
-    assert detail(after) != detail(before)
+    after = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), previous=before,
+                        now=NOW)
+    assert news_of(after) == news_of(before)
+    assert detail_of(after) != detail_of(before)
 
 
 def test_publish_writes_once_then_only_on_news(kernel: FakeKernel, tmp_path: Path) -> None:
@@ -140,24 +152,24 @@ def test_publish_writes_once_then_only_on_news(kernel: FakeKernel, tmp_path: Pat
     spec = {"ksm": {"enabled": True}}
 
     async def scenario() -> None:
-        await agent.publish(node_status(cycle(kernel, tmp_path, spec)), "node-uid")
+        await agent.publish(node_status(cycle(kernel, tmp_path, spec), now=NOW), "node-uid")
         assert len(api.writes) == 1 and api.created == 1
         # nothing changed: no write
         assert not await agent.publish(node_status(cycle(kernel, tmp_path, spec),
-                                                   previous=agent.last_status), "node-uid")
+                                                   previous=agent.last_status, now=NOW), "node-uid")
         # counters changed, but the status interval has not passed: no write
         kernel.merge(shared=10, sharing=40)
         assert not await agent.publish(node_status(cycle(kernel, tmp_path, spec),
-                                                   previous=agent.last_status), "node-uid")
+                                                   previous=agent.last_status, now=NOW), "node-uid")
         # the interval passes: the counter change is written
         agent.last_write -= 61
         assert await agent.publish(node_status(cycle(kernel, tmp_path, spec),
-                                               previous=agent.last_status), "node-uid")
+                                               previous=agent.last_status, now=NOW), "node-uid")
         # news (a failure) is written at once
         kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
         bad = {"ksm": {"enabled": True, "sleepMillisecs": 7}}
         assert await agent.publish(node_status(cycle(kernel, tmp_path, bad),
-                                               previous=agent.last_status), "node-uid")
+                                               previous=agent.last_status, now=NOW), "node-uid")
 
     asyncio.run(scenario())
     assert len(api.writes) == 3

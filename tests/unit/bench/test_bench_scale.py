@@ -31,7 +31,7 @@ from bench.scale_model import (
     write_requests,
 )
 from overcommit.agent.status import should_write
-from overcommit.api.schema import openapi_schema, validate
+from overcommit.api.schema import openapi_schema, to_json, validate
 from overcommit.api.status import NodeStateStatus
 
 VIEW = NodeView("node-7", 7, "uid-1", generation=3, tick=0)
@@ -39,14 +39,14 @@ VIEW = NodeView("node-7", 7, "uid-1", generation=3, tick=0)
 
 # -- the simulated node state ---------------------------------------------------------------
 def test_node_status_is_valid_for_the_crd_and_the_size_the_agent_writes() -> None:
-    status = node_status(VIEW, "scale")
+    status = to_json(node_status(VIEW, "scale"))
     assert validate(status, openapi_schema(NodeStateStatus), "status") == []
     size = len(json.dumps(status, separators=(",", ":")))
     assert 3_000 < size < 12_000, size  # the real agent: ~2.8 KiB plus ~0.4 KiB per guest
 
 
 def test_a_failed_node_reports_ready_false_with_its_reason() -> None:
-    status = node_status(replace(VIEW, failed=True), "scale")
+    status = to_json(node_status(replace(VIEW, failed=True), "scale"))
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
     assert status["lastErrors"]
@@ -64,7 +64,7 @@ def test_an_unchanged_report_is_never_written() -> None:
 def test_moving_counters_are_written_only_once_the_status_interval_passed() -> None:
     last = node_status(VIEW, "scale")
     moved = node_status(replace(VIEW, tick=1), "scale")
-    assert moved["counters"] != last["counters"]
+    assert moved.counters != last.counters
     assert not should_write(moved, last, 59.0, 60.0)
     assert should_write(moved, last, 60.0, 60.0)
 
@@ -80,7 +80,7 @@ def test_naive_entry_summarises_the_node_status() -> None:
     entry = naive_entry(status)
     assert entry["generation"] == 3
     assert (entry["ready"], entry["reason"]) == ("False", "ApplyFailed")
-    assert entry["mergedBytes"] == status["saved"]["mergedBytes"]
+    assert entry["mergedBytes"] == (status.saved.merged_bytes if status.saved else None)
     assert validate({"nodes": {"node-7": entry}}, openapi_schema(NaiveStatus), "status") == []
 
 

@@ -158,7 +158,8 @@ def ksm_settings(host: Path) -> tuple[str, str]:
 def no_settling(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """run's pause before believing a policy file is gone, recorded instead of slept."""
     pauses: list[float] = []
-    monkeypatch.setattr("overcommit.cli._settle", lambda stop, seconds: pauses.append(seconds))
+    monkeypatch.setattr("overcommit.cli.policyfile._settle",
+                        lambda stop, seconds: pauses.append(seconds))
     return pauses
 
 
@@ -225,7 +226,7 @@ def test_an_editor_saving_the_file_is_not_a_removal(host: Path, tmp_path: Path,
         pauses.append(seconds)
         write_policy(tmp_path, KSM_POLICY)
 
-    monkeypatch.setattr("overcommit.cli._settle", editor_finishes)
+    monkeypatch.setattr("overcommit.cli.policyfile._settle", editor_finishes)
     script = run_loop(host, tmp_path, str(path), lambda: path.write_text(""), path.unlink,
                       lambda: None)
     assert script.seen == [APPLIED, APPLIED, APPLIED, APPLIED]
@@ -275,7 +276,7 @@ def test_a_stop_while_checking_a_vanished_file_runs_no_more_cycles(
     """SIGTERM arrives during the pause before a removal is believed: run exits without the
     restore cycle (the agent's next start decides, with the file as it is then)."""
     path = Path(write_policy(tmp_path, KSM_POLICY))
-    monkeypatch.setattr("overcommit.cli._settle",
+    monkeypatch.setattr("overcommit.cli.policyfile._settle",
                         lambda stop, seconds: stop.set())
     args = build_parser().parse_args(["run", "-f", str(path), "--interval", "0.01",
                                       *host_args(host, tmp_path)])

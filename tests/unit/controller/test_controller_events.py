@@ -8,8 +8,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from overcommit.api.schema import to_json
+from overcommit.api.status import PolicyStatus
 from overcommit.controller.events import MAX_EVENTS, MAX_NODE_EVENTS, policy_news
-from overcommit.controller.fold import MAX_PROBLEMS, fold
+from overcommit.controller.fold import MAX_PROBLEMS, fold, policy_view
 from overcommit.kube.events import EventIntent
 from tests.unit.controller.test_controller_fold import policy, reports, state, virt_nodes
 
@@ -27,12 +29,12 @@ class Policy:
 
     def __init__(self, *names: str) -> None:
         self.nodes = virt_nodes(*names)
-        self.status: JSON = {}
+        self.status = PolicyStatus()
         self.generation = 1
 
     def step(self, *objs: JSON) -> list[EventIntent]:
-        new = fold(policy(generation=self.generation, status=self.status), reports(*objs),
-                   self.nodes, T)
+        new = fold(policy(generation=self.generation, status=to_json(self.status)),
+                   reports(*objs), self.nodes, T)
         news, self.status = policy_news(self.status, new), new
         return news
 
@@ -128,7 +130,7 @@ def test_only_what_the_cut_list_proves_is_posted() -> None:
     p.step(*(failing(n) for n in names))
     news = p.step(state(names[0]), *(failing(n) for n in names[1:]))
     assert [(n.reason, n.message.split(" ")[0]) for n in news] == [("NodeRecovered", "n00")]
-    assert p.status["problems"][-1]["node"] == names[MAX_PROBLEMS]
+    assert (p.status.problems or [])[-1].node == names[MAX_PROBLEMS]
     # nodes beyond the list recover: only the counts show it, in one summary
     news = p.step(state(names[0]), *(failing(n) for n in names[1:25]),
                   *(state(n) for n in names[25:]))
@@ -136,11 +138,19 @@ def test_only_what_the_cut_list_proves_is_posted() -> None:
     assert news[0].message == "24 node(s) report problems now (29 before)"
 
 
+def parsed(raw: JSON) -> PolicyStatus:
+    """A policy's status as the controller reads it from the API."""
+    return policy_view({"metadata": {"name": "p"}, "status": raw}).status
+
+
 def test_deleted_status_or_garbage_does_not_break_the_decision() -> None:
-    assert summary(policy_news({"conditions": "x", "problems": [1, None],
-                                "nodes": {"failed": True}}, {})) == []
-    assert summary(policy_news({"nodes": "x", "problems": "abc"}, {"nodes": []})) == []
-    assert summary(policy_news({}, {"problems": [{"node": "a"}], "nodes": {"failed": 3}})) == \
+    garbage = parsed({"conditions": "x", "problems": [1, None], "nodes": {"failed": True}})
+    assert garbage == PolicyStatus()  # what the schema cannot vouch for is not read
+    assert summary(policy_news(garbage, parsed({}))) == []
+    assert summary(policy_news(parsed({"nodes": "x", "problems": "abc"}),
+                               parsed({"nodes": []}))) == []
+    assert summary(policy_news(parsed({}), parsed({"problems": [{"node": "a"}],
+                                                   "nodes": {"failed": 3}}))) == \
         [("Warning", "NodeProblem")]
 
 

@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overcommit.api.schema import openapi_schema, validate
-from overcommit.api.status import PolicyStatus
+from overcommit.api.schema import openapi_schema, to_json, validate
+from overcommit.api.status import PolicyRef, PolicyStatus, Saved
 from overcommit.controller.fold import (
     MAX_PROBLEMS,
-    NodeReport,
+    NO_SAVINGS,
+    NodeSummary,
     PolicyView,
-    Savings,
     comparable,
-    fold,
-    node_report,
+    node_summary,
     policy_view,
-    significant,
+    without_savings,
 )
+from overcommit.controller.fold import fold as fold_status
 from testkit.cases import policy_document
 from tests.unit.controller import kstatus
 
@@ -62,8 +63,15 @@ def state(node: str, policy_name: str | None = "p", generation: int = 1, ready: 
             "status": status}
 
 
-def reports(*objs: dict[str, Any]) -> dict[str, NodeReport]:
-    return {o["metadata"]["name"]: node_report(o) for o in objs}
+def reports(*objs: dict[str, Any]) -> dict[str, NodeSummary]:
+    return {o["metadata"]["name"]: node_summary(o) for o in objs}
+
+
+def fold(view: PolicyView, summaries: dict[str, NodeSummary], nodes: dict[str, Any],
+         now: str) -> dict[str, Any]:
+    """The folded status as the API server receives it."""
+    status: dict[str, Any] = to_json(fold_status(view, summaries, nodes, now))
+    return status
 
 
 def virt_nodes(*names: str) -> dict[str, dict[str, str]]:
@@ -82,30 +90,29 @@ def as_object(view: PolicyView, status: dict[str, Any]) -> dict[str, Any]:
 # -- node reports ----------------------------------------------------------------------------
 
 
-def test_node_report_keeps_only_what_folding_needs() -> None:
-    report = node_report(state("n1", merged=4096, ballooned=10, compressed=5,
-                               overridden=("low",), guests=50))
-    assert report == NodeReport(node="n1", uid="state-n1", policy="p", policy_uid="uid-p",
-                                generation=1, overridden=("low",), ready=True, problem=None,
-                                saved=Savings(4096, 2048, 10, 5))
-    assert report.saved.total == 4111
+def test_node_summary_keeps_only_what_folding_needs() -> None:
+    report = node_summary(state("n1", merged=4096, ballooned=10, compressed=5,
+                                overridden=("low",), guests=50))
+    assert report == NodeSummary(node="n1", uid="state-n1", policy=PolicyRef("p", "uid-p", 1),
+                                 overridden=("low",), ready=True, problem=None,
+                                 saved=Saved(4096, 2048, 10, 5, 4111))
     assert report.policies() == {"p", "low"}
 
 
-def test_node_report_problems_come_from_ready_false_or_degraded_true() -> None:
-    failed = node_report(state("n1", ready="False"))
+def test_node_summary_problems_come_from_ready_false_or_degraded_true() -> None:
+    failed = node_summary(state("n1", ready="False"))
     assert failed.problem == ("ApplyFailed", "run: EBUSY: busy") and failed.ready is False
-    degraded = node_report(state("n1", degraded=("True", "ZswapMissing", "no zswap here")))
+    degraded = node_summary(state("n1", degraded=("True", "ZswapMissing", "no zswap here")))
     assert degraded.problem == ("ZswapMissing", "no zswap here") and degraded.ready is True
     # InvalidPolicy on a node is about another policy the agent could not parse
-    foreign = node_report(state("n1", degraded=("True", "InvalidPolicy", "q: spec.ksm: bad")))
+    foreign = node_summary(state("n1", degraded=("True", "InvalidPolicy", "q: spec.ksm: bad")))
     assert foreign.problem is None
 
 
-def test_node_report_of_a_fresh_state_reports_nothing() -> None:
-    report = node_report({"metadata": {"name": "n1", "uid": "u"}, "spec": {"nodeName": "n1"}})
-    assert (report.policy, report.ready, report.generation, report.saved) == \
-        (None, None, None, Savings())
+def test_node_summary_of_a_fresh_state_reports_nothing() -> None:
+    report = node_summary({"metadata": {"name": "n1", "uid": "u"}, "spec": {"nodeName": "n1"}})
+    assert (report.policy, report.ready, report.problem, report.saved) == \
+        (None, None, None, NO_SAVINGS)
 
 
 # -- counts, sums, problems ------------------------------------------------------------------
@@ -142,8 +149,8 @@ def test_a_failing_node_stalls_the_policy_as_kstatus_prescribes() -> None:
 def test_fixing_the_node_clears_the_problem() -> None:
     view = policy()
     bad = fold(view, reports(state("a", ready="False")), virt_nodes("a"), T0)
-    fixed = fold(PolicyView(**{**view.__dict__, "status": bad}), reports(state("a")),
-                 virt_nodes("a"), T1)
+    fixed = fold(replace(view, status=policy_view({"status": bad}).status),
+                 reports(state("a")), virt_nodes("a"), T1)
     assert fixed["problems"] == [] and fixed["nodes"]["failed"] == 0
     assert (condition(fixed, "Ready")["status"], condition(fixed, "Stalled")["status"]) == \
         ("True", "False")
@@ -254,16 +261,16 @@ def test_transition_times_move_only_when_a_condition_flips() -> None:
     assert third == second
 
 
-def test_comparable_ignores_timestamps_and_significant_ignores_savings() -> None:
+def test_comparable_ignores_timestamps_and_without_savings_ignores_savings() -> None:
     nodes = virt_nodes("a")
-    before = fold(policy(), reports(state("a", merged=1)), nodes, T0)
-    later = fold(policy(), reports(state("a", merged=1)), nodes, T1)
+    before = fold_status(policy(), reports(state("a", merged=1)), nodes, T0)
+    later = fold_status(policy(), reports(state("a", merged=1)), nodes, T1)
     assert later != before and comparable(later) == comparable(before)
-    more_saved = fold(policy(), reports(state("a", merged=2)), nodes, T0)
+    more_saved = fold_status(policy(), reports(state("a", merged=2)), nodes, T0)
     assert comparable(more_saved) != comparable(before)
-    assert significant(more_saved) == significant(before)
-    failed = fold(policy(), reports(state("a", merged=1, ready="False")), nodes, T0)
-    assert significant(failed) != significant(before)
+    assert without_savings(comparable(more_saved)) == without_savings(comparable(before))
+    failed = fold_status(policy(), reports(state("a", merged=1, ready="False")), nodes, T0)
+    assert without_savings(comparable(failed)) != without_savings(comparable(before))
 
 
 # -- invariants over random clusters ---------------------------------------------------------

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from overcommit.cli import build_parser
-from overcommit.controller.fold import PolicyView, fold
+from overcommit.controller.fold import PolicyView
 from tests.unit.controller import kstatus
-from tests.unit.controller.test_controller_fold import policy, reports, state, virt_nodes
+from tests.unit.controller.test_controller_fold import fold, policy, reports, state, virt_nodes
 
 REPO = Path(__file__).resolve().parents[3]
 HEALTH = REPO / "deploy/health"

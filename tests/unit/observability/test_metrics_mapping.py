@@ -14,8 +14,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from overcommit.agent.runner import cycle_errors
 from overcommit.agent.status import node_status
 from overcommit.api.model import policy_from_object
+from overcommit.api.schema import build, to_json
+from overcommit.api.status import NodeStateStatus, PolicyStatus
 from overcommit.engine.cycle import CycleReport, NodeEngine
 from overcommit.localcluster.ports import free_port
 from overcommit.observability.metrics import (
@@ -25,7 +28,6 @@ from overcommit.observability.metrics import (
     Sample,
     SnapshotCollector,
     api_resource,
-    cycle_errors,
     node_samples,
     policy_samples,
     version,
@@ -36,6 +38,15 @@ from testkit.fakes.kernel import FakeKernel
 KSM = "sys/kernel/mm/ksm"
 DOC = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def node(status: dict[str, Any]) -> NodeStateStatus:
+    """A node state's status as the agent holds it, from its wire form."""
+    return build(NodeStateStatus, status)
+
+
+def status_of(report: CycleReport) -> NodeStateStatus:
+    return node_status(report, now="2026-12-03T12:00:00Z")
 
 
 def scrape(registry: CollectorRegistry) -> Series:
@@ -61,11 +72,12 @@ def kernel(tmp_path: Path) -> FakeKernel:
 
 def test_node_series_carry_the_status_values(tmp_path: Path, kernel: FakeKernel) -> None:
     kernel.merge(shared=25, sharing=300)
-    status = node_status(applied_cycle(tmp_path, kernel, {
+    typed = status_of(applied_cycle(tmp_path, kernel, {
         "ksm": {"enabled": True, "pagesToScan": 900},
         "zswap": {"enabled": True, "compressor": "zstd"}}))
+    status = to_json(typed)
     metrics = AgentMetrics("node-a")
-    metrics.observe_cycle(status, {})
+    metrics.observe_cycle(typed, {})
     got = scrape(metrics.registry)
 
     assert value(got, "overcommit_engine_setting", engine="ksm", name="pages_to_scan") == 900
@@ -96,10 +108,10 @@ def test_node_series_carry_the_status_values(tmp_path: Path, kernel: FakeKernel)
 
 def test_every_setting_is_exported_once_either_as_number_or_text(tmp_path: Path,
                                                                   kernel: FakeKernel) -> None:
-    status = node_status(applied_cycle(tmp_path, kernel, {"ksm": {"enabled": True}}))
+    status = status_of(applied_cycle(tmp_path, kernel, {"ksm": {"enabled": True}}))
     samples = node_samples(status)
     settings = [s for s in samples if s.name.startswith("overcommit_engine_setting")]
-    assert len(settings) == len(status["settings"])
+    assert len(settings) == len(status.settings or {})
     texts = {s.labels[1]: s.labels[2] for s in settings
              if s.name == "overcommit_engine_setting_info"}
     assert texts == {"advisor_mode": "none", "compressor": "lzo", "zpool": "zsmalloc"}
@@ -117,7 +129,7 @@ def test_guest_series_follow_the_guests_and_vanish_with_them() -> None:
         guest("ns1_vm-a", vmiNamespace="ns1", vmiName="vm-a", targetBytes=2 << 30,
               usableBytes=1 << 30),
         guest("plain-guest")]}
-    collector.update(node_samples(status))
+    collector.update(node_samples(node(status)))
     got = scrape(registry)
     a = {"domain": "ns1_vm-a", "vmi_namespace": "ns1", "vmi_name": "vm-a"}
     assert value(got, "overcommit_guest_target_bytes", **a) == 2 << 30
@@ -128,14 +140,14 @@ def test_guest_series_follow_the_guests_and_vanish_with_them() -> None:
     assert value(got, "overcommit_guest_target_bytes", **plain) is None  # no decision yet
     assert value(got, "overcommit_guests") == 2
 
-    collector.update(node_samples({"guestCount": 1, "guests": [guest("plain-guest")]}))
+    collector.update(node_samples(node({"guestCount": 1, "guests": [guest("plain-guest")]})))
     after = scrape(registry)
     assert not [k for k in after if dict(k[1]).get("domain") == "ns1_vm-a"]
     assert value(after, "overcommit_guest_max_bytes", **plain) == 4 << 30
 
 
 def test_same_domain_on_two_endpoints_is_served_once() -> None:
-    samples = node_samples({"guests": [guest("dup"), guest("dup", currentBytes=1)]})
+    samples = node_samples(node({"guests": [guest("dup"), guest("dup", currentBytes=1)]}))
     current = [s for s in samples if s.name == "overcommit_guest_current_bytes"]
     assert current == [Sample("overcommit_guest_current_bytes", ("dup", "", ""), 3 << 30)]
 
@@ -143,7 +155,7 @@ def test_same_domain_on_two_endpoints_is_served_once() -> None:
 def test_no_policy_means_no_policy_info_and_a_noPolicy_condition(tmp_path: Path,
                                                                   kernel: FakeKernel) -> None:
     report = NodeEngine(state_dir=tmp_path / "state", fs=kernel).cycle([], {})
-    samples = node_samples(node_status(report))
+    samples = node_samples(status_of(report))
     assert not [s for s in samples if s.name == "overcommit_policy_info"]
     assert Sample("overcommit_condition", ("Ready", "NoPolicy"), 1.0) in samples
 
@@ -154,8 +166,8 @@ def test_cycle_errors_are_counted_by_kind(tmp_path: Path, kernel: FakeKernel) ->
     errors = cycle_errors(report, invalid_policies=2)
     assert errors == {"setting": 1, "guest": 0, "policy": 2}
     metrics = AgentMetrics("n")
-    metrics.observe_cycle(node_status(report), errors)
-    metrics.observe_cycle(node_status(report), errors)
+    metrics.observe_cycle(status_of(report), errors)
+    metrics.observe_cycle(status_of(report), errors)
     metrics.failed_cycle("api")
     got = scrape(metrics.registry)
     assert value(got, "overcommit_agent_errors_total", kind="setting") == 2
@@ -202,7 +214,7 @@ def test_controller_set_maps_policy_statuses_and_its_own_work() -> None:
               "saved": {"mergedBytes": 10, "balloonedBytes": 20, "compressedBytes": 30,
                         "totalBytes": 60},
               "conditions": [{"type": "Ready", "status": "False", "reason": "NodesFailed"}]}
-    metrics.observe_policies({"gold": status})
+    metrics.observe_policies({"gold": build(PolicyStatus, status)})
     with metrics.fold():
         pass
     metrics.status_written(ok=True)
@@ -234,7 +246,7 @@ def test_snapshot_refuses_undocumented_series() -> None:
 
 def test_server_serves_text_and_openmetrics_over_http() -> None:
     metrics = AgentMetrics("node-z")
-    metrics.observe_cycle({"saved": {"totalBytes": 123}}, {})
+    metrics.observe_cycle(node({"saved": {"totalBytes": 123}}), {})
 
     async def fetch() -> tuple[str, str, str]:
         server = MetricsServer(metrics.registry, free_port(), "127.0.0.1")

@@ -1,26 +1,23 @@
-"""Plain data (and short text) views of plans, cycles and host status, for the CLI and status."""
+"""The CLI's output: plans, cycles and host status as JSON (``-o json``) or short text."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from overcommit.engine.cycle import CycleReport, saved_bytes
+from overcommit.api.schema import json_name
+from overcommit.api.status import Guest
+from overcommit.engine.cycle import CycleReport
 from overcommit.engine.guests import GuestReport
+from overcommit.engine.summary import guest_entries, merged_bytes
 from overcommit.host.base import Change
 from overcommit.planning.observation import Observation
 from overcommit.planning.plan import NodePlan
 from overcommit.planning.selection import Selection
+from overcommit.units import human_bytes
 
 JSON = dict[str, Any]
-
-
-def human_bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "Ki", "Mi", "Gi", "Ti"):
-        if abs(value) < 1024 or unit == "Ti":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+GUEST_FIELDS = [f.name for f in dataclasses.fields(Guest)]
 
 
 def _selection_json(selection: Selection) -> JSON:
@@ -45,25 +42,13 @@ def _plan_extras(plan: NodePlan) -> JSON:
 
 
 def guests_json(guests: GuestReport | None) -> JSON:
-    """Per-guest state (max, current, target, usable, reason) and the endpoints that failed."""
+    """Per-guest state (max, current, target, usable, reason) and the endpoints that failed;
+    every key present, null when unknown."""
     if guests is None:
         return {"guests": [], "endpointsDown": [], "guestErrors": []}
-    decisions = {(d.guest.endpoint, d.guest.domain): d for d in guests.decisions}
-    entries = []
-    for g in guests.guests:
-        decision = decisions.get((g.endpoint, g.domain))
-        usable = g.stats.get("usable")
-        entries.append({
-            "domain": g.domain, "endpoint": g.endpoint, "vmiNamespace": g.vmi_namespace,
-            "vmiName": g.vmi_name, "vmiUid": g.vmi_uid, "maxBytes": g.max_kib * 1024,
-            "currentBytes": g.current_kib * 1024,
-            "targetBytes": None if decision is None or decision.target_kib is None
-            else decision.target_kib * 1024,
-            "usableBytes": None if usable is None else usable * 1024,
-            # The planner's reason covers problems of guests it manages; an unselected guest's
-            # reason says why it is not ours at all.
-            "reason": decision.reason if decision else (g.problem or ""),
-        })
+    entries = [{"endpoint": endpoint,
+                **{json_name(name): getattr(entry, name) for name in GUEST_FIELDS}}
+               for endpoint, entry in guest_entries(guests)]
     return {"guests": entries, "endpointsDown": list(guests.endpoints_down),
             "guestErrors": list(guests.errors)}
 
@@ -84,7 +69,7 @@ def cycle_json(report: CycleReport) -> JSON:
         "errors": [e.as_json() for e in report.errors],
         "restored": report.restored,
         "originals": report.originals,
-        "savedBytes": saved_bytes(report.observation),
+        "savedBytes": merged_bytes(report.observation),
         "balloons": [t.as_json() for t in report.guests.applied],
         "balloonedBytes": report.guests.ballooned_bytes,
         **guests_json(report.guests),
@@ -135,7 +120,7 @@ def cycle_text(data: JSON) -> str:
 
 def status_json(obs: Observation, originals: dict[str, str],
                 guests: GuestReport | None = None) -> JSON:
-    merged = saved_bytes(obs)
+    merged = merged_bytes(obs)
     return {
         **guests_json(guests),
         "balloonedBytes": guests.ballooned_bytes if guests else 0,
