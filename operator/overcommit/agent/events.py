@@ -19,9 +19,6 @@ from overcommit.api.model import PolicyError
 from overcommit.engine.cycle import CycleReport
 from overcommit.kube.events import NORMAL, WARNING, EventIntent
 
-ADAPTIVE_PATHS = frozenset({"sys/kernel/mm/ksm/pages_to_scan",
-                            "sys/kernel/mm/ksm/sleep_millisecs"})
-
 
 def cycle_news(report: CycleReport, invalid: Sequence[PolicyError] = ()) -> list[EventIntent]:
     """Everything this cycle has to say, changes first."""
@@ -35,9 +32,9 @@ def failure_news(message: str) -> EventIntent:
 
 def _changes(report: CycleReport) -> list[EventIntent]:
     news = []
-    # The adaptive tuner moves the scan rate every few seconds; its phase is reported instead.
-    tuned = report.plan.adaptive is not None
-    changes = [c for c in report.changes if not (tuned and c.path in ADAPTIVE_PATHS)]
+    # A tuner (Adaptive KSM) moves its settings every few seconds; its phase is reported
+    # instead.
+    changes = [c for c in report.changes if c.path not in report.plan.tuned]
     if changes:
         text = ", ".join(f"{c.path.rsplit('/', 1)[-1]} {c.before}->{c.after}" for c in changes)
         reason = "OriginalsRestored" if report.restored else "SettingsApplied"

@@ -111,14 +111,14 @@ def _engine(args: argparse.Namespace) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from overcommit.planning.plan import preview, with_restores
+    from overcommit.planning.restores import preview, with_restores
 
     policies = _load(args)
     engine = _engine(args)
     selection, plan, obs = engine.plan(policies, args.node_labels)
     originals = engine.store.load().originals
     current = obs.settings()
-    changes = preview(with_restores(plan.desired, originals, current), current)
+    changes = preview(with_restores(plan.desired, originals, current), current, obs.counter)
     guests = engine.preview_guests(plan.policy, obs)
     data = reporting.plan_json(selection, plan, changes, guests)
     _emit(data, args.output, reporting.plan_text(data))

@@ -30,7 +30,7 @@ def _selection_json(selection: Selection) -> JSON:
 
 def _plan_extras(plan: NodePlan) -> JSON:
     return {
-        "engine": plan.engine,
+        "engine": plan.merge_engine,
         "dryRun": plan.dry_run,
         "problems": [{"reason": p.reason, "message": p.message} for p in plan.problems],
         "notes": list(plan.notes),

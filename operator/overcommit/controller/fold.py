@@ -74,23 +74,34 @@ class NodeSummary:
 def node_summary(obj: Mapping[str, Any]) -> NodeSummary:
     """The summary of one MemoryOvercommitNodeState object (as the API server returns it)."""
     meta = obj.get("metadata") or {}
-    raw = obj.get("status") or {}
-    folded = {k: v for k, v in raw.items() if k in _WIRE_FOLDED} if isinstance(raw, dict) else {}
-    status = parse(NodeStateStatus, folded) or NodeStateStatus()
+    status = _folded_part(obj.get("status"))
     ready = condition_of(status, "Ready")
-    policy = status.policy
     return NodeSummary(
-        node=sys.intern(str(meta.get("name", ""))), uid=str(meta.get("uid", "")),
-        policy=None if policy is None else PolicyRef(_intern(policy.name), _intern(policy.uid),
-                                                     policy.generation),
+        node=_intern(str(meta.get("name", ""))), uid=str(meta.get("uid", "")),
+        policy=_interned(status.policy),
         overridden=tuple(_intern(o.name) for o in status.overridden or () if o.name),
-        ready={TRUE: True, FALSE: False}.get(ready.status),
+        ready=READY.get(ready.status),
         problem=_problem(ready, condition_of(status, "Degraded")),
         saved=status.saved or NO_SAVINGS)
 
 
 # The part of a node state folding reads; the rest (settings, counters, guests) can be large.
 _WIRE_FOLDED = frozenset({"policy", "overridden", "conditions", "saved"})
+READY = {TRUE: True, FALSE: False}  # else: not reported (yet)
+
+
+def _folded_part(raw: Any) -> NodeStateStatus:
+    """The fields folding reads, typed; what the schema cannot vouch for reads as nothing."""
+    if not isinstance(raw, Mapping):
+        return NodeStateStatus()
+    return parse(NodeStateStatus, {k: v for k, v in raw.items() if k in _WIRE_FOLDED}) \
+        or NodeStateStatus()
+
+
+def _interned(policy: PolicyRef | None) -> PolicyRef | None:
+    if policy is None:
+        return None
+    return PolicyRef(_intern(policy.name), _intern(policy.uid), policy.generation)
 
 
 def _intern(text: str | None) -> str:

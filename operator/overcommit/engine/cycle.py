@@ -18,19 +18,13 @@ from overcommit.engine.guests import (
     touched_after,
 )
 from overcommit.engine.state import NodeRecord, StateStore
+from overcommit.host import catalog
 from overcommit.host.base import ApplyError, ApplyResult, Change, HostFS
 from overcommit.host.ksm import find_ksmd_pid, ksmd_cpu_seconds
 from overcommit.host.sources import HostAdapter
-from overcommit.planning.adaptive import AdaptiveState
-from overcommit.planning.kernel import (
-    KSM_PAGES_TO_SCAN,
-    KSM_RUN,
-    RESETS,
-    advisor_on,
-    resetters_of,
-)
 from overcommit.planning.observation import Observation
-from overcommit.planning.plan import NodePlan, Problem, plan_node, preview, with_restores
+from overcommit.planning.plan import NodePlan, Problem, plan_node
+from overcommit.planning.restores import needs_no_restore, preview, to_record, with_restores
 from overcommit.planning.selection import Selection, select_policy
 
 
@@ -78,8 +72,10 @@ class NodeEngine:
         self.host = HostAdapter(self.fs)
         self.store = StateStore(state_dir)
         self.clock = clock
-        self._adaptive: AdaptiveState | None = None
-        self._adaptive_for: tuple[str, int] | None = None
+        # What the kernel levers remembered (Adaptive KSM's state), and for which policy
+        # generation: a new generation starts them afresh.
+        self._memory: Mapping[str, object] = {}
+        self._memory_for: tuple[str, int] | None = None
         self._ksmd_pid: int | None = None
 
     # -- observe ---------------------------------------------------------------------------
@@ -107,8 +103,9 @@ class NodeEngine:
         selection = select_policy(policies, labels)
         key = (selection.winner.uid or selection.winner.name, selection.winner.generation) \
             if selection.winner else None
-        previous = self._adaptive if key == self._adaptive_for else None
-        plan = plan_node(selection.winner, obs, previous, ksm_owner)
+        memory = self._memory if key == self._memory_for else {}
+        plan = plan_node(selection.winner, obs, memory,
+                         {"ksm": ksm_owner} if ksm_owner else None)
         return selection, plan, obs
 
     # -- act -------------------------------------------------------------------------------
@@ -131,13 +128,13 @@ class NodeEngine:
         elif plan.dry_run:
             current = obs.settings()
             report.changes = preview(with_restores(plan.desired, record.originals, current),
-                                     current)
+                                     current, obs.counter)
             report.notes.append("dry run: nothing was changed")
             report.originals = dict(record.originals)
         else:
             self._apply(report, record, plan, obs)
-            self._adaptive = plan.adaptive
-            self._adaptive_for = (plan.policy.uid or plan.policy.name, plan.policy.generation)
+            self._memory = plan.memory
+            self._memory_for = (plan.policy.uid or plan.policy.name, plan.policy.generation)
 
     def _guest_cycle(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
                      vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> None:
@@ -147,7 +144,8 @@ class NodeEngine:
         guests = report.guests = self.guests.observe(self.clock(), vmis)
         spec = plan.policy.spec.balloon if plan.policy is not None else None
         released = spec is None or spec.mode is BalloonMode.OFF
-        self.guests.plan(guests, spec, report.observation, record.guests,
+        self.guests.plan(guests, plan.policy.spec if plan.policy is not None else None,
+                         report.observation, record.guests,
                          record.restore_on_release)
         if plan.dry_run:
             guests.needed = _guests_matter(released, record)
@@ -192,7 +190,7 @@ class NodeEngine:
         current = obs.settings()
         target = with_restores(plan.desired, record.originals, current)
         grew = self.store.record_before_change(
-            record, _to_record(target, current, record.originals), current)
+            record, to_record(target, current, record.originals, obs.counter), current)
         if grew or record.allow_unmerge != plan.allow_unmerge \
                 or record.policy != plan.policy.name:
             record.allow_unmerge = record.allow_unmerge or plan.allow_unmerge
@@ -219,12 +217,12 @@ class NodeEngine:
             return GuestReport()
         record = self.store.load()
         guests = self.guests.observe(self.clock())
-        spec = policy.spec.balloon if policy is not None else None
-        self.guests.plan(guests, spec, obs, record.guests, record.restore_on_release)
+        self.guests.plan(guests, policy.spec if policy is not None else None, obs,
+                         record.guests, record.restore_on_release)
         return guests
 
     def _restore_into(self, report: CycleReport, record: NodeRecord) -> None:
-        self._adaptive = None
+        self._memory = {}
         if not record.originals:
             return
         target = with_restores({}, record.originals, report.observation.settings())
@@ -238,12 +236,13 @@ class NodeEngine:
         candidates = [path for path in record.originals if path not in still_wanted]
         if not candidates:
             return  # the steady state: no second read of the host this cycle
-        current = self.host.current_settings()
+        now = Observation(time=self.clock(), readings=self.host.read_all())
+        current = now.settings()
         done = {path for path in candidates
-                if _settled(path, current, record.originals[path])}
+                if needs_no_restore(path, current, record.originals[path], now.counter)}
         # A reset setting stays recorded while what resets it is still ours to put back.
         done = {path for path in done if not any(
-            key in record.originals and key not in done for key in resetters_of(path))}
+            key in record.originals and key not in done for key in catalog.resetters_of(path))}
         if not done:
             return
         for path in done:
@@ -264,31 +263,3 @@ def _guests_matter(released: bool, record: NodeRecord) -> bool:
     """Whether guest trouble is the node's: a policy balloons, or guests still hold a balloon
     size or statistics period of ours to give back."""
     return not released or bool(record.guests or record.stats_periods)
-
-
-def _to_record(target: Mapping[str, str], current: Mapping[str, str],
-               originals: Mapping[str, str]) -> list[str]:
-    """The settings whose originals must be on disk before ``target`` is applied: those it
-    changes, and those the kernel resets as a side effect of a change (``RESETS``)."""
-    changed = [c.path for c in preview(target, current)]
-    side_effects = [path for key in changed for path in RESETS.get(key, ())]
-    return [path for path in changed + side_effects if _recordable(path, current, originals)]
-
-
-def _recordable(path: str, current: Mapping[str, str], originals: Mapping[str, str]) -> bool:
-    """Whether ``path`` still holds the node's own value. Not once a write of ours (a recorded
-    resetter) has reset it; not pages_to_scan while the advisor runs: the advisor owns the rate,
-    putting advisor_mode back hands it back, and writing the advisor's old value is EINVAL."""
-    if any(key in originals for key in resetters_of(path)):
-        return False
-    return not (path == KSM_PAGES_TO_SCAN and advisor_on(current))
-
-
-def _settled(path: str, current: Mapping[str, str], original: str) -> bool:
-    """Whether ``path`` needs no more restoring."""
-    now = current.get(path)
-    if now is None:
-        return True  # the file went away; nothing left to restore there
-    if path == KSM_PAGES_TO_SCAN and advisor_on(current):
-        return True  # the advisor owns the rate (the kernel refuses a write)
-    return now == original or (path == KSM_RUN and original == "2" and now == "0")

@@ -14,13 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from overcommit.api.policy import BalloonMode, BalloonSpec
-from overcommit.planning.balloon import (
-    BalloonState,
-    plan_balloons,
-    release_targets,
-    select_guests,
-)
+from overcommit.api.policy import PolicySpec
+from overcommit.planning.levers.balloon import BalloonLever
+from overcommit.planning.levers.base import LeverInput
 from overcommit.planning.observation import Observation
 from overcommit.virt.model import BalloonTarget, GuestDecision, GuestObservation
 
@@ -38,6 +34,12 @@ def guest_key(endpoint: str, domain: str) -> GuestKey:
 
 def endpoint_of(key: GuestKey) -> str:
     return key.split("\t", 1)[0]
+
+
+def split_key(key: GuestKey) -> tuple[str, str]:
+    """(endpoint, domain) of a stored key, as ``GuestObservation.key`` has them."""
+    endpoint, _, domain = key.partition("\t")
+    return endpoint, domain
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ class GuestManager:
         # Tests inject a factory (e.g. a fixed wall clock for libvirt's test driver).
         self._factory = endpoint_factory
         self._endpoints: dict[str, LibvirtEndpoint] = {}
-        self.state: BalloonState | None = None
+        self.lever = BalloonLever()
+        self.memory: object | None = None  # what the balloon lever remembered
 
     def observe(self, now: float,
                 vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> GuestReport:
@@ -155,22 +158,17 @@ class GuestManager:
         for uri in [u for u in self._endpoints if u not in live]:
             self._endpoints.pop(uri).close()
 
-    def plan(self, report: GuestReport, spec: BalloonSpec | None, host: Observation,
+    def plan(self, report: GuestReport, spec: PolicySpec | None, host: Observation,
              touched: Sequence[GuestKey], restore_on_release: bool) -> None:
         """Balloon targets for this cycle: the policy's, or the release of guests we touched."""
-        if spec is not None and spec.mode is not BalloonMode.OFF:
-            chosen, _ = select_guests(spec.vm_selector, report.guests)
-            report.selected = {(g.endpoint, g.domain) for g in chosen}
-            plan = plan_balloons(spec, report.guests, host, self.state)
-            self.state = plan.state
-            report.decisions = list(plan.decisions)
-            report.planned = list(plan.targets)
-            return
-        self.state = None
-        ours = [g for g in report.guests if guest_key(g.endpoint, g.domain) in set(touched)]
-        report.planned = list(release_targets(ours, restore_on_release))
-        report.decisions = [GuestDecision(g, None, "no balloon policy applies: left alone")
-                            for g in report.guests]
+        plan = self.lever.plan(LeverInput(
+            spec, host, self.memory, guests=report.guests,
+            touched=frozenset(split_key(key) for key in touched),
+            restore_on_release=restore_on_release))
+        self.memory = plan.memory
+        report.selected = set(plan.selected)
+        report.decisions = list(plan.decisions)
+        report.planned = list(plan.targets)
 
     def apply(self, report: GuestReport, stats_period: int | None) -> None:
         """Set every planned target; a failure fails only its guest."""

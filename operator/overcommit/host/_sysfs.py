@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from overcommit.host.base import ApplyError, ApplyResult, Change, HostFS, SourceReading
+from overcommit.host.rules import KernelRules
 
 log = logging.getLogger(__name__)
 
@@ -141,31 +142,38 @@ class SettingSpec:
 
 
 class SettingsSource:
-    """A directory of writable settings plus read-only counters (the common shape of sysfs)."""
+    """A directory of writable settings plus read-only counters (the common shape of sysfs).
 
-    name: str = ""
-    directory: str = ""
+    ``rules`` (pure, shared with the planner) says what the kernel does with the files;
+    ``specs`` how each file's text is read and which values the kernel's store takes."""
+
     title: str = ""  # human name used in messages ("KSM")
+    rules: KernelRules = KernelRules("", "", ())
     specs: tuple[SettingSpec, ...] = ()
     counter_names: tuple[str, ...] = ()
-    # Writing a new value to the key makes the kernel reset the named settings of this source.
-    resets: Mapping[str, tuple[str, ...]] = {}
 
     def __init__(self, fs: HostFS) -> None:
         self.fs = fs
         self._specs = {spec.name: spec for spec in self.specs}
 
+    @property
+    def name(self) -> str:
+        return self.rules.source
+
+    @property
+    def directory(self) -> str:
+        return self.rules.directory
+
     # --- reading ---
 
     def path_of(self, name: str) -> str:
-        return f"{self.directory}/{name}"
+        return self.rules.path(name)
 
     def present(self) -> bool:
         return self.fs.exists(self.directory)
 
     def owns(self, path: str) -> bool:
-        directory, _, name = normalise_path(path).rpartition("/")
-        return directory == self.directory and name in self._specs
+        return self.rules.name_of(normalise_path(path)) is not None
 
     def read_setting(self, name: str) -> str | None:
         text = read_text(self.fs, self.path_of(name))
@@ -231,7 +239,11 @@ class SettingsSource:
         return f"{self.path_of(name)} is not present on this kernel"
 
     def differs(self, name: str, want: str, current: Mapping[str, str]) -> bool:
-        return current.get(name) != want
+        return not self.rules.same(name, want, current.get(name), self.live_counter)
+
+    def live_counter(self, source: str, name: str) -> int:
+        """One of this source's counters, read now (what a rule's equivalence may ask)."""
+        return self.parse_counter(read_text(self.fs, self.path_of(name))) or 0
 
     def write_if_differs(
         self, name: str, want: str, current: dict[str, str], result: ApplyResult

@@ -122,11 +122,12 @@ class Source(Protocol):
 
     There is no ``restore``: restoring is ``apply`` of the recorded originals. What to put back,
     and in which state of the other settings (the advisor or a UKSM governor resets some), is
-    the planner's decision (``planning.plan.with_restores``); the engine records originals
+    the planner's decision (``planning.restores.with_restores``); the engine records originals
     before its first write. A source only has to write safely whatever it is given.
     """
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def read(self) -> SourceReading: ...
 
@@ -137,3 +138,32 @@ class Source(Protocol):
     def apply(self, desired: Mapping[str, str], *, allow_unmerge: bool = False) -> ApplyResult:
         """Write the settings in ``desired`` that differ from the current ones, in a safe order."""
         ...
+
+
+class ReadOnlySource:
+    """A source with counters only (``/proc/meminfo``, PSI): it owns no setting and applies
+    nothing. Subclasses name themselves and parse their one file."""
+
+    name = ""
+    file = ""
+
+    def __init__(self, fs: HostFS) -> None:
+        self.fs = fs
+
+    def parse(self, text: str) -> dict[str, int]:
+        raise NotImplementedError
+
+    def read(self) -> SourceReading:
+        try:
+            text = self.fs.read(self.file)
+        except OSError:  # unreadable: EACCES, or EOPNOTSUPP for PSI booted with psi=0
+            text = None
+        if text is None:
+            return SourceReading(name=self.name, present=False)
+        return SourceReading(name=self.name, present=True, counters=self.parse(text))
+
+    def owns(self, path: str) -> bool:
+        return False
+
+    def apply(self, desired: Mapping[str, str], *, allow_unmerge: bool = False) -> ApplyResult:
+        return ApplyResult()

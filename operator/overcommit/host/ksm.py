@@ -25,11 +25,13 @@ from overcommit.host._sysfs import (
     unsigned,
 )
 from overcommit.host.base import ApplyResult, HostFS
+from overcommit.host.rules import CounterLookup, KernelRules, Requirement, no_counters
 
 KSM_DIR = "sys/kernel/mm/ksm"
 ADVISOR_NONE = "none"
 ADVISOR_SCAN_TIME = "scan-time"
-RUN_UNMERGE = "2"
+# run: 0 stops ksmd (merged pages stay merged), 1 runs it, 2 stops it and unmerges every page.
+RUN_STOPPED, RUN_MERGING, RUN_UNMERGE = "0", "1", "2"
 
 _UINT_MAX = 2**32 - 1
 _INT_MAX = 2**31 - 1
@@ -66,27 +68,52 @@ KSM_COUNTERS = (
 )
 
 
+SPECS = (
+    SettingSpec("run", check=unsigned(0, 2)),
+    SettingSpec("pages_to_scan", check=unsigned(0, _UINT_MAX)),
+    SettingSpec("sleep_millisecs", check=unsigned(0, _UINT_MAX)),
+    SettingSpec("merge_across_nodes", check=unsigned(0, 1)),
+    SettingSpec("max_page_sharing", check=unsigned(2, _INT_MAX)),
+    SettingSpec("use_zero_pages", check=unsigned(0, 1)),
+    SettingSpec("stable_node_chains_prune_millisecs", check=unsigned(0, _UINT_MAX)),
+    SettingSpec("smart_scan", check=unsigned(0, 1)),
+    SettingSpec("advisor_mode", canonical_choice, one_of(ADVISOR_NONE, ADVISOR_SCAN_TIME)),
+    SettingSpec("advisor_max_cpu", check=unsigned()),
+    SettingSpec("advisor_min_pages_to_scan", check=unsigned()),
+    SettingSpec("advisor_max_pages_to_scan", check=unsigned()),
+    SettingSpec("advisor_target_scan_time", check=unsigned(1)),
+)
+
+
+class KsmRules(KernelRules):
+    def same(self, name: str, wanted: str, current: str | None,
+             counter: CounterLookup = no_counters) -> bool:
+        """run=2 asks for "stopped with nothing merged": after a successful run=2 the kernel
+        keeps reading 2, and a stopped KSM with nothing merged is just as unmerged, so neither
+        needs another (slow, OOM-prone) unmerge pass."""
+        if name == "run" and wanted == RUN_UNMERGE:
+            return current == RUN_UNMERGE or (current == RUN_STOPPED
+                                              and counter("ksm", "pages_shared") == 0)
+        return super().same(name, wanted, current, counter)
+
+
+KSM = KsmRules(
+    source="ksm", directory=KSM_DIR, names=tuple(spec.name for spec in SPECS),
+    # Every change of advisor_mode resets pages_to_scan (to 100 for none, to
+    # advisor_min_pages_to_scan for scan-time).
+    resets={"advisor_mode": ("pages_to_scan",)},
+    requires={"pages_to_scan": Requirement(
+        "advisor_mode", ADVISOR_NONE,
+        "pages_to_scan cannot be written while the kernel's scan-time advisor is on "
+        "(advisor_mode=scan-time): the advisor sets the scan rate itself")},
+)
+
+
 class KsmSource(SettingsSource):
-    name = "ksm"
-    directory = KSM_DIR
     title = "KSM"
-    specs = (
-        SettingSpec("run", check=unsigned(0, 2)),
-        SettingSpec("pages_to_scan", check=unsigned(0, _UINT_MAX)),
-        SettingSpec("sleep_millisecs", check=unsigned(0, _UINT_MAX)),
-        SettingSpec("merge_across_nodes", check=unsigned(0, 1)),
-        SettingSpec("max_page_sharing", check=unsigned(2, _INT_MAX)),
-        SettingSpec("use_zero_pages", check=unsigned(0, 1)),
-        SettingSpec("stable_node_chains_prune_millisecs", check=unsigned(0, _UINT_MAX)),
-        SettingSpec("smart_scan", check=unsigned(0, 1)),
-        SettingSpec("advisor_mode", canonical_choice, one_of(ADVISOR_NONE, ADVISOR_SCAN_TIME)),
-        SettingSpec("advisor_max_cpu", check=unsigned()),
-        SettingSpec("advisor_min_pages_to_scan", check=unsigned()),
-        SettingSpec("advisor_max_pages_to_scan", check=unsigned()),
-        SettingSpec("advisor_target_scan_time", check=unsigned(1)),
-    )
+    rules = KSM
+    specs = SPECS
     counter_names = KSM_COUNTERS
-    resets = {"advisor_mode": ("pages_to_scan",)}
 
     def apply(self, desired: Mapping[str, str], *, allow_unmerge: bool = False) -> ApplyResult:
         result = ApplyResult()
@@ -94,22 +121,6 @@ class KsmSource(SettingsSource):
         if wanted:
             _KsmApply(self, wanted, allow_unmerge, result).run()
         return result
-
-    def differs(self, name: str, want: str, current: Mapping[str, str]) -> bool:
-        if name == "run" and want == RUN_UNMERGE:
-            return not self._unmerged_already(current.get("run"))
-        return super().differs(name, want, current)
-
-    def _unmerged_already(self, run: str | None) -> bool:
-        # After a successful run=2 the kernel keeps reading 2; a stopped KSM with nothing merged
-        # is just as unmerged, so neither needs another (slow, OOM-prone) unmerge pass.
-        if run == RUN_UNMERGE:
-            return True
-        return run == "0" and self.pages_shared() == 0
-
-    def pages_shared(self) -> int:
-        value = self.parse_counter(read_text(self.fs, self.path_of("pages_shared")))
-        return value or 0
 
 
 class _KsmApply:
@@ -160,12 +171,9 @@ class _KsmApply:
         want = self.wanted.get("pages_to_scan")
         if want is None or not self.source.differs("pages_to_scan", want, self.current):
             return
-        if self.current.get("advisor_mode", ADVISOR_NONE) != ADVISOR_NONE:
-            self.source.error(
-                self.result, "pages_to_scan", want, errno.EINVAL,
-                "pages_to_scan cannot be written while the kernel's scan-time advisor is on "
-                "(advisor_mode=scan-time): the advisor sets the scan rate itself",
-            )
+        refusal = KSM.refusal("pages_to_scan", self.current)
+        if refusal is not None:
+            self.source.error(self.result, "pages_to_scan", want, errno.EINVAL, refusal)
             return
         self.source.write_if_differs("pages_to_scan", want, self.current, self.result)
 
@@ -193,7 +201,7 @@ class _KsmApply:
         self.unmerged = True  # run is restored afterwards even if this write fails
         before = self.current.get("run")
         self.unmerge_ok = self.source.write("run", RUN_UNMERGE, before, self.result)
-        self.current["run"] = self.source.read_setting("run") or "0"
+        self.current["run"] = self.source.read_setting("run") or RUN_STOPPED
         if self.unmerge_ok:
             self.note_oom()
         return self.unmerge_ok

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from overcommit.host._sysfs import read_text
-from overcommit.host.base import ApplyResult, HostFS, SourceReading
+from overcommit.host.base import HostFS, ReadOnlySource
 
 MEMINFO = "proc/meminfo"
 VMSTAT = "proc/vmstat"
@@ -46,22 +44,11 @@ def read_vmstat(fs: HostFS) -> dict[str, int]:
     return parse_vmstat(text) if text is not None else {}
 
 
-class MeminfoSource:
+class MeminfoSource(ReadOnlySource):
     """Read-only: all ``/proc/meminfo`` fields, in bytes, as counters."""
 
     name = "meminfo"
+    file = MEMINFO
 
-    def __init__(self, fs: HostFS) -> None:
-        self.fs = fs
-
-    def read(self) -> SourceReading:
-        text = read_text(self.fs, MEMINFO)
-        if text is None:
-            return SourceReading(name=self.name, present=False)
-        return SourceReading(name=self.name, present=True, counters=parse_meminfo(text))
-
-    def owns(self, path: str) -> bool:
-        return False
-
-    def apply(self, desired: Mapping[str, str], *, allow_unmerge: bool = False) -> ApplyResult:
-        return ApplyResult()
+    def parse(self, text: str) -> dict[str, int]:
+        return parse_meminfo(text)

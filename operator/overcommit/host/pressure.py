@@ -9,10 +9,7 @@ means ``present=False``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from overcommit.host._sysfs import read_text
-from overcommit.host.base import ApplyResult, HostFS, SourceReading
+from overcommit.host.base import ReadOnlySource
 
 PSI_MEMORY = "proc/pressure/memory"
 
@@ -35,20 +32,9 @@ def parse_psi(text: str) -> dict[str, int]:
     return counters
 
 
-class PressureSource:
+class PressureSource(ReadOnlySource):
     name = "psi"
+    file = PSI_MEMORY
 
-    def __init__(self, fs: HostFS) -> None:
-        self.fs = fs
-
-    def read(self) -> SourceReading:
-        text = read_text(self.fs, PSI_MEMORY)
-        if text is None:
-            return SourceReading(name=self.name, present=False)
-        return SourceReading(name=self.name, present=True, counters=parse_psi(text))
-
-    def owns(self, path: str) -> bool:
-        return False
-
-    def apply(self, desired: Mapping[str, str], *, allow_unmerge: bool = False) -> ApplyResult:
-        return ApplyResult()
+    def parse(self, text: str) -> dict[str, int]:
+        return parse_psi(text)

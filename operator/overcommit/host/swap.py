@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from overcommit.host._sysfs import SettingSpec, SettingsSource, read_text, unsigned
 from overcommit.host.meminfo import read_meminfo, read_vmstat
+from overcommit.host.rules import KernelRules
 
 SYSCTL_VM = "proc/sys/vm"
 SWAPS = "proc/swaps"
@@ -27,11 +28,14 @@ def parse_swaps(text: str) -> dict[str, int]:
     return {"swap_devices": devices, "swap_size_bytes": size, "swap_used_bytes": used}
 
 
+SPECS = (SettingSpec("swappiness", check=unsigned(0, 200)),)
+SWAP = KernelRules(source="swap", directory=SYSCTL_VM, names=("swappiness",))
+
+
 class SwapSource(SettingsSource):
-    name = "swap"
-    directory = SYSCTL_VM
     title = "swap"
-    specs = (SettingSpec("swappiness", check=unsigned(0, 200)),)
+    rules = SWAP
+    specs = SPECS
 
     def present(self) -> bool:
         return self.fs.exists(self.path_of("swappiness")) or self.fs.exists(SWAPS)

@@ -32,6 +32,7 @@ from overcommit.host._sysfs import (
     unsigned,
 )
 from overcommit.host.base import ApplyResult
+from overcommit.host.rules import CounterLookup, KernelRules, no_counters
 
 UKSM_DIR = "sys/kernel/mm/uksm"
 GOVERNORS = ("full", "medium", "low", "quiet")
@@ -102,35 +103,47 @@ def check_eval_intervals(value: str) -> str | None:
     return None
 
 
-class UksmSource(SettingsSource):
-    name = "uksm"
-    directory = UKSM_DIR
-    title = "UKSM"
-    specs = (
-        SettingSpec("cpu_governor", canonical_choice, one_of(*GOVERNORS)),
-        SettingSpec("max_cpu_percentage", canonical_max_cpu, unsigned(0, 100)),
-        SettingSpec("cpu_ratios", canonical_cpu_ratios, check_cpu_ratios),
-        SettingSpec("eval_intervals", canonical_words, check_eval_intervals),
-        SettingSpec("sleep_millisecs", check=unsigned(0, 1000)),
-        SettingSpec("abundant_threshold", check=unsigned(0, 99)),
-        SettingSpec("thrash_threshold", check=unsigned(0, 99)),
-        SettingSpec("run", check=unsigned(0, 1)),  # no unmerge-all in UKSM
-    )
-    counter_names = UKSM_COUNTERS
+SPECS = (
+    SettingSpec("cpu_governor", canonical_choice, one_of(*GOVERNORS)),
+    SettingSpec("max_cpu_percentage", canonical_max_cpu, unsigned(0, 100)),
+    SettingSpec("cpu_ratios", canonical_cpu_ratios, check_cpu_ratios),
+    SettingSpec("eval_intervals", canonical_words, check_eval_intervals),
+    SettingSpec("sleep_millisecs", check=unsigned(0, 1000)),
+    SettingSpec("abundant_threshold", check=unsigned(0, 99)),
+    SettingSpec("thrash_threshold", check=unsigned(0, 99)),
+    SettingSpec("run", check=unsigned(0, 1)),  # no unmerge-all in UKSM
+)
+
+
+class UksmRules(KernelRules):
+    def same(self, name: str, wanted: str, current: str | None,
+             counter: CounterLookup = no_counters) -> bool:
+        """sleep_millisecs reads back rounded up to the next jiffy: within one jiffy above the
+        wanted value is the same setting."""
+        if name == "sleep_millisecs":
+            read, want = parse_int(current), parse_int(wanted)
+            if read is not None and want is not None:
+                return 0 <= read - want < SLEEP_GRANULARITY_MS
+        return super().same(name, wanted, current, counter)
+
+
+UKSM = UksmRules(
+    source="uksm", directory=UKSM_DIR, names=tuple(spec.name for spec in SPECS),
     # Recorded before a governor change and restored after it. Not eval_intervals, although the
-    # preset resets it too: writing it trips the patch's bug (EVAL_INTERVALS_NOTE), so a host's
-    # custom intervals end at the original governor's preset after a restore.
-    resets = {"cpu_governor": ("max_cpu_percentage", "cpu_ratios")}
+    # preset resets it too: writing it trips the patch's bug (EVAL_INTERVALS_NOTE), so a
+    # host's custom intervals end at the original governor's preset after a restore.
+    resets={"cpu_governor": ("max_cpu_percentage", "cpu_ratios")},
+)
+
+
+class UksmSource(SettingsSource):
+    title = "UKSM"
+    rules = UKSM
+    specs = SPECS
+    counter_names = UKSM_COUNTERS
 
     def parse_counter(self, text: str | None) -> int | None:
         return parse_shifted_int(text)
-
-    def differs(self, name: str, want: str, current: Mapping[str, str]) -> bool:
-        if name == "sleep_millisecs":
-            read, wanted = parse_int(current.get(name)), parse_int(want)
-            if read is not None and wanted is not None:
-                return not 0 <= read - wanted < SLEEP_GRANULARITY_MS
-        return super().differs(name, want, current)
 
     def apply(self, desired: Mapping[str, str], *, allow_unmerge: bool = False) -> ApplyResult:
         result = ApplyResult()

@@ -20,6 +20,7 @@ from overcommit.host._sysfs import (
     yes_no,
 )
 from overcommit.host.meminfo import read_meminfo, read_vmstat
+from overcommit.host.rules import KernelRules
 
 ZSWAP_DIR = "sys/module/zswap/parameters"
 _VMSTAT_COUNTERS = ("zswpin", "zswpout", "zswpwb")
@@ -27,19 +28,23 @@ _VMSTAT_COUNTERS = ("zswpin", "zswpout", "zswpwb")
 _MEMINFO_COUNTERS = (("Zswap", "zswap_pool_bytes"), ("Zswapped", "zswapped_bytes"))
 
 
+SPECS = (  # apply order
+    SettingSpec("compressor", canonical_text, word),
+    SettingSpec("zpool", canonical_text, word),
+    SettingSpec("max_pool_percent", check=unsigned(0, 100)),
+    SettingSpec("accept_threshold_percent", check=unsigned(0, 100)),
+    SettingSpec("shrinker_enabled", canonical_yes_no, yes_no),
+    SettingSpec("same_filled_pages_enabled", canonical_yes_no, yes_no),
+    SettingSpec("enabled", canonical_yes_no, yes_no),
+)
+ZSWAP = KernelRules(source="zswap", directory=ZSWAP_DIR,
+                    names=tuple(spec.name for spec in SPECS))
+
+
 class ZswapSource(SettingsSource):
-    name = "zswap"
-    directory = ZSWAP_DIR
     title = "zswap"
-    specs = (  # apply order
-        SettingSpec("compressor", canonical_text, word),
-        SettingSpec("zpool", canonical_text, word),
-        SettingSpec("max_pool_percent", check=unsigned(0, 100)),
-        SettingSpec("accept_threshold_percent", check=unsigned(0, 100)),
-        SettingSpec("shrinker_enabled", canonical_yes_no, yes_no),
-        SettingSpec("same_filled_pages_enabled", canonical_yes_no, yes_no),
-        SettingSpec("enabled", canonical_yes_no, yes_no),
-    )
+    rules = ZSWAP
+    specs = SPECS
 
     def failure_reason(self, name: str, value: str, code: int) -> str:
         # The parameter file exists, so ENOENT means the kernel lacks the named algorithm.

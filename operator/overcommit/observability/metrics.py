@@ -29,16 +29,12 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from overcommit.api.status import Condition, Guest, NodeStateStatus, PolicyStatus, Saved
-from overcommit.host.ksm import KSM_DIR
-from overcommit.host.swap import SYSCTL_VM
-from overcommit.host.uksm import UKSM_DIR
-from overcommit.host.zswap import ZSWAP_DIR
+from overcommit.host import catalog
 
 if TYPE_CHECKING:
     from aiohttp import web
 
 PREFIX = "overcommit"
-ENGINE_DIRS = {KSM_DIR: "ksm", UKSM_DIR: "uksm", ZSWAP_DIR: "zswap", SYSCTL_VM: "swap"}
 SAVED_KINDS = ("merged", "ballooned", "compressed", "total")  # Saved's <kind>_bytes fields
 GUEST_SIZES = ("max", "current", "target", "usable")  # Guest's <size>_bytes fields
 GUEST_LABELS = ("domain", "vmi_namespace", "vmi_name")
@@ -116,8 +112,7 @@ POLICY_SERIES = _series(
 
 def split_setting(path: str) -> tuple[str, str]:
     """``sys/kernel/mm/ksm/pages_to_scan`` -> ("ksm", "pages_to_scan")."""
-    directory, _, name = path.rpartition("/")
-    return ENGINE_DIRS.get(directory, directory), name
+    return catalog.split(path)
 
 
 def numeric_setting(text: str) -> float | None:

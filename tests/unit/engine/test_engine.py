@@ -185,7 +185,7 @@ def test_uksm_policy_on_uksm_node(tmp_path: Path) -> None:
     kernel = FakeKernel(tmp_path / "host", uksm=True)
     spec = {"uksm": {"enabled": True, "cpuGovernor": "low", "thrashThreshold": 30}}
     report = engine_for(kernel, tmp_path).cycle([policy(spec)], {})
-    assert report.ok and report.plan.engine == "uksm"
+    assert report.ok and report.plan.merge_engine == "uksm"
     assert kernel.get("sys/kernel/mm/uksm/thrash_threshold") == "30"
     assert "[low]" in kernel.get("sys/kernel/mm/uksm/cpu_governor")
 

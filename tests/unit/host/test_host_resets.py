@@ -28,7 +28,7 @@ def test_declared_resets_are_exactly_what_the_kernel_resets(
     for name, value in TUNED.items():
         if kernel.exists(reader.path_of(name)):
             kernel.write(reader.path_of(name), value)
-    for key, declared in source.resets.items():
+    for key, declared in source.rules.resets.items():
         before = reader.read_settings()
         kernel.write(reader.path_of(key), SWITCH[key])
         after = reader.read_settings()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from overcommit.api.model import policy_from_object
-from overcommit.planning.kernel import ksm_static_settings
-from overcommit.planning.plan import with_restores
+from overcommit.host.base import SourceReading
+from overcommit.planning.levers.base import LeverInput
+from overcommit.planning.levers.ksm import KsmLever
+from overcommit.planning.observation import Observation
+from overcommit.planning.restores import with_restores
 from testkit.cases import policy_document
 
 KSM = "sys/kernel/mm/ksm"
@@ -50,7 +53,11 @@ def test_pages_to_scan_is_never_written_under_a_running_advisor() -> None:
 
 
 def test_a_named_rate_names_the_advisor_off_even_when_it_is_off() -> None:
-    spec = policy_from_object(policy_document("p", {"ksm": {"pagesToScan": 700}})).spec.ksm
-    assert spec is not None
-    assert ksm_static_settings(spec, {ADVISOR: "none"}) == {PAGES: "700", ADVISOR: "none"}
-    assert ksm_static_settings(spec, {}) == {PAGES: "700"}  # a kernel without the advisor
+    spec = policy_from_object(policy_document("p", {"ksm": {"pagesToScan": 700}})).spec
+
+    def planned(current: dict[str, str]) -> dict[str, str]:
+        obs = Observation(time=0.0, readings={"ksm": SourceReading("ksm", True, current)})
+        return dict(KsmLever().plan(LeverInput(spec, obs)).settings)
+
+    assert planned({ADVISOR: "none"}) == {PAGES: "700", ADVISOR: "none"}
+    assert planned({}) == {PAGES: "700"}  # a kernel without the advisor

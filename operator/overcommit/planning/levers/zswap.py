@@ -1,0 +1,32 @@
+"""zswap's planner: the compressed swap cache's parameters."""
+
+from __future__ import annotations
+
+from overcommit.api.policy import ZswapSpec
+from overcommit.host.zswap import ZSWAP
+from overcommit.planning.levers.base import LeverInput, LeverPlan, Problem
+from overcommit.planning.levers.values import Settings, named, yes_no
+
+
+class ZswapLever:
+    name = "zswap"
+
+    def plan(self, given: LeverInput) -> LeverPlan:
+        spec = given.spec
+        if spec is None or spec.zswap is None:
+            return LeverPlan()
+        if not given.obs.present("zswap"):
+            return LeverPlan(problems=(Problem("ZswapMissing", "the policy configures zswap but "
+                                               "this node's kernel has no zswap"),))
+        return LeverPlan(settings(spec.zswap))
+
+
+def settings(zswap: ZswapSpec) -> Settings:
+    out = named(ZSWAP, {
+        "compressor": zswap.compressor.value if zswap.compressor else None,
+        "max_pool_percent": zswap.max_pool_percent,
+        "accept_threshold_percent": zswap.accept_threshold_percent,
+    })
+    out |= named(ZSWAP, {"shrinker_enabled": zswap.shrinker_enabled,
+                         "enabled": zswap.enabled}, yes_no)
+    return out
