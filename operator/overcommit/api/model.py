@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ class Policy:
     uid: str = ""
     generation: int = 0
     creation_timestamp: str = ""  # RFC 3339, as the API server writes it; sorts chronologically
-    raw_spec: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 _SPEC_SCHEMA = openapi_schema(api.PolicySpec)
@@ -67,7 +65,6 @@ def policy_from_object(obj: Mapping[str, Any], source: str = "<object>") -> Poli
         uid=str(meta.get("uid", "")),
         generation=int(meta.get("generation", 0) or 0),
         creation_timestamp=str(meta.get("creationTimestamp", "") or ""),
-        raw_spec=spec,
     )
 
 
@@ -147,7 +144,3 @@ def _stdin() -> str:
     import sys
 
     return sys.stdin.read()
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

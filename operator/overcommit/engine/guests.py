@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from overcommit.api.policy import PolicySpec
 from overcommit.planning.levers.balloon import BalloonLever
@@ -107,8 +105,10 @@ class GuestManager:
         from overcommit.virt.endpoints import discover_endpoints
 
         report = GuestReport()
-        found = discover_endpoints(self._explicit_uris(), self.settings.pods_dir,
-                                   link_dir=self.settings.link_dir, system_sockets=())
+        found = discover_endpoints(self.settings.uris, self.settings.pods_dir,
+                                   link_dir=self.settings.link_dir,
+                                   host_root=self.settings.host_root,
+                                   discover_system=self.settings.discover_system)
         if not found:
             self._forget_vanished(set())
             return report
@@ -140,19 +140,6 @@ class GuestManager:
 
             report.guests = enrich_guests(report.guests, vmis)
         return report
-
-    def _explicit_uris(self) -> list[str]:
-        if self.settings.uris or not self.settings.discover_system:
-            return list(self.settings.uris)
-        from overcommit.virt.endpoints import SYSTEM_SOCKETS
-
-        root = Path(self.settings.host_root)
-        for socket in SYSTEM_SOCKETS:
-            path = root / socket.lstrip("/")
-            if path.is_socket():
-                return ["qemu:///system" if root == Path("/") else
-                        f"qemu:///system?socket={quote(str(path), safe='/')}"]
-        return []
 
     def _forget_vanished(self, live: set[str]) -> None:
         for uri in [u for u in self._endpoints if u not in live]:

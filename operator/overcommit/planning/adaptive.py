@@ -1,6 +1,6 @@
 """Adaptive KSM: scan hard while merging pays, idle when it does not, never exceed a CPU budget.
 
-The anchors (ksmtuned, MOM, KubeVirt, Harvester) add 300 pages per minute under pressure and
+ksmtuned, oVirt's MOM, KubeVirt and Harvester add 300 pages per minute under pressure and
 never ask whether scanning still finds anything. This controller looks at three signals:
 
 * **merge yield** — pages newly shared per page scanned, judged over whole full scans (KSM needs

@@ -4,17 +4,17 @@ No libvirt, no clock: time comes from the observations (``GuestObservation.time`
 ``stats["last_update"]`` stamps a statistics sample, ``stats_age_s`` is computed by the adapter).
 Sizes are KiB, as libvirt reports them; the host ``Observation`` is in bytes.
 
-The anchors (oVirt MOM, Proxmox) move every guest by host memory alone and read the guest's
+oVirt's MOM and Proxmox move every guest by host memory alone and read the guest's
 ``MemFree``. This planner reads the guest's own ``MemAvailable`` (``usable``) and its major-fault
 and swap-in rates, and in mode Auto, every cycle:
 
-1. **Pressured guests first, whatever the host.** A guest faulting or swapping above the
-   policy's thresholds, or whose ``usable`` is below its free margin — or will be by the next
-   sample if its use keeps growing as fast as since the last one — grows at once by its
-   (projected) margin deficit plus headroom (one step, doubled for each further cycle it stays
-   pressured) — never shrinks. A guest below its floor is raised to it. Judging on the trend
-   matters most for guests without swap or file pages (typical of small VMs): they give no
-   fault or swap-in warning before their kernel OOM-kills.
+1. **Pressured guests first, whatever the host.** A guest is pressured when it faults or
+   swaps above the policy's thresholds, or when its ``usable`` is below its free margin (now,
+   or by the next sample if its use keeps growing as fast as since the last one). It grows at
+   once by its (projected) margin deficit plus headroom, and never shrinks. The headroom is
+   one step, doubled for each further cycle the guest stays pressured. A guest below its floor
+   is raised to it. Judging on the trend matters most for guests without swap or file pages
+   (typical of small VMs): they give no fault or swap-in warning before their kernel OOM-kills.
 2. **Host band**, from MemAvailable after that growth: below ``hostAvailableLowPercent`` idle
    guests give (most surplus per share first, one step each at most, never below the floor)
    only what brings the host back to the middle of the band, cycle after cycle until it gets
@@ -59,7 +59,8 @@ COOLDOWN_INTERVALS = 3
 MAX_HEADROOM_DOUBLINGS = 4
 # What a guest used at its peak within this many Auto intervals still counts as what it needs:
 # a guest whose process was just OOM-killed, or whose batch job paused, looks idle but will
-# use that memory again (shrinking it to its momentary use is how the anchors kill twice).
+# use that memory again (shrinking it to its momentary use is how MOM's and Proxmox's rules
+# kill twice).
 PEAK_WINDOW_INTERVALS = 6
 MIN_MOVE_KIB = MIB
 MIN_MOVE_PERCENT = 1
@@ -81,7 +82,6 @@ class GuestMemory:
     swap_in_kib: int | None
     major_faults: int | None
     sample_current_kib: int | None = None  # the balloon's size when that sample was first seen
-    last_target_kib: int | None = None  # the last balloon target this planner set
     last_shrink_time: float | None = None
     last_pressure_time: float | None = None
     pressure_streak: int = 0  # consecutive cycles under pressure, up to the last one
@@ -502,8 +502,6 @@ def _memory(view: GuestView, choice: Choice, old: GuestMemory | None) -> GuestMe
                          sample_current_kib=guest.current_kib,
                          sample_used_kib=guest.current_kib - view.usable,
                          use_growth_kib=view.trend)
-    if choice.target != view.current:
-        memory = replace(memory, last_target_kib=choice.target)
     if choice.target < view.current:
         memory = replace(memory, last_shrink_time=guest.time)
     if view.pressure:

@@ -69,22 +69,39 @@ class Endpoint:
 
 
 def discover_endpoints(explicit_uris: Sequence[str], pods_dir: str | None, *,
-                       link_dir: str = DEFAULT_LINK_DIR,
-                       system_sockets: Sequence[str] = SYSTEM_SOCKETS) -> list[Endpoint]:
-    """Explicit URIs (else ``qemu:///system`` when its socket exists), then launchers.
+                       link_dir: str = DEFAULT_LINK_DIR, host_root: str = "/",
+                       system_sockets: Sequence[str] = SYSTEM_SOCKETS,
+                       discover_system: bool = True) -> list[Endpoint]:
+    """Explicit URIs (else the host's daemon when one of its sockets exists under
+    ``host_root``), then launchers.
 
     Removes links in ``link_dir`` whose launcher socket is gone. Never raises for a missing
     pods dir or an unusable link dir: the affected endpoints carry a ``problem``.
     """
     found = [Endpoint(uri, "explicit") for uri in explicit_uris]
-    if not explicit_uris and any(_is_socket(p) for p in system_sockets):
-        found.append(Endpoint(SYSTEM_URI, "system"))
+    if not explicit_uris and discover_system:
+        found += _system_endpoint(host_root, system_sockets)
     launchers = find_launcher_sockets(pods_dir) if pods_dir else []
     found += _launcher_endpoints(launchers, link_dir)
     unique: dict[str, Endpoint] = {}
     for endpoint in found:
         unique.setdefault(endpoint.uri, endpoint)  # the first of each URI wins
     return list(unique.values())
+
+
+def _system_endpoint(host_root: str, sockets: Sequence[str]) -> list[Endpoint]:
+    """The host's own daemon, when one of its sockets exists under ``host_root``: plain
+    ``qemu:///system`` on the host itself, the socket's path in the URI otherwise (a container
+    that mounts the host elsewhere; a test's host root has none, so it never reaches a real
+    daemon)."""
+    root = Path(host_root)
+    for socket in sockets:
+        path = root / socket.lstrip("/")
+        if _is_socket(str(path)):
+            uri = SYSTEM_URI if root == Path("/") else \
+                f"{SYSTEM_URI}?socket={quote(str(path), safe='/')}"
+            return [Endpoint(uri, "system")]
+    return []
 
 
 def find_launcher_sockets(pods_dir: str) -> list[LauncherSocket]:

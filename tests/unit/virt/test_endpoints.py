@@ -183,6 +183,17 @@ def test_explicit_uris_and_the_default_system_daemon(tmp_path: Path,
     explicit = ["test:///default", "qemu:///system", "test:///default"]
     assert [e.uri for e in discover_endpoints(explicit, None)] == explicit[:2]
     assert discover_endpoints([], str(tmp_path / "no-pods"), system_sockets=missing) == []
+    assert discover_endpoints([], None, system_sockets=[str(system_sock)],
+                              discover_system=False) == []
+
+
+def test_the_system_daemon_under_another_host_root(tmp_path: Path,
+                                                   sockets: list[socket.socket]) -> None:
+    """A container sees the host under /host: the URI names the socket found there."""
+    (tmp_path / "run/libvirt").mkdir(parents=True)
+    sockets.append(bind_socket(tmp_path / "run/libvirt/virtqemud-sock"))
+    [ep] = discover_endpoints([], None, host_root=str(tmp_path))
+    assert ep == Endpoint(f"{SYSTEM}?socket={tmp_path}/run/libvirt/virtqemud-sock", "system")
 
 
 def test_an_unusable_link_dir_is_reported_on_the_endpoint(
