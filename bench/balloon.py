@@ -162,7 +162,7 @@ class Fleet:
         """Put our guests' statistics period back if someone else changed it.
 
         Any process that runs the engine against this libvirtd sets its policy's period on
-        every guest it sees, selected or not (engine/guests.py ``GuestManager.apply``); seen
+        every guest it sees, selected or not (reconcile/guests.py ``GuestManager.apply``); seen
         during development: 2 s became 10 s and every cycle waited 10 s for fresh statistics.
         A fresh endpoint, because ours caches each domain's period for as long as it runs and
         would not notice the change."""

@@ -1,7 +1,7 @@
 """One Auto-mode balloon cycle for many guests: the agent's CPU cost to observe, plan and apply.
 
 Runs on libvirt's test driver (``test:///<config>``, a custom node of N KubeVirt-style domains;
-no daemon, no root), through ``NodeEngine.cycle`` exactly as the agent does, with a policy whose
+no daemon, no root), through ``NodeReconciler.cycle`` exactly as the agent does, with a policy whose
 host thresholds make the host count as short of memory so idle guests give. Measures the
 process's CPU time (user + system) per cycle after a warm-up cycle (connect, parse each domain's
 XML once). Target from the issue: under 1 s of agent CPU for 200 guests.
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from overcommit.api.model import policy_from_object
-from overcommit.engine.cycle import NodeEngine
-from overcommit.engine.guests import GuestManager, VirtSettings
+from overcommit.reconcile.guests import GuestManager, VirtSettings
+from overcommit.reconcile.node import NodeReconciler
 from overcommit.virt.libvirt_source import LibvirtEndpoint
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
@@ -40,9 +40,9 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def engine_for(root: Path, uri: str) -> NodeEngine:
+def engine_for(root: Path, uri: str) -> NodeReconciler:
     settings = VirtSettings(uris=(uri,), discover_system=False)
-    engine = NodeEngine(state_dir=root / "state", fs=FakeKernel(root / "host"), virt=settings)
+    engine = NodeReconciler(state_dir=root / "state", fs=FakeKernel(root / "host"), virt=settings)
     engine.guests = GuestManager(
         settings, lambda u: LibvirtEndpoint(u, wall_clock=lambda: TEST_DRIVER_NOW))
     return engine

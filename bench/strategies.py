@@ -16,8 +16,8 @@ from bench import ksm_host
 from bench.baselines import KsmRate, KsmtunedDriver, KubevirtDriver, MemoryView, SysfsKsm
 from overcommit.api.model import Policy, policy_from_object
 from overcommit.api.policy import GROUP, POLICY_KIND, VERSION, KsmAdaptive
-from overcommit.engine.cycle import NodeEngine
 from overcommit.planning.observation import Observation
+from overcommit.reconcile.node import NodeReconciler
 
 STRATEGY_NAMES = ("kernel-default", "ksmtuned", "kubevirt", "adaptive")
 BASELINES = STRATEGY_NAMES[:-1]
@@ -89,7 +89,7 @@ def adaptive_policy() -> Policy:
     })
 
 
-class PressuredEngine(NodeEngine):
+class PressuredEngine(NodeReconciler):
     """The real engine, except that meminfo's MemAvailable (and MemFree) read the simulated
     value; KSM settings and counters and ksmd's CPU time are read from the host as usual."""
 
@@ -108,7 +108,7 @@ class PressuredEngine(NodeEngine):
 
 
 class Adaptive:
-    """Our NodeEngine cycle, every ``adaptive.intervalSeconds``, as ``overcommit run`` does."""
+    """Our NodeReconciler cycle, every ``adaptive.intervalSeconds``, as ``overcommit run`` does."""
 
     name = "adaptive"
 

@@ -25,8 +25,8 @@ import yaml
 
 from overcommit.agent.status import node_status
 from overcommit.api.model import policy_from_object
-from overcommit.engine.cycle import NodeEngine
-from overcommit.engine.guests import VirtSettings
+from overcommit.reconcile.guests import VirtSettings
+from overcommit.reconcile.node import NodeReconciler
 from testkit import guests, libvirtd
 from testkit.cases import policy_document
 from tests.integration.conftest import ksm_value, wait_for
@@ -58,8 +58,8 @@ def pair(conn: Any) -> Iterator[dict[str, Any]]:
             guests.destroy_guest(dom)
 
 
-def engine(tmp_path: Path) -> NodeEngine:
-    return NodeEngine(state_dir=tmp_path / "state", virt=VirtSettings(uris=(URI,)))
+def engine(tmp_path: Path) -> NodeReconciler:
+    return NodeReconciler(state_dir=tmp_path / "state", virt=VirtSettings(uris=(URI,)))
 
 
 def current_mib(conn: Any, dom: Any) -> int:

@@ -25,8 +25,8 @@ from overcommit.api.model import PolicyError, policy_from_object
 from overcommit.api.schema import openapi_schema, to_json, validate
 from overcommit.api.status import NodeStateStatus, PolicyStatus
 from overcommit.controller.fold import fold, node_summary, policy_view
-from overcommit.engine.cycle import NodeEngine
-from overcommit.engine.guests import GuestManager, VirtSettings
+from overcommit.reconcile.guests import GuestManager, VirtSettings
+from overcommit.reconcile.node import NodeReconciler
 from overcommit.virt.libvirt_source import LibvirtEndpoint
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
@@ -74,7 +74,7 @@ def node_state_cycle(tmp_path: Path, *, with_policies: bool = True
     ])
     settings = VirtSettings(uris=(uri, "qemu+unix:///system?socket=/nonexistent/sock"),
                             discover_system=False)
-    engine = NodeEngine(state_dir=tmp_path / "state", fs=kernel, virt=settings)
+    engine = NodeReconciler(state_dir=tmp_path / "state", fs=kernel, virt=settings)
     engine.guests = GuestManager(settings,
                                  lambda u: LibvirtEndpoint(u, wall_clock=lambda: TEST_DRIVER_NOW))
     policies = [_policy("winner", WINNER, "2026-01-02T00:00:00Z"),

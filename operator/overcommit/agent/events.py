@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from overcommit.api.model import PolicyError
-from overcommit.engine.cycle import CycleReport
 from overcommit.kube.events import NORMAL, WARNING, EventIntent
+from overcommit.reconcile.node import CycleResult
 
 
-def cycle_news(report: CycleReport, invalid: Sequence[PolicyError] = ()) -> list[EventIntent]:
+def cycle_news(report: CycleResult, invalid: Sequence[PolicyError] = ()) -> list[EventIntent]:
     """Everything this cycle has to say, changes first."""
     return [*_changes(report), *_policy(report), *_errors(report, invalid), *_adaptive(report)]
 
@@ -30,7 +30,7 @@ def failure_news(message: str) -> EventIntent:
     return EventIntent(WARNING, "CycleFailed", message)
 
 
-def _changes(report: CycleReport) -> list[EventIntent]:
+def _changes(report: CycleResult) -> list[EventIntent]:
     news = []
     # A tuner (Adaptive KSM) moves its settings every few seconds; its phase is reported
     # instead.
@@ -51,7 +51,7 @@ def _changes(report: CycleReport) -> list[EventIntent]:
     return news
 
 
-def _policy(report: CycleReport) -> list[EventIntent]:
+def _policy(report: CycleResult) -> list[EventIntent]:
     policy = report.selection.winner
     if policy is None:
         return [EventIntent(NORMAL, "NoPolicy", "no policy selects this node")]
@@ -60,7 +60,7 @@ def _policy(report: CycleReport) -> list[EventIntent]:
                  f"policy {policy.name} generation {policy.generation} is in force{lost}")]
 
 
-def _errors(report: CycleReport, invalid: Sequence[PolicyError]) -> list[EventIntent]:
+def _errors(report: CycleResult, invalid: Sequence[PolicyError]) -> list[EventIntent]:
     news = []
     if report.errors:
         news.append(EventIntent(WARNING, "ApplyFailed", "; ".join(
@@ -74,7 +74,7 @@ def _errors(report: CycleReport, invalid: Sequence[PolicyError]) -> list[EventIn
     return news
 
 
-def _adaptive(report: CycleReport) -> list[EventIntent]:
+def _adaptive(report: CycleResult) -> list[EventIntent]:
     adaptive = report.plan.adaptive
     if adaptive is None:
         return []
@@ -87,14 +87,15 @@ class EventMemory:
 
     posted: dict[str, EventIntent] = field(default_factory=dict)
 
-    def select(self, news: Sequence[EventIntent], partial: bool = False) -> list[EventIntent]:
-        """The news to post now. ``partial``: ``news`` is not the whole picture (a failed
-        cycle), so facts not repeated in it are kept, not forgotten."""
+    def to_post(self, news: Sequence[EventIntent], *,
+                whole_picture: bool = True) -> list[EventIntent]:
+        """What of ``news`` to post now. Without ``whole_picture`` (a failed cycle says only
+        that it failed), facts not repeated in ``news`` are kept, not forgotten."""
         out = [n for n in news if n.change or self.posted.get(n.reason) != n]
         warned = any(n.type == WARNING for n in self.posted.values())
-        if not partial:
+        if whole_picture:
             self.posted = {}
         self.posted.update({n.reason: n for n in news if not n.change})
-        if warned and not partial and not any(n.type == WARNING for n in news):
+        if warned and whole_picture and not any(n.type == WARNING for n in news):
             out.append(EventIntent(NORMAL, "Recovered", "no errors or problems any more"))
         return out

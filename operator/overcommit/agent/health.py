@@ -39,7 +39,7 @@ class CycleHealth:
 
     @contextmanager
     def cycle(self) -> Iterator[None]:
-        """Wrap one engine cycle; only a cycle that returns counts as completed."""
+        """Wrap one reconcile cycle; only a cycle that returns counts as completed."""
         self.running_since = self.clock()
         try:
             yield

@@ -1,11 +1,11 @@
-"""The per-node agent: kopf watches, the engine cycles, the node state reports.
+"""The per-node agent: kopf watches, the node reconciler's cycles, the node state reports.
 
 kopf keeps three server-side-filtered watches alive (reconnecting through API-server restarts):
 all policies, this agent's own Node, and this node's MemoryOvercommitNodeState. Policies and the
 Node are kopf *indexes*, so kopf guarantees the first cycle sees the complete initial listing
 (an agent that restarts never mistakes a not-yet-listed policy for a deleted one and restores).
 Every watch event wakes one reconcile loop; a timer wakes it otherwise. The loop runs the same
-``NodeEngine.cycle`` as local mode in a worker thread, then writes the node state's status
+``NodeReconciler.cycle`` as local mode in a worker thread, then writes the node state's status
 (only when it changed, counter-only changes at most once per status interval) and Events.
 """
 
@@ -30,8 +30,6 @@ from overcommit.api.model import Policy, PolicyError, policy_from_object
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION, KsmMode
 from overcommit.api.schema import plain, to_json
 from overcommit.api.status import NodeStateStatus
-from overcommit.engine.cycle import CycleReport, NodeEngine
-from overcommit.engine.guests import VirtSettings
 from overcommit.kube.client import ApiError, make_login
 from overcommit.kube.clock import now_rfc3339
 from overcommit.kube.events import EventIntent
@@ -41,6 +39,8 @@ from overcommit.observability.metrics import (
     MetricsServer,
     serve_metrics,
 )
+from overcommit.reconcile.guests import VirtSettings
+from overcommit.reconcile.node import CycleResult, NodeReconciler
 
 KUBEVIRT_KSM_ANNOTATION = "kubevirt.io/ksm-handler-managed"
 COMPONENT = "memory-overcommit-agent"
@@ -53,7 +53,7 @@ class Agent:
         self.settings = settings
         virt = VirtSettings(uris=settings.libvirt_uris, pods_dir=settings.kubevirt_pods_dir,
                             host_root=settings.host_root) if settings.manage_guests else None
-        self.engine = NodeEngine(host_root=settings.host_root, state_dir=settings.state_dir,
+        self.node = NodeReconciler(host_root=settings.host_root, state_dir=settings.state_dir,
                                  virt=virt)
         self.metrics = AgentMetrics(settings.node_name)
         self._login = make_login(settings.kubeconfig, fall_back_to_kubeconfig=False)
@@ -169,7 +169,7 @@ class Agent:
     async def _cycle_failed(self, kind: str, message: str) -> None:
         self.metrics.failed_cycle(kind)
         # The API may be what failed: the Event is best effort (and posted once per message).
-        await self._post_news(self.events.select([failure_news(message)], partial=True))
+        await self._post_news(self.events.to_post([failure_news(message)], whole_picture=False))
 
     async def reconcile(self) -> float:
         node = self._node()
@@ -185,7 +185,7 @@ class Agent:
         if KUBEVIRT_KSM_ANNOTATION in node["annotations"]:
             owner = f"KubeVirt's KSM handler (annotation {KUBEVIRT_KSM_ANNOTATION})"
         with self.health.cycle():
-            report = await asyncio.to_thread(self.engine.cycle, policies, node["labels"],
+            report = await asyncio.to_thread(self.node.cycle, policies, node["labels"],
                                              owner, self._vmis())
         policy = report.selection.winner.name if report.selection.winner else None
         self.log.info("cycle %d: policy=%s labels=%s changes=%d errors=%d restored=%s",
@@ -222,7 +222,7 @@ class Agent:
                     invalid.append(err)
         return policies, invalid
 
-    def _interval(self, report: CycleReport) -> float:
+    def _interval(self, report: CycleResult) -> float:
         interval = self.settings.interval_seconds
         policy = report.selection.winner
         ksm = policy.spec.ksm if policy else None
@@ -250,11 +250,11 @@ class Agent:
         self.last_status, self.last_write = status, time.monotonic()
         return True
 
-    async def emit_events(self, report: CycleReport,
+    async def emit_events(self, report: CycleResult,
                           invalid: Sequence[PolicyError] = ()) -> None:
         """An Event for every change, and for every fact (policy, error, problem) once while
         it holds (see overcommit.agent.events)."""
-        await self._post_news(self.events.select(cycle_news(report, invalid)))
+        await self._post_news(self.events.to_post(cycle_news(report, invalid)))
 
     async def _post_news(self, news: Sequence[EventIntent]) -> None:
         for item in news:
@@ -274,7 +274,7 @@ class Agent:
         self.metrics.event_posted(event_type, reason)
 
 
-def cycle_errors(report: CycleReport, invalid_policies: int) -> dict[str, int]:
+def cycle_errors(report: CycleResult, invalid_policies: int) -> dict[str, int]:
     """How many errors of each kind one cycle met (for ``overcommit_agent_errors_total``)."""
     return {"setting": len(report.errors), "guest": len(report.guests.trouble),
             "policy": invalid_policies}

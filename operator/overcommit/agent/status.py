@@ -22,8 +22,8 @@ from overcommit.api.status import (
     condition,
     without_timestamps,
 )
-from overcommit.engine.cycle import CycleReport
-from overcommit.engine.summary import guest_entries, host_memory, savings
+from overcommit.reconcile.node import CycleResult
+from overcommit.reconcile.summary import guest_entries, host_memory, savings
 
 # Fields whose change is news (written at once); everything else is refreshed at most once per
 # status interval, so steady counters never cause a write storm.
@@ -32,7 +32,7 @@ NEWS_FIELDS = ("policy", "overridden", "conditions", "engine", "engines", "origi
 SUMMARISED = ("meminfo", "psi")  # reported under memory, not as counters
 
 
-def node_status(report: CycleReport, invalid: Sequence[PolicyError] = (),
+def node_status(report: CycleResult, invalid: Sequence[PolicyError] = (),
                 previous: NodeStateStatus | None = None, *, now: str) -> NodeStateStatus:
     """The node state's status after ``report``; conditions keep their transition time while
     their status holds (``previous``), else take ``now``."""
@@ -61,14 +61,14 @@ def node_status(report: CycleReport, invalid: Sequence[PolicyError] = (),
     ))
 
 
-def _counters(report: CycleReport) -> dict[str, int]:
+def _counters(report: CycleResult) -> dict[str, int]:
     return {f"{name}.{key}": value
             for name, reading in sorted(report.observation.readings.items())
             if name not in SUMMARISED
             for key, value in sorted(reading.counters.items())}
 
 
-def _problems(report: CycleReport, invalid: Sequence[PolicyError]) -> list[tuple[str, str]]:
+def _problems(report: CycleResult, invalid: Sequence[PolicyError]) -> list[tuple[str, str]]:
     """Every (reason, message) the node has, the one that makes it not ready first."""
     problems = [(p.reason, p.message) for p in report.problems]
     if report.guests.trouble:
@@ -82,7 +82,7 @@ def _problems(report: CycleReport, invalid: Sequence[PolicyError]) -> list[tuple
     return problems
 
 
-def _conditions(report: CycleReport, invalid: Sequence[PolicyError],
+def _conditions(report: CycleResult, invalid: Sequence[PolicyError],
                 previous: NodeStateStatus | None, now: str) -> list[Condition]:
     policy = report.selection.winner
     generation = policy.generation if policy else None

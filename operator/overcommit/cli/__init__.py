@@ -22,7 +22,7 @@ from overcommit.api.policy import KsmMode
 from overcommit.cli import render as reporting
 from overcommit.cli.policyfile import PolicyFile
 from overcommit.controller.settings import ControllerSettings
-from overcommit.engine.state import NodeRecord, StateStore
+from overcommit.reconcile.state import NodeRecord, StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -84,7 +84,7 @@ class StateFileError(Exception):
 
 
 class CheckedStateStore(StateStore):
-    """The engine's StateStore, with a corrupt originals.json reported as StateFileError."""
+    """The reconciler's StateStore, with a corrupt originals.json reported as StateFileError."""
 
     def load(self) -> NodeRecord:
         try:
@@ -94,7 +94,7 @@ class CheckedStateStore(StateStore):
 
 
 def _virt(args: argparse.Namespace) -> Any:
-    from overcommit.engine.guests import VirtSettings
+    from overcommit.reconcile.guests import VirtSettings
 
     if args.no_libvirt:
         return None
@@ -102,24 +102,24 @@ def _virt(args: argparse.Namespace) -> Any:
                         pods_dir=args.kubevirt_pods_dir, host_root=args.host_root)
 
 
-def _engine(args: argparse.Namespace) -> Any:
-    from overcommit.engine.cycle import NodeEngine
+def _reconciler(args: argparse.Namespace) -> Any:
+    from overcommit.reconcile.node import NodeReconciler
 
-    engine = NodeEngine(host_root=args.host_root, state_dir=args.state_dir, virt=_virt(args))
-    engine.store = CheckedStateStore(args.state_dir)
-    return engine
+    node = NodeReconciler(host_root=args.host_root, state_dir=args.state_dir, virt=_virt(args))
+    node.store = CheckedStateStore(args.state_dir)
+    return node
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from overcommit.planning.restores import preview, with_restores
 
     policies = _load(args)
-    engine = _engine(args)
-    selection, plan, obs = engine.plan(policies, args.node_labels)
-    originals = engine.store.load().originals
+    node = _reconciler(args)
+    selection, plan, obs = node.plan(policies, args.node_labels)
+    originals = node.store.load().originals
     current = obs.settings()
     changes = preview(with_restores(plan.desired, originals, current), current, obs.counter)
-    guests = engine.preview_guests(plan.policy, obs)
+    guests = node.preview_guests(plan.policy, obs)
     data = reporting.plan_json(selection, plan, changes, guests)
     _emit(data, args.output, reporting.plan_text(data))
     return EXIT_OK
@@ -127,7 +127,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
     """The loop; ``stop`` (default: set by SIGTERM/SIGINT) ends it between cycles."""
-    engine = _engine(args)
+    node = _reconciler(args)
     if stop is None:
         stop = event = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,7 +135,7 @@ def cmd_run(args: argparse.Namespace, stop: threading.Event | None = None) -> in
     source = PolicyFile(args.file, stop)
     policies = source.first()
     while True:
-        report = engine.cycle(policies, args.node_labels)
+        report = node.cycle(policies, args.node_labels)
         data = reporting.cycle_json(report)
         _emit(data, args.output, reporting.cycle_text(data))
         sys.stdout.flush()
@@ -157,17 +157,17 @@ def _next_interval(interval: float, policy: Any) -> float:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    report = _engine(args).restore()
+    report = _reconciler(args).restore()
     data = reporting.cycle_json(report)
     _emit(data, args.output, reporting.cycle_text(data))
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    engine = _engine(args)
-    obs = engine.observe()
-    guests = engine.guests.observe(obs.time) if engine.guests is not None else None
-    data = reporting.status_json(obs, engine.store.load().originals, guests)
+    node = _reconciler(args)
+    obs = node.observe()
+    guests = node.guests.observe(obs.time) if node.guests is not None else None
+    data = reporting.status_json(obs, node.store.load().originals, guests)
     _emit(data, args.output, reporting.status_text(data))
     return EXIT_OK
 

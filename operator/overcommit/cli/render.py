@@ -7,13 +7,13 @@ from typing import Any
 
 from overcommit.api.schema import json_name
 from overcommit.api.status import Guest
-from overcommit.engine.cycle import CycleReport
-from overcommit.engine.guests import GuestReport
-from overcommit.engine.summary import guest_entries, merged_bytes
 from overcommit.host.base import Change
 from overcommit.planning.observation import Observation
 from overcommit.planning.plan import NodePlan
 from overcommit.planning.selection import Selection
+from overcommit.reconcile.guests import GuestResult
+from overcommit.reconcile.node import CycleResult
+from overcommit.reconcile.summary import guest_entries, merged_bytes
 from overcommit.units import human_bytes
 
 JSON = dict[str, Any]
@@ -41,7 +41,7 @@ def _plan_extras(plan: NodePlan) -> JSON:
     }
 
 
-def guests_json(guests: GuestReport | None) -> JSON:
+def guests_json(guests: GuestResult | None) -> JSON:
     """Per-guest state (max, current, target, usable, reason) and the endpoints that failed;
     every key present, null when unknown."""
     if guests is None:
@@ -54,14 +54,14 @@ def guests_json(guests: GuestReport | None) -> JSON:
 
 
 def plan_json(selection: Selection, plan: NodePlan, changes: list[Change],
-              guests: GuestReport | None = None) -> JSON:
+              guests: GuestResult | None = None) -> JSON:
     return {**_selection_json(selection), **_plan_extras(plan),
             "changes": [c.as_json() for c in changes],
             "balloons": [t.as_json() for t in (guests.planned if guests else [])],
             **guests_json(guests)}
 
 
-def cycle_json(report: CycleReport) -> JSON:
+def cycle_json(report: CycleResult) -> JSON:
     data = {**_selection_json(report.selection), **_plan_extras(report.plan)}
     data["notes"] = data["notes"] + report.notes
     data.update({
@@ -119,7 +119,7 @@ def cycle_text(data: JSON) -> str:
 
 
 def status_json(obs: Observation, originals: dict[str, str],
-                guests: GuestReport | None = None) -> JSON:
+                guests: GuestResult | None = None) -> JSON:
     merged = merged_bytes(obs)
     return {
         **guests_json(guests),

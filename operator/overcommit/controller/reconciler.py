@@ -107,8 +107,8 @@ class Controller:
         self.due: dict[str, float] = {}  # policy -> earliest time to fold and maybe write it
         self.last_fold: dict[str, float] = {}
         self.last_write: dict[str, float] = {}
-        self.doomed: set[str] = set()  # node states to delete: their Node is gone
-        self.suspects: set[str] = set()
+        self.to_delete: set[str] = set()  # node states to delete: their Node is gone
+        self.strays_seen: set[str] = set()
         self.wake = asyncio.Event()
         self.synced = False
         self.informers: list[Informer] = []
@@ -133,14 +133,14 @@ class Controller:
         if event_type == "DELETED":
             self.nodes.pop(name, None)
             if name in self.reports:
-                self.doomed.add(name)
+                self.to_delete.add(name)
             self.mark_due(list(self.policies))
             return
         labels = _labels(obj)
         if self.nodes.get(name) != labels:  # a heartbeat changes nothing we use
             self.nodes[name] = labels
             self.mark_due(list(self.policies))
-        self.doomed.discard(name)
+        self.to_delete.discard(name)
 
     def state_event(self, event_type: str, obj: JSON) -> None:
         name = obj["metadata"]["name"]
@@ -153,7 +153,7 @@ class Controller:
                 return
             touched |= report.policies()
         else:
-            self.doomed.discard(name)
+            self.to_delete.discard(name)
         self.mark_due(touched)
 
     def policy_event(self, event_type: str, obj: JSON) -> None:
@@ -178,9 +178,9 @@ class Controller:
 
     # -- acting ----------------------------------------------------------------------------
     async def act(self) -> float | None:
-        """Delete doomed node states, then fold and write every due policy; returns the
-        seconds until the next policy is due (None: none is)."""
-        for name in sorted(self.doomed):
+        """Delete the node states whose Node is gone, then fold and write every due policy;
+        returns the seconds until the next policy is due (None: none is)."""
+        for name in sorted(self.to_delete):
             await self.delete_state(name)
         now = self.clock()
         for name, due in sorted(self.due.items()):
@@ -262,7 +262,7 @@ class Controller:
         self.due[name] = self.clock() + self.settings.retry_seconds
 
     async def delete_state(self, name: str) -> None:
-        self.doomed.discard(name)
+        self.to_delete.discard(name)
         report = self.reports.get(name)
         if report is None or name in self.nodes:
             return
@@ -278,7 +278,7 @@ class Controller:
     def _reset(self) -> None:
         self.nodes, self.reports, self.policies = {}, {}, {}
         self.due, self.last_fold, self.last_write = {}, {}, {}
-        self.doomed, self.suspects = set(), set()
+        self.to_delete, self.strays_seen = set(), set()
         self.synced = False
         self.informers = [
             Informer(self.api, NODES, _Store(self.node_event, lambda: self.nodes),
@@ -324,9 +324,9 @@ class Controller:
 
     async def _sweep_loop(self) -> None:
         while True:
-            doomed, self.suspects = sweep(self.reports, self.nodes, self.suspects)
-            if doomed:
-                self.doomed |= doomed
+            strays, self.strays_seen = sweep(self.reports, self.nodes, self.strays_seen)
+            if strays:
+                self.to_delete |= strays
                 self.wake.set()
             await asyncio.sleep(self.settings.sweep_interval_seconds)
 

@@ -17,7 +17,7 @@ def strays(states: Collection[str], nodes: Mapping[str, object] | Collection[str
 
 
 def sweep(states: Collection[str], nodes: Mapping[str, object] | Collection[str],
-          suspects: set[str]) -> tuple[set[str], set[str]]:
-    """(delete now, suspects for the next sweep): a stray is deleted on its second sighting."""
+          seen_before: set[str]) -> tuple[set[str], set[str]]:
+    """(delete now, strays seen for the next sweep): a stray is deleted on its second sighting."""
     found = strays(states, nodes)
-    return found & suspects, found - suspects
+    return found & seen_before, found - seen_before

@@ -205,9 +205,9 @@ class Demo:
                 if process is not None:
                     stop_process(process, timeout=30)
             # Belt and braces: whatever the agent left recorded goes back now.
-            from overcommit.engine.cycle import NodeEngine
+            from overcommit.reconcile.node import NodeReconciler
 
-            NodeEngine(self.host_root, self.state_dir).restore()
+            NodeReconciler(self.host_root, self.state_dir).restore()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,7 +122,7 @@ class Source(Protocol):
 
     There is no ``restore``: restoring is ``apply`` of the recorded originals. What to put back,
     and in which state of the other settings (the advisor or a UKSM governor resets some), is
-    the planner's decision (``planning.restores.with_restores``); the engine records originals
+    the planner's decision (``planning.restores.with_restores``); the reconciler records originals
     before its first write. A source only has to write safely whatever it is given.
     """
 

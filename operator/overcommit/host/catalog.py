@@ -1,4 +1,4 @@
-"""Every kernel interface's rules, by path: what the planner and the engine ask the kernel's
+"""Every kernel interface's rules, by path: what the planner and the reconciler ask the kernel's
 rules through. Pure: it holds the sources' rule objects, never touches the host."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each source (``ksm``, ``uksm``, ``zswap``, ``swap``) declares its rules once, as
 :class:`KernelRules` object beside the code that reads and writes the files: which files it has,
 which writes make the kernel reset other files, which values read back as the same setting, and
 which writes the kernel refuses while another file holds some value. The source obeys them when
-it writes; the planner and the engine ask the same object (through ``host.catalog``) when they
+it writes; the planner and the reconciler ask the same object (through ``host.catalog``) when they
 decide what to write, record and restore, so a kernel quirk is written down in one place.
 """
 

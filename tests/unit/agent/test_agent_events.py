@@ -14,9 +14,9 @@ from overcommit.agent.events import EventMemory, cycle_news, failure_news
 from overcommit.agent.runner import Agent, failure_kind
 from overcommit.agent.settings import AgentSettings
 from overcommit.api.model import PolicyError, policy_from_object
-from overcommit.engine.cycle import CycleReport, NodeEngine
 from overcommit.kube.client import ApiError
 from overcommit.kube.events import EventIntent
+from overcommit.reconcile.node import CycleResult, NodeReconciler
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
 
@@ -28,9 +28,9 @@ class Engine:
 
     def __init__(self, tmp_path: Path) -> None:
         self.kernel = FakeKernel(tmp_path / "host")
-        self.engine = NodeEngine(state_dir=tmp_path / "state", fs=self.kernel)
+        self.engine = NodeReconciler(state_dir=tmp_path / "state", fs=self.kernel)
 
-    def cycle(self, spec: dict[str, Any] | None, generation: int = 1) -> CycleReport:
+    def cycle(self, spec: dict[str, Any] | None, generation: int = 1) -> CycleResult:
         policies = []
         if spec is not None:
             doc = policy_document("gold", spec)
@@ -52,28 +52,28 @@ def test_a_steady_error_is_posted_once_then_recovery_then_again(node: Engine) ->
     memory = EventMemory()
     spec = {"ksm": {"enabled": True, "sleepMillisecs": 7}}
     node.kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
-    first = memory.select(cycle_news(node.cycle(spec)))
+    first = memory.to_post(cycle_news(node.cycle(spec)))
     assert reasons(first) == ["SettingsApplied", "PolicyInForce", "ApplyFailed"]
     assert first[-1].type == "Warning" and "EIO" in first[-1].message
     for _ in range(3):
-        assert memory.select(cycle_news(node.cycle(spec))) == []
+        assert memory.to_post(cycle_news(node.cycle(spec))) == []
     node.kernel.clear_failures()
-    healed = memory.select(cycle_news(node.cycle(spec)))
+    healed = memory.to_post(cycle_news(node.cycle(spec)))
     assert reasons(healed) == ["SettingsApplied", "Recovered"]
-    assert memory.select(cycle_news(node.cycle(spec))) == []
+    assert memory.to_post(cycle_news(node.cycle(spec))) == []
     node.kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
-    assert reasons(memory.select(cycle_news(node.cycle(
+    assert reasons(memory.to_post(cycle_news(node.cycle(
         {"ksm": {"enabled": True, "sleepMillisecs": 9}})))) == ["ApplyFailed"]
 
 
 def test_every_change_is_posted_even_when_it_repeats(node: Engine) -> None:
     memory = EventMemory()
     spec = {"ksm": {"enabled": True, "pagesToScan": 500}}
-    memory.select(cycle_news(node.cycle(spec)))
+    memory.to_post(cycle_news(node.cycle(spec)))
     node.kernel.set(f"{KSM}/pages_to_scan", "100")  # someone else puts it back
-    again = memory.select(cycle_news(node.cycle(spec)))
+    again = memory.to_post(cycle_news(node.cycle(spec)))
     node.kernel.set(f"{KSM}/pages_to_scan", "100")
-    third = memory.select(cycle_news(node.cycle(spec)))
+    third = memory.to_post(cycle_news(node.cycle(spec)))
     assert reasons(again) == reasons(third) == ["SettingsApplied"]
     assert again[0].message == third[0].message == "policy gold: pages_to_scan 100->500"
 
@@ -81,10 +81,10 @@ def test_every_change_is_posted_even_when_it_repeats(node: Engine) -> None:
 def test_policy_changes_and_release_are_posted(node: Engine) -> None:
     memory = EventMemory()
     spec = {"ksm": {"enabled": True}}
-    memory.select(cycle_news(node.cycle(spec, generation=1)))
-    same = memory.select(cycle_news(node.cycle(spec, generation=1)))
-    newer = memory.select(cycle_news(node.cycle(spec, generation=2)))
-    released = memory.select(cycle_news(node.cycle(None)))
+    memory.to_post(cycle_news(node.cycle(spec, generation=1)))
+    same = memory.to_post(cycle_news(node.cycle(spec, generation=1)))
+    newer = memory.to_post(cycle_news(node.cycle(spec, generation=2)))
+    released = memory.to_post(cycle_news(node.cycle(None)))
     assert same == []
     assert [(n.reason, n.message) for n in newer] == [
         ("PolicyInForce", "policy gold generation 2 is in force")]
@@ -94,28 +94,28 @@ def test_policy_changes_and_release_are_posted(node: Engine) -> None:
 def test_a_dry_run_posts_its_planned_changes_once(node: Engine) -> None:
     memory = EventMemory()
     spec = {"dryRun": True, "ksm": {"enabled": True, "pagesToScan": 700}}
-    first = memory.select(cycle_news(node.cycle(spec)))
+    first = memory.to_post(cycle_news(node.cycle(spec)))
     assert reasons(first) == ["DryRunPlanned", "PolicyInForce"]
     assert "dry run, nothing written" in first[0].message
-    assert memory.select(cycle_news(node.cycle(spec))) == []
+    assert memory.to_post(cycle_news(node.cycle(spec))) == []
 
 
 def test_invalid_policies_are_a_warning(node: Engine) -> None:
     memory = EventMemory()
     bad = PolicyError("cluster (MemoryOvercommitPolicy x)", ["spec.ksm.pagesToScan: too big"])
-    news = memory.select(cycle_news(node.cycle(None), [bad]))
+    news = memory.to_post(cycle_news(node.cycle(None), [bad]))
     assert ("Warning", "InvalidPolicy") in [(n.type, n.reason) for n in news]
     assert "pagesToScan" in next(n.message for n in news if n.reason == "InvalidPolicy")
 
 
 def test_a_failed_cycle_is_posted_once_and_keeps_what_was_posted(node: Engine) -> None:
     memory = EventMemory()
-    memory.select(cycle_news(node.cycle({"ksm": {"enabled": True}})))
-    failed = memory.select([failure_news("ApiError: HTTP 500")], partial=True)
+    memory.to_post(cycle_news(node.cycle({"ksm": {"enabled": True}})))
+    failed = memory.to_post([failure_news("ApiError: HTTP 500")], whole_picture=False)
     assert [(n.type, n.reason) for n in failed] == [("Warning", "CycleFailed")]
-    assert memory.select([failure_news("ApiError: HTTP 500")], partial=True) == []
+    assert memory.to_post([failure_news("ApiError: HTTP 500")], whole_picture=False) == []
     # the next good cycle: the policy was already posted; the failure went away
-    assert reasons(memory.select(cycle_news(node.cycle({"ksm": {"enabled": True}})))) == \
+    assert reasons(memory.to_post(cycle_news(node.cycle({"ksm": {"enabled": True}})))) == \
         ["Recovered"]
 
 

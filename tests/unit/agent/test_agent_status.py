@@ -16,7 +16,7 @@ from overcommit.agent.status import detail_of, news_of, node_status
 from overcommit.api.model import PolicyError, policy_from_object
 from overcommit.api.schema import openapi_schema, to_json, validate
 from overcommit.api.status import NodeStateStatus, find_condition
-from overcommit.engine.cycle import CycleReport, NodeEngine
+from overcommit.reconcile.node import CycleResult, NodeReconciler
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
 
@@ -53,14 +53,14 @@ def kernel(tmp_path: Path) -> FakeKernel:
     return FakeKernel(tmp_path / "host")
 
 
-def wire(report: CycleReport, invalid: list[PolicyError] | None = None) -> dict[str, Any]:
+def wire(report: CycleResult, invalid: list[PolicyError] | None = None) -> dict[str, Any]:
     """The node state's status after ``report`` as the API server receives it."""
     status: dict[str, Any] = to_json(node_status(report, invalid or [], now=NOW))
     return status
 
 
-def cycle(kernel: FakeKernel, tmp_path: Path, spec: dict[str, Any] | None) -> CycleReport:
-    engine = NodeEngine(state_dir=tmp_path / "state", fs=kernel)
+def cycle(kernel: FakeKernel, tmp_path: Path, spec: dict[str, Any] | None) -> CycleResult:
+    engine = NodeReconciler(state_dir=tmp_path / "state", fs=kernel)
     policies = [policy_from_object(policy_document("p", spec))] if spec else []
     return engine.cycle(policies, {})
 

@@ -19,7 +19,6 @@ from overcommit.agent.status import node_status
 from overcommit.api.model import policy_from_object
 from overcommit.api.schema import build, to_json
 from overcommit.api.status import NodeStateStatus, PolicyStatus
-from overcommit.engine.cycle import CycleReport, NodeEngine
 from overcommit.localcluster.ports import free_port
 from overcommit.observability.metrics import (
     AgentMetrics,
@@ -32,6 +31,7 @@ from overcommit.observability.metrics import (
     policy_samples,
     version,
 )
+from overcommit.reconcile.node import CycleResult, NodeReconciler
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
 
@@ -45,7 +45,7 @@ def node(status: dict[str, Any]) -> NodeStateStatus:
     return build(NodeStateStatus, status)
 
 
-def status_of(report: CycleReport) -> NodeStateStatus:
+def status_of(report: CycleResult) -> NodeStateStatus:
     return node_status(report, now="2026-12-03T12:00:00Z")
 
 
@@ -60,8 +60,8 @@ def value(series: Series, metric: str, /, **labels: str) -> float | None:
     return series.get((metric, tuple(sorted(labels.items()))))
 
 
-def applied_cycle(tmp_path: Path, kernel: FakeKernel, spec: dict[str, Any]) -> CycleReport:
-    engine = NodeEngine(state_dir=tmp_path / "state", fs=kernel)
+def applied_cycle(tmp_path: Path, kernel: FakeKernel, spec: dict[str, Any]) -> CycleResult:
+    engine = NodeReconciler(state_dir=tmp_path / "state", fs=kernel)
     return engine.cycle([policy_from_object(policy_document("pol", spec))], {})
 
 
@@ -154,7 +154,7 @@ def test_same_domain_on_two_endpoints_is_served_once() -> None:
 
 def test_no_policy_means_no_policy_info_and_a_noPolicy_condition(tmp_path: Path,
                                                                   kernel: FakeKernel) -> None:
-    report = NodeEngine(state_dir=tmp_path / "state", fs=kernel).cycle([], {})
+    report = NodeReconciler(state_dir=tmp_path / "state", fs=kernel).cycle([], {})
     samples = node_samples(status_of(report))
     assert not [s for s in samples if s.name == "overcommit_policy_info"]
     assert Sample("overcommit_condition", ("Ready", "NoPolicy"), 1.0) in samples

@@ -56,7 +56,7 @@ class VirtSettings:
 
 
 @dataclass
-class GuestReport:
+class GuestResult:
     """What the guest half saw and did in one cycle."""
 
     guests: list[GuestObservation] = field(default_factory=list)
@@ -99,12 +99,12 @@ class GuestManager:
         self.memory: object | None = None  # what the balloon lever remembered
 
     def observe(self, now: float,
-                vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> GuestReport:
+                vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> GuestResult:
         """Every guest on every endpoint; ``vmis`` ((namespace, name) -> VMI object, from the
         API) adds KubeVirt labels, annotations and memory requests."""
         from overcommit.virt.endpoints import discover_endpoints
 
-        report = GuestReport()
+        report = GuestResult()
         found = discover_endpoints(self.settings.uris, self.settings.pods_dir,
                                    link_dir=self.settings.link_dir,
                                    host_root=self.settings.host_root,
@@ -145,7 +145,7 @@ class GuestManager:
         for uri in [u for u in self._endpoints if u not in live]:
             self._endpoints.pop(uri).close()
 
-    def plan(self, report: GuestReport, spec: PolicySpec | None, host: Observation,
+    def plan(self, report: GuestResult, spec: PolicySpec | None, host: Observation,
              touched: Sequence[GuestKey], restore_on_release: bool) -> None:
         """Balloon targets for this cycle: the policy's, or the release of guests we touched."""
         plan = self.lever.plan(LeverInput(
@@ -157,7 +157,7 @@ class GuestManager:
         report.decisions = list(plan.decisions)
         report.planned = list(plan.targets)
 
-    def apply(self, report: GuestReport, stats_period: int | None) -> None:
+    def apply(self, report: GuestResult, stats_period: int | None) -> None:
         """Set every planned target; a failure fails only its guest."""
         seen = {(g.endpoint, g.domain) for g in report.guests}
         if stats_period:
@@ -177,7 +177,7 @@ class GuestManager:
             else:
                 report.applied.append(target)
 
-    def restore_stats_periods(self, report: GuestReport,
+    def restore_stats_periods(self, report: GuestResult,
                               periods: Mapping[GuestKey, int]) -> dict[GuestKey, int]:
         """Put each guest's own statistics period back; the ones still to do (their endpoint
         is down, or libvirt refused). A guest gone for good has nothing left to restore."""
@@ -212,7 +212,7 @@ class GuestManager:
         self._endpoints.clear()
 
 
-def touched_after(report: GuestReport, touched: Sequence[GuestKey], released: bool,
+def still_owed(report: GuestResult, touched: Sequence[GuestKey], released: bool,
                   restore_on_release: bool = True) -> list[GuestKey]:
     """Guests whose balloon we moved and must give back on release.
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from overcommit.api.model import Policy, policy_from_object
-from overcommit.engine.cycle import NodeEngine
+from overcommit.reconcile.node import NodeReconciler
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
 
@@ -31,8 +31,8 @@ def kernel(tmp_path: Path) -> FakeKernel:
     return FakeKernel(tmp_path / "host")
 
 
-def engine_for(kernel: FakeKernel, tmp_path: Path) -> NodeEngine:
-    return NodeEngine(state_dir=tmp_path / "state", fs=kernel)
+def engine_for(kernel: FakeKernel, tmp_path: Path) -> NodeReconciler:
+    return NodeReconciler(state_dir=tmp_path / "state", fs=kernel)
 
 
 def originals_file(tmp_path: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The durable record of original settings (engine/state.py): atomic saves, versioning, fields."""
+"""The durable record of original settings (reconcile/state.py): atomic saves, versions."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from overcommit.engine import state
-from overcommit.engine.state import FORMAT_VERSION, STATE_FILE, NodeRecord, StateStore
+from overcommit.reconcile import state
+from overcommit.reconcile.state import FORMAT_VERSION, STATE_FILE, NodeRecord, StateStore
 
 KSM = "sys/kernel/mm/ksm"
 

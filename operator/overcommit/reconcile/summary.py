@@ -5,9 +5,9 @@ the CLI's output both show these, so they are worked out once, here."""
 from __future__ import annotations
 
 from overcommit.api.status import Guest, HostMemory, Saved
-from overcommit.engine.guests import GuestReport
 from overcommit.host.ksm import ksm_saved_bytes
 from overcommit.planning.observation import Observation
+from overcommit.reconcile.guests import GuestResult
 from overcommit.units import human_bytes
 
 KIB = 1024
@@ -27,7 +27,7 @@ def compressed_bytes(obs: Observation) -> int:
                - zswap.counters.get("zswap_pool_bytes", 0))
 
 
-def savings(obs: Observation, guests: GuestReport | None) -> Saved:
+def savings(obs: Observation, guests: GuestResult | None) -> Saved:
     """Bytes saved by merging, ballooning and compression, their total and its summary."""
     merged, compressed = merged_bytes(obs), compressed_bytes(obs)
     ballooned = guests.ballooned_bytes if guests is not None else 0
@@ -48,7 +48,7 @@ def host_memory(obs: Observation) -> HostMemory:
         psi_full_avg10=f"{obs.counter('psi', 'full_avg10') / 100:.2f}" if present else None)
 
 
-def guest_entries(guests: GuestReport | None) -> list[tuple[str, Guest]]:
+def guest_entries(guests: GuestResult | None) -> list[tuple[str, Guest]]:
     """(endpoint, entry) per guest seen, in the order seen: size, target, usable memory, and
     why the last decision was taken."""
     if guests is None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from overcommit.engine.cycle import CycleReport, NodeEngine
 from overcommit.host.uksm import EVAL_INTERVALS_NOTE
+from overcommit.reconcile.node import CycleResult, NodeReconciler
 from testkit.fakes.kernel import FakeKernel
-from tests.unit.engine.test_engine import engine_for, originals_file, policy
+from tests.unit.reconcile.test_reconcile import engine_for, originals_file, policy
 
 KSM = "sys/kernel/mm/ksm"
 UKSM = "sys/kernel/mm/uksm"
@@ -29,12 +29,12 @@ def uksm_kernel(tmp_path: Path) -> FakeKernel:
     return FakeKernel(tmp_path / "host", uksm=True)
 
 
-def cycles(engine: NodeEngine, spec: dict[str, Any], times: int) -> Iterator[CycleReport]:
+def cycles(engine: NodeReconciler, spec: dict[str, Any], times: int) -> Iterator[CycleResult]:
     for _ in range(times):
         yield engine.cycle([policy(spec)], {})
 
 
-def assert_clean(report: CycleReport, kernel: FakeKernel) -> None:
+def assert_clean(report: CycleResult, kernel: FakeKernel) -> None:
     assert report.ok, [e.as_json() for e in report.errors]
     assert kernel.failed == []
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from overcommit.api.model import Policy, policy_from_object
-from overcommit.engine.cycle import NodeEngine
-from overcommit.engine.guests import GuestManager, GuestReport, VirtSettings
+from overcommit.reconcile.guests import GuestManager, GuestResult, VirtSettings
+from overcommit.reconcile.node import NodeReconciler
 from overcommit.virt.libvirt_source import LibvirtEndpoint
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
@@ -30,8 +30,8 @@ def policy(spec: dict[str, Any]) -> Policy:
     return policy_from_object(policy_document("p", spec))
 
 
-def engine_with(tmp_path: Path, uri: str) -> NodeEngine:
-    engine = NodeEngine(state_dir=tmp_path / "state", fs=FakeKernel(tmp_path / "host"),
+def engine_with(tmp_path: Path, uri: str) -> NodeReconciler:
+    engine = NodeReconciler(state_dir=tmp_path / "state", fs=FakeKernel(tmp_path / "host"),
                         virt=VirtSettings(uris=(uri,), discover_system=False))
     engine.guests = GuestManager(
         VirtSettings(uris=(uri,), discover_system=False),
@@ -39,16 +39,16 @@ def engine_with(tmp_path: Path, uri: str) -> NodeEngine:
     return engine
 
 
-def current(engine: NodeEngine, domain: str) -> int:
+def current(engine: NodeReconciler, domain: str) -> int:
     assert engine.guests is not None
     report = engine.guests.observe(0.0)
     return next(g.current_kib for g in report.guests if g.domain == domain)
 
 
-def observed_down(uri: str, why: str) -> Callable[..., GuestReport]:
+def observed_down(uri: str, why: str) -> Callable[..., GuestResult]:
     """A stand-in for GuestManager.observe while ``uri``'s libvirtd is away."""
-    def observe(now: float, vmis: Any = None) -> GuestReport:
-        report = GuestReport()
+    def observe(now: float, vmis: Any = None) -> GuestResult:
+        report = GuestResult()
         report.note_down(uri, why)
         return report
     return observe
@@ -78,7 +78,7 @@ def test_static_targets_are_applied_and_released(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "state/originals.json").read_text())["guests"] == []
 
 
-def period_of(engine: NodeEngine, domain: str) -> str:
+def period_of(engine: NodeReconciler, domain: str) -> str:
     assert engine.guests is not None
     client = next(iter(engine.guests._endpoints.values()))  # the engine's own connection
     xml: str = client._connection().lookupByName(domain).XMLDesc(0)

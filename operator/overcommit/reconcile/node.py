@@ -10,14 +10,6 @@ from typing import Any
 
 from overcommit.api.model import Policy
 from overcommit.api.policy import BalloonMode
-from overcommit.engine.guests import (
-    GuestManager,
-    GuestReport,
-    VirtSettings,
-    guest_key,
-    touched_after,
-)
-from overcommit.engine.state import NodeRecord, StateStore
 from overcommit.host import catalog
 from overcommit.host.base import ApplyError, ApplyResult, Change, HostFS
 from overcommit.host.ksm import find_ksmd_pid, ksmd_cpu_seconds
@@ -26,10 +18,18 @@ from overcommit.planning.observation import Observation
 from overcommit.planning.plan import NodePlan, Problem, plan_node
 from overcommit.planning.restores import needs_no_restore, preview, to_record, with_restores
 from overcommit.planning.selection import Selection, select_policy
+from overcommit.reconcile.guests import (
+    GuestManager,
+    GuestResult,
+    VirtSettings,
+    guest_key,
+    still_owed,
+)
+from overcommit.reconcile.state import NodeRecord, StateStore
 
 
 @dataclass
-class CycleReport:
+class CycleResult:
     """Everything one cycle saw and did: the input to status, events and the CLI's output."""
 
     selection: Selection
@@ -40,7 +40,7 @@ class CycleReport:
     notes: list[str] = field(default_factory=list)
     restored: bool = False
     originals: dict[str, str] = field(default_factory=dict)
-    guests: GuestReport = field(default_factory=GuestReport)
+    guests: GuestResult = field(default_factory=GuestResult)
 
     @property
     def settings_after(self) -> dict[str, str]:
@@ -59,7 +59,7 @@ class CycleReport:
         return not self.errors and not self.guests.errors
 
 
-class NodeEngine:
+class NodeReconciler:
     """The host side of the operator: owns the adapters, the originals and the adaptive state."""
 
     def __init__(self, host_root: str | os.PathLike[str] = "/",
@@ -111,16 +111,16 @@ class NodeEngine:
     # -- act -------------------------------------------------------------------------------
     def cycle(self, policies: Sequence[Policy], labels: Mapping[str, str],
               ksm_owner: str | None = None,
-              vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> CycleReport:
+              vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> CycleResult:
         """Observe, plan, then apply the differences (or restore when nothing selects us)."""
         selection, plan, obs = self.plan(policies, labels, ksm_owner=ksm_owner)
-        report = CycleReport(selection, plan, obs)
+        report = CycleResult(selection, plan, obs)
         record = self.store.load()
         self._kernel_cycle(report, record, plan, obs)
         self._guest_cycle(report, record, plan, vmis)
         return report
 
-    def _kernel_cycle(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
+    def _kernel_cycle(self, report: CycleResult, record: NodeRecord, plan: NodePlan,
                       obs: Observation) -> None:
         if plan.policy is None:
             report.restored = bool(record.originals)
@@ -136,7 +136,7 @@ class NodeEngine:
             self._memory = plan.memory
             self._memory_for = (plan.policy.uid or plan.policy.name, plan.policy.generation)
 
-    def _guest_cycle(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
+    def _guest_cycle(self, report: CycleResult, record: NodeRecord, plan: NodePlan,
                      vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> None:
         """Observe guests, plan balloons (or release them), act. Never fails the cycle."""
         if self.guests is None:
@@ -165,13 +165,13 @@ class NodeEngine:
             if left != record.stats_periods:
                 record.stats_periods = left
                 self.store.save(record)
-        after = touched_after(guests, record.guests, released, record.restore_on_release)
+        after = still_owed(guests, record.guests, released, record.restore_on_release)
         if after != record.guests:
             record.guests = after
             self.store.save(record)
         guests.needed = _guests_matter(released, record)  # after this cycle gave back what it could
 
-    def _note_stats_periods(self, record: NodeRecord, guests: GuestReport,
+    def _note_stats_periods(self, record: NodeRecord, guests: GuestResult,
                             seconds: int) -> None:
         """Durably note a selected guest's own statistics period before we first change it,
         so release (and ``overcommit restore``, also after a crash) can put it back."""
@@ -184,7 +184,7 @@ class NodeEngine:
             record.stats_periods.update(new)
             self.store.save(record)
 
-    def _apply(self, report: CycleReport, record: NodeRecord, plan: NodePlan,
+    def _apply(self, report: CycleResult, record: NodeRecord, plan: NodePlan,
                obs: Observation) -> None:
         assert plan.policy is not None
         current = obs.settings()
@@ -201,27 +201,27 @@ class NodeEngine:
         self._forget_restored(record, plan.desired)
         report.originals = dict(record.originals)
 
-    def restore(self) -> CycleReport:
+    def restore(self) -> CycleResult:
         """Put back every recorded original (``overcommit restore``, policy removed)."""
         obs = self.observe()
-        report = CycleReport(Selection(None), NodePlan(None), obs)
+        report = CycleResult(Selection(None), NodePlan(None), obs)
         record = self.store.load()
         report.restored = bool(record.originals or record.guests or record.stats_periods)
         self._restore_into(report, record)
         self._guest_cycle(report, record, report.plan)
         return report
 
-    def preview_guests(self, policy: Policy | None, obs: Observation) -> GuestReport:
+    def preview_guests(self, policy: Policy | None, obs: Observation) -> GuestResult:
         """The balloon moves a cycle would make now, without making them (``plan``)."""
         if self.guests is None:
-            return GuestReport()
+            return GuestResult()
         record = self.store.load()
         guests = self.guests.observe(self.clock())
         self.guests.plan(guests, policy.spec if policy is not None else None, obs,
                          record.guests, record.restore_on_release)
         return guests
 
-    def _restore_into(self, report: CycleReport, record: NodeRecord) -> None:
+    def _restore_into(self, report: CycleResult, record: NodeRecord) -> None:
         self._memory = {}
         if not record.originals:
             return
@@ -253,7 +253,7 @@ class NodeEngine:
         self.store.save(record)
 
     @staticmethod
-    def _collect(report: CycleReport, result: ApplyResult) -> None:
+    def _collect(report: CycleResult, result: ApplyResult) -> None:
         report.changes.extend(result.changes)
         report.errors.extend(result.errors)
         report.notes.extend(result.notes)

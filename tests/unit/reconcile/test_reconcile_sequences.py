@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from overcommit.api.model import policy_from_object
-from overcommit.engine.cycle import CycleReport, NodeEngine
+from overcommit.reconcile.node import CycleResult, NodeReconciler
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel, scratch_parent
 
@@ -71,18 +71,18 @@ def uksm_kernel(root: Path, start: dict[str, str]) -> FakeKernel:
     return kernel
 
 
-def assert_accepted(report: CycleReport, kernel: FakeKernel) -> None:
+def assert_accepted(report: CycleResult, kernel: FakeKernel) -> None:
     assert report.ok, [e.as_json() for e in report.errors]
     assert kernel.failed == []
 
 
 def run_then_restore(kernel: FakeKernel, state: Path, sequence: list[Step]) -> None:
     kernel.writes.clear()
-    engine = NodeEngine(state_dir=state, fs=kernel)
+    engine = NodeReconciler(state_dir=state, fs=kernel)
     before = engine.host.current_settings()
     for step in sequence:
         if step == "restart":
-            engine = NodeEngine(state_dir=state, fs=kernel)
+            engine = NodeReconciler(state_dir=state, fs=kernel)
             continue
         policies = [] if step is None else [policy_from_object(policy_document("p", step))]
         for _ in range(2):  # a refused write shows up from the second cycle on
