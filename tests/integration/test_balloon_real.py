@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from overcommit.agent.status import node_status
+from overcommit.api.schema import to_json
 from overcommit.api.model import policy_from_object
 from overcommit.reconcile.guests import VirtSettings
 from overcommit.reconcile.node import NodeReconciler
@@ -213,7 +214,7 @@ def test_ksm_merges_across_guests_and_the_status_reports_it(conn: Any, pair: dic
     # Two identical guest kernels and initramfs: thousands of identical pages.
     wait_for(lambda: int(ksm_value("pages_sharing")) > 2000, 120, "KSM to merge guest pages")
     report = node.cycle([policy], {})
-    status = node_status(report)
+    status = to_json(node_status(report, now="2026-12-03T12:00:00Z"))
     sharing = report.observation.counter("ksm", "pages_sharing")
     zero = report.observation.counter("ksm", "ksm_zero_pages")
     assert status["saved"]["mergedBytes"] == (sharing + zero) * report.observation.page_size
