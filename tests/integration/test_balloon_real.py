@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from overcommit.agent.status import node_status
-from overcommit.api.schema import to_json
 from overcommit.api.model import policy_from_object
+from overcommit.api.schema import to_json
 from overcommit.reconcile.guests import VirtSettings
 from overcommit.reconcile.node import NodeReconciler
 from testkit import guests, libvirtd
