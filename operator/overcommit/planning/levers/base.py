@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from overcommit.api.policy import PolicySpec
 from overcommit.planning.observation import Observation
@@ -58,3 +58,21 @@ class Lever(Protocol):
     def name(self) -> str: ...
 
     def plan(self, given: LeverInput) -> LeverPlan: ...
+
+
+Section = TypeVar("Section")
+
+
+class SectionLever(Generic[Section]):
+    """A lever planned from one section of the policy's spec (``spec.<name>``): nothing to plan
+    when the policy has no such section (restoring what an earlier policy changed is
+    ``planning.restores``' business, not the lever's)."""
+
+    name = ""
+
+    def plan(self, given: LeverInput) -> LeverPlan:
+        section: Any = getattr(given.spec, self.name, None)
+        return LeverPlan() if section is None else self.plan_section(section, given)
+
+    def plan_section(self, section: Section, given: LeverInput) -> LeverPlan:
+        raise NotImplementedError

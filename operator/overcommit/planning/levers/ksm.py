@@ -6,29 +6,27 @@ from __future__ import annotations
 from overcommit.api.policy import KsmAdaptive, KsmMode, KsmSpec
 from overcommit.host.ksm import ADVISOR_SCAN_TIME, KSM, RUN_MERGING, RUN_STOPPED, RUN_UNMERGE
 from overcommit.planning import adaptive
-from overcommit.planning.levers.base import LeverInput, LeverPlan, Problem
+from overcommit.planning.levers.base import LeverInput, LeverPlan, Problem, SectionLever
 from overcommit.planning.levers.values import Settings, flag, named
 
 TUNED = frozenset({KSM.path("pages_to_scan"), KSM.path("sleep_millisecs")})
 
 
-class KsmLever:
+class KsmLever(SectionLever[KsmSpec]):
     name = "ksm"
 
-    def plan(self, given: LeverInput) -> LeverPlan:
-        spec = given.spec
-        if spec is None or spec.ksm is None:
-            return LeverPlan()
+    def plan_section(self, section: KsmSpec, given: LeverInput) -> LeverPlan:
         engine = given.obs.merge_engine
         if engine != "ksm":
-            covered = spec.uksm is not None and engine == "uksm"
+            covered = given.spec is not None and given.spec.uksm is not None \
+                and engine == "uksm"
             return LeverPlan() if covered else LeverPlan(problems=(engine_missing("ksm",
                                                                                   engine),))
         if owner := given.owners.get(self.name):
             return LeverPlan(problems=(Problem(
                 "KsmManagedElsewhere", f"KSM on this node is managed by {owner}; the policy's "
                 "ksm section is not applied"),))
-        return _plan_ksm(spec.ksm, given)
+        return _plan_ksm(section, given)
 
 
 def _plan_ksm(ksm: KsmSpec, given: LeverInput) -> LeverPlan:

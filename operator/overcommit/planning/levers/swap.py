@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+from overcommit.api.policy import SwapSpec
 from overcommit.host.swap import SWAP
-from overcommit.planning.levers.base import LeverInput, LeverPlan
+from overcommit.planning.levers.base import LeverInput, LeverPlan, SectionLever
 from overcommit.planning.levers.values import named
 
 
-class SwapLever:
+class SwapLever(SectionLever[SwapSpec]):
     name = "swap"
 
-    def plan(self, given: LeverInput) -> LeverPlan:
-        spec = given.spec
-        if spec is None or spec.swap is None:
-            return LeverPlan()
-        return LeverPlan(named(SWAP, {"swappiness": spec.swap.swappiness}))
+    def plan_section(self, section: SwapSpec, given: LeverInput) -> LeverPlan:
+        return LeverPlan(named(SWAP, {"swappiness": section.swappiness}))

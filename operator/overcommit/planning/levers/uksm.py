@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from overcommit.api.policy import UksmSpec
 from overcommit.host.uksm import UKSM, canonical_cpu_ratios
-from overcommit.planning.levers.base import LeverInput, LeverPlan
+from overcommit.planning.levers.base import LeverInput, LeverPlan, SectionLever
 from overcommit.planning.levers.ksm import engine_missing
 from overcommit.planning.levers.values import Settings, flag, named
 
@@ -12,21 +12,19 @@ EVAL_INTERVALS_NOTE = ("uksm eval_intervals is written only when it differs: the
                        "store function has a memory-safety bug")
 
 
-class UksmLever:
+class UksmLever(SectionLever[UksmSpec]):
     name = "uksm"
 
-    def plan(self, given: LeverInput) -> LeverPlan:
-        spec = given.spec
-        if spec is None or spec.uksm is None:
-            return LeverPlan()
+    def plan_section(self, section: UksmSpec, given: LeverInput) -> LeverPlan:
         engine = given.obs.merge_engine
         if engine != "uksm":
             # A policy naming both engines is fine where KSM runs (and the KSM lever speaks
             # for a node that has neither).
-            return LeverPlan() if spec.ksm is not None else LeverPlan(
+            named_ksm = given.spec is not None and given.spec.ksm is not None
+            return LeverPlan() if named_ksm else LeverPlan(
                 problems=(engine_missing("uksm", engine),))
-        notes = (EVAL_INTERVALS_NOTE,) if spec.uksm.eval_intervals is not None else ()
-        return LeverPlan(settings(spec.uksm), notes=notes)
+        notes = (EVAL_INTERVALS_NOTE,) if section.eval_intervals is not None else ()
+        return LeverPlan(settings(section), notes=notes)
 
 
 def settings(uksm: UksmSpec) -> Settings:

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from overcommit.api.policy import ZswapSpec
 from overcommit.host.zswap import ZSWAP
-from overcommit.planning.levers.base import LeverInput, LeverPlan, Problem
+from overcommit.planning.levers.base import LeverInput, LeverPlan, Problem, SectionLever
 from overcommit.planning.levers.values import Settings, named, yes_no
 
 
-class ZswapLever:
+class ZswapLever(SectionLever[ZswapSpec]):
     name = "zswap"
 
-    def plan(self, given: LeverInput) -> LeverPlan:
-        spec = given.spec
-        if spec is None or spec.zswap is None:
-            return LeverPlan()
+    def plan_section(self, section: ZswapSpec, given: LeverInput) -> LeverPlan:
         if not given.obs.present("zswap"):
             return LeverPlan(problems=(Problem("ZswapMissing", "the policy configures zswap but "
                                                "this node's kernel has no zswap"),))
-        return LeverPlan(settings(spec.zswap))
+        return LeverPlan(settings(section))
 
 
 def settings(zswap: ZswapSpec) -> Settings:
