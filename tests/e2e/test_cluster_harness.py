@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from overcommit.localcluster.node import (
     KUBELET_ROOT,
     LocalCluster,
     LocalClusterError,
+    cleanup,
     find_node_binaries,
     host_sysctls,
     leftovers,
@@ -230,6 +232,21 @@ def exec_in(cluster: LocalCluster, name: str, *argv: str) -> str:
 # ------------------------------------------------------------------------------------- tests
 
 
+def test_it_refuses_to_start_beside_a_kubelet_that_is_not_its_own(tmp_path: Path) -> None:
+    """Runs first, before the module's cluster exists: nothing of the host may be touched."""
+    require_parts()
+    fake = tmp_path / "kubelet"
+    shutil.copy("/bin/sleep", fake)
+    other = subprocess.Popen([str(fake), "120"])
+    try:
+        with pytest.raises(LocalClusterError, match=r"another kubelet runs on this host and "
+                                                    rf"owns {KUBELET_ROOT}: pid {other.pid}"):
+            LocalCluster().start()
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_the_next_start_cleans_up_after_a_hard_killed_run(
         hard_killed: list[str], cluster: LocalCluster) -> None:
     survivors = "\n".join(hard_killed)
@@ -301,6 +318,16 @@ def test_emptydirs_are_under_var_lib_kubelet_on_the_host(
             assert (on_host / "marker").read_text() == f"{name}-{volume}\n"
     seen = exec_in(cluster, "hostnet", "ls", "/pods").split()
     assert sorted(seen) == sorted(p["metadata"]["uid"] for p in pods.values())
+
+
+def test_a_second_cluster_and_cleanup_are_refused_while_one_runs(
+        cluster: LocalCluster) -> None:
+    with pytest.raises(LocalClusterError, match=f"a local cluster of {cluster.state_dir} is "
+                                                f"running \\(process {os.getpid()}\\)"):
+        LocalCluster().start()
+    with pytest.raises(LocalClusterError, match="is running"):
+        cleanup()
+    assert cluster.running
 
 
 def test_a_running_node_changed_no_host_sysctl(

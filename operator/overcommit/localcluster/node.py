@@ -38,6 +38,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -107,6 +108,12 @@ PAUSE_IMAGE = "memory-overcommit/pause:local"
 PAUSE_SOURCE = REPO_ROOT / "tools" / "pause"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CONTAINERD_NAMESPACE = "k8s.io"  # the one the CRI plugin uses
+# containerd's root (content store, image snapshots, metadata) outlives a run, so imported
+# images need not be imported again: stop() deletes every container from it first. A run that
+# did not stop (hard kill) leaves containers in it, and cleanup() then deletes it all.
+IMAGE_CACHE = "containerd-root"
+_CACHE_CLEAN = "containerd-root-clean"  # in run/: stop() emptied the cache of containers
+_IMAGE_ID_LABEL = "overcommit.localcluster/docker-image-id"
 NODE_BINARIES = ("kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler")
 HOST_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "iptables", "ip",
               "nsenter", "unshare", "setpriv", "mount", "gcc", "docker", "openssl")
@@ -126,6 +133,11 @@ HOST_PATHS = (
     NETNS_DIR,
 )
 SHIM_SOCKET_DIR = Path("/run/containerd/s")
+CNI_RESULTS_DIR = Path("/var/lib/cni/results")
+CNI_NETWORK = "overcommit-localcluster"
+# Of those, directories others may use too: only our entries in them are removed, and they
+# only when empty.
+_SHARED_DIRS = (Path("/var/lib/cni"), Path("/run/containerd"), NETNS_DIR)
 
 # kubelet's kernel tunables (pkg/kubelet/cm/container_manager_linux.go setupKernelTunables):
 # the values it writes host-wide unless it finds them already there.
@@ -385,6 +397,17 @@ def _shim_sockets(run_dir: Path) -> list[Path]:
     return sockets
 
 
+def _cni_results(run_dir: Path) -> list[Path]:
+    """containerd's CNI library caches each attachment in /var/lib/cni/results as
+    <network>-<sandbox id>-<interface>: our network's and our sandboxes' loopback ones."""
+    sandboxes = run_dir / "containerd" / "state" / "io.containerd.grpc.v1.cri" / "sandboxes"
+    ids = {p.name for p in sandboxes.glob("*")}
+    if not CNI_RESULTS_DIR.is_dir():
+        return []
+    return [p for p in CNI_RESULTS_DIR.iterdir() if p.name.startswith(f"{CNI_NETWORK}-")
+            or (p.name.startswith("cni-loopback-") and p.name.split("-")[2] in ids)]
+
+
 def _wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -394,10 +417,51 @@ def _wait_until(condition: Callable[[], bool], timeout: float, interval: float =
     return True
 
 
-def cleanup(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
+class _StateLock:
+    """An exclusive flock on ``<state_dir>/lock`` for a cluster's lifetime: a second cluster
+    (or a cleanup()) of the same state directory is refused while one runs. The kernel drops
+    it when its holder dies, however hard."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise LocalClusterError(
+                f"a local cluster of {self.path.parent} is running (process {holder}): stop "
+                "it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
+def cleanup(state_dir: Path = DEFAULT_STATE_DIR, *, purge_images: bool = False) -> list[str]:
     """Remove whatever a cluster of ``state_dir`` left on this host (a hard-killed run's
     processes, mounts, cgroups, network namespace, files); what it removed, one line each.
-    Safe to run any time no cluster of ``state_dir`` is running (also when nothing is left)."""
+    Refused while a cluster of ``state_dir`` runs (also when nothing is left).
+    The imported images stay (in ``<state_dir>/containerd-root``) unless ``purge_images`` or
+    the run ended without stop()."""
+    lock = _StateLock(state_dir)
+    lock.acquire()
+    try:
+        return _cleanup(state_dir, purge_images=purge_images)
+    finally:
+        lock.release()
+
+
+def _cleanup(state_dir: Path, *, purge_images: bool = False) -> list[str]:
     done: list[str] = []
     run_dir = state_dir / "run"
     baseline = _Baseline.load(state_dir)
@@ -461,6 +525,14 @@ def cleanup(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
         if sock.exists() or sock.is_symlink():
             sock.unlink()
             done.append(f"removed shim socket {sock}")
+    for result in _cni_results(run_dir):
+        result.unlink()
+        done.append(f"removed CNI result {result}")
+    cache = state_dir / IMAGE_CACHE
+    if cache.exists() and (purge_images or (run_dir.exists()
+                                            and not (run_dir / _CACHE_CLEAN).exists())):
+        _remove_tree(cache)  # may hold a killed run's containers: start afresh
+        done.append(f"removed {cache}")
     if run_dir.exists():
         _remove_tree(run_dir)
         done.append(f"removed {run_dir}")
@@ -471,6 +543,12 @@ def cleanup(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
                     if entry.name not in baseline.kubelet_entries:
                         _remove_tree(entry)
                         done.append(f"removed {entry}")
+            elif path in _SHARED_DIRS and not baseline.existed(path) and path.is_dir():
+                for dirpath, _, _ in os.walk(path, topdown=False):
+                    with contextlib.suppress(OSError):  # not empty: someone else's too
+                        os.rmdir(dirpath)
+                if not path.exists():
+                    done.append(f"removed {path}")
             elif not baseline.existed(path) and (path.exists() or path.is_symlink()):
                 _remove_tree(path)
                 done.append(f"removed {path}")
@@ -518,6 +596,7 @@ def leftovers(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
     found += [f"interface {name}" for name in _links() if name in (HOST_LINK, NODE_LINK, BRIDGE)]
     found += [f"iptables in the host's namespace: {line}" for line in _iptables_chains()]
     found += [f"shim socket {s}" for s in _shim_sockets(run_dir) if s.exists()]
+    found += [f"CNI result {r}" for r in _cni_results(run_dir)]
     if run_dir.exists():
         found.append(f"directory {run_dir}")
     if baseline is not None:
@@ -525,6 +604,8 @@ def leftovers(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
             if path == KUBELET_ROOT and baseline.existed(path):
                 found += [f"file {e}" for e in sorted(path.iterdir()) if path.is_dir()
                           and e.name not in baseline.kubelet_entries]
+            elif path in _SHARED_DIRS:
+                continue  # our entries in them are listed above
             elif not baseline.existed(path) and (path.exists() or path.is_symlink()):
                 found.append(f"file {path}")
     return found
@@ -681,6 +762,7 @@ class LocalCluster:
         self._binaries: dict[str, Path] = {}
         self._kubeconfigs: dict[str, Path] = {}
         self._started = False  # by this object: only then may stop() clean up
+        self._lock_file = _StateLock(self.state_dir)
 
     # ---------------------------------------------------------------- properties
 
@@ -744,13 +826,18 @@ class LocalCluster:
             started = time.monotonic()
             with self._phase("checks"):
                 self._check_host()
+                self._lock_file.acquire()
             with self._phase("cleanup of earlier runs"):
-                self.cleaned_up = cleanup(self.state_dir)
+                try:
+                    self.cleaned_up = _cleanup(self.state_dir)
+                    if left := leftovers(self.state_dir):
+                        raise LocalClusterError("cannot clean up after an earlier run: "
+                                                + "; ".join(left))
+                except BaseException:
+                    self._lock_file.release()
+                    raise
                 for line in self.cleaned_up:
                     log.warning("cleaned up after an earlier run: %s", line)
-                if left := leftovers(self.state_dir):
-                    raise LocalClusterError("cannot clean up after an earlier run: "
-                                            + "; ".join(left))
             with _LIVE_LOCK:
                 _LIVE.add(self)
             self._started = True
@@ -769,29 +856,36 @@ class LocalCluster:
             if not self._started:
                 return
             started = time.monotonic()
-            if self._images_thread is not None:
-                self._images_thread.join(timeout=120)
-                self._images_thread = None
-            if self._procs or self._cp is not None:
-                with self._phase("stop node components"):
-                    self._stop_procs("kube-proxy", "kubelet", "kube-scheduler",
-                                     "kube-controller-manager")
-                with self._phase("stop pods"):
-                    self._stop_pods()
-                with self._phase("stop containerd"):
-                    self._stop_procs("containerd")
-                if self._cp is not None:
-                    with self._phase("stop kube-apiserver + etcd"):
-                        self._cp.stop()
-                    self._cp = None
-            with self._phase("undo host changes"):
-                cleanup(self.state_dir)
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
-            self._started = False
+            try:
+                self._stop()
+            finally:  # what failed is the next start's (or cleanup()'s) to finish
+                with _LIVE_LOCK:
+                    _LIVE.discard(self)
+                self._started = False
+                self._lock_file.release()
             self._say(f"stopped in {time.monotonic() - started:.1f} s")
             if left := leftovers(self.state_dir):
                 raise LocalClusterError("left behind after stop: " + "; ".join(left))
+
+    def _stop(self) -> None:
+        if self._images_thread is not None:
+            self._images_thread.join(timeout=120)
+            self._images_thread = None
+        if self._procs or self._cp is not None:
+            with self._phase("stop node components"):
+                self._stop_procs("kube-proxy", "kubelet", "kube-scheduler",
+                                 "kube-controller-manager")
+            with self._phase("stop pods"):
+                self._stop_pods()
+                self._delete_containers()
+            with self._phase("stop containerd"):
+                self._stop_procs("containerd")
+            if self._cp is not None:
+                with self._phase("stop kube-apiserver + etcd"):
+                    self._cp.stop()
+                self._cp = None
+        with self._phase("undo host changes"):
+            _cleanup(self.state_dir)
 
     # ---------------------------------------------------------------- helpers for tests
 
@@ -972,7 +1066,7 @@ class LocalCluster:
 # The local cluster's own containerd (Debian's 1.6), beside any other: its own socket, root,
 # state and runc root, all under {run}.
 version = 2
-root = "{run}/containerd/root"
+root = "{self.state_dir / IMAGE_CACHE}"
 state = "{run}/containerd/state"
 oom_score = 0
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
@@ -1018,7 +1112,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 """)
         _write(run / "cni" / "net.d" / "10-overcommit-localcluster.conflist", json.dumps({
             "cniVersion": "1.0.0",
-            "name": "overcommit-localcluster",
+            "name": CNI_NETWORK,
             "plugins": [
                 {
                     "type": "bridge",
@@ -1153,6 +1247,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             f"--authorization-kubeconfig={kc['kube-controller-manager']}",
             "--bind-address=127.0.0.1", "--secure-port=10257", f"--cert-dir={run / 'certs'}",
             "--leader-elect=false", "--use-service-account-credentials=true",
+            # Its client's default rate limit (20/s) spaces the controllers' starts ~0.15 s
+            # apart: ~5 s until the ServiceAccount controller runs. A single node needs no limit.
+            "--kube-api-qps=200", "--kube-api-burst=400",
             f"--root-ca-file={cp.ca_file}", f"--service-cluster-ip-range={self.service_cidr}",
             # else it creates /usr/libexec/kubernetes/kubelet-plugins/volume/exec
             f"--flex-volume-plugin-dir={run / 'kubelet' / 'plugins'}",
@@ -1213,6 +1310,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         _kill_all(pids(), signal.SIGTERM)
         if not _wait_until(lambda: not pids(), grace, 0.1):
             _kill_all(pids(), signal.SIGKILL)
+
+    def _delete_containers(self) -> None:
+        """Delete the (stopped) tasks and every container from containerd, which then ends
+        their shims and leaves only images in its root, kept for the next run."""
+        if "containerd" not in self._procs or not self._procs["containerd"].alive():
+            return
+        if tasks := self.ctr("tasks", "ls", "--quiet", check=False).stdout.split():
+            self.ctr("tasks", "delete", "--force", *tasks, check=False)
+        if containers := self.ctr("containers", "ls", "--quiet", check=False).stdout.split():
+            self.ctr("containers", "delete", *containers, check=False)
+        listed = self.ctr("containers", "ls", "--quiet", check=False)
+        if listed.returncode == 0 and not listed.stdout.split():
+            (self.run_dir / _CACHE_CLEAN).touch()
 
     # --- images
 
@@ -1299,16 +1409,22 @@ def _build_pause_image() -> None:
 
 
 def _import_image(tag: str, containerd_socket: Path) -> str:
-    _docker("image", "inspect", "--format", "{{.Id}}", tag)
+    """``docker save | ctr images import``, unless containerd has this very image already
+    (its docker image ID is in a label of the containerd image)."""
+    reference = image_reference(tag)
+    image_id = _docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+    ctr = ["ctr", "--address", str(containerd_socket), "--namespace", CONTAINERD_NAMESPACE]
+    listed = _run([*ctr, "images", "ls", f"name=={reference}"], check=False).stdout
+    if f"{_IMAGE_ID_LABEL}={image_id}" in listed:
+        return reference
     with tempfile.TemporaryFile() as errors:
         save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE, stderr=errors)
         assert save.stdout is not None
         imported: subprocess.CompletedProcess[str] | None = None
         try:
             imported = subprocess.run(
-                ["ctr", "--address", str(containerd_socket), "--namespace",
-                 CONTAINERD_NAMESPACE, "images", "import", "-"],
-                stdin=save.stdout, capture_output=True, text=True, timeout=600, check=False)
+                [*ctr, "images", "import", "-"], stdin=save.stdout, capture_output=True,
+                text=True, timeout=600, check=False)
         finally:
             save.stdout.close()
             if save.poll() is None and (imported is None or imported.returncode != 0):
@@ -1321,7 +1437,8 @@ def _import_image(tag: str, containerd_socket: Path) -> str:
     if imported.returncode != 0:
         raise LocalClusterError(f"ctr images import of {tag} exited {imported.returncode}: "
                                 f"{imported.stderr.strip()}")
-    return image_reference(tag)
+    _run([*ctr, "images", "label", reference, f"{_IMAGE_ID_LABEL}={image_id}"])
+    return reference
 
 
 # =========================================================================== small helpers
