@@ -127,7 +127,7 @@ HOST_PATHS = (
     Path("/var/log/pods"),
     Path("/var/lib/cni"),  # containerd's CNI library: its results cache
     Path("/run/containerd"),  # containerd's shims: their sockets in /run/containerd/s
-    Path("/usr/libexec/kubernetes"),  # kubelet's default volume plugin dir
+    Path("/usr/libexec/kubernetes"),  # kubelet's and controller-manager's default plugin dir
     Path("/etc/cni"),
     Path("/opt/cni"),
     NETNS_DIR,
@@ -730,9 +730,9 @@ class LocalCluster:
         state_dir: configs, data, sockets (``run/``, removed by stop()), the last run's logs
             (``logs/``) and what the host had before the first start (``baseline.json``).
         node_name: the Node's name (default: this host's name).
-        network: an IPv4 /16 (or larger) nothing on this host uses: its first /30 links the
-            host (.1, kube-apiserver) and the node (.2, the node's InternalIP); the next two
-            /24s are the pods' and the Services' ranges.
+        network: an IPv4 range (a /22 or larger; default 10.77.0.0/16) nothing on this host
+            uses: its first /30 links the host (.1, kube-apiserver) and the node (.2, the
+            node's InternalIP); the next two /24s are the pods' and the Services' ranges.
         verbose: print each phase's duration to stderr (it is logged at INFO anyway).
         """
         self.state_dir = Path(state_dir).resolve()
