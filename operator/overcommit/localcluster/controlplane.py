@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -312,6 +313,10 @@ class ControlPlane:
     kubeadm cluster; ValidatingAdmissionPolicy and pod-bound ServiceAccount tokens carrying
     ``authentication.kubernetes.io/node-name`` are on by default in the pinned version (GA,
     no feature gates needed).
+
+    By default it serves on 127.0.0.1 on a free port; the single-node cluster harness
+    (overcommit.localcluster) serves it on an address of its own network link instead, with a
+    fixed port, its own Service range and a client certificate for reaching kubelets.
     """
 
     SERVICE_CIDR = "10.0.0.0/24"
@@ -327,12 +332,24 @@ class ControlPlane:
         authorization_modes: Sequence[str] = ("Node", "RBAC"),
         extra_apiserver_args: Sequence[str] = (),
         keep_dir: bool = False,
+        address: str = "127.0.0.1",
+        port: int | None = None,
+        service_cidr: str | None = None,
+        kubelet_client: bool = False,
     ) -> None:
         """Nothing happens until start(); binaries are looked up then (see find_binaries).
 
         base_dir: parent of the temporary directory (default: the system temp dir).
         extra_apiserver_args: appended last, so they override the defaults.
         keep_dir: keep certs, kubeconfigs and logs after stop() (for debugging).
+        address: the IPv4 address kube-apiserver binds and advertises (the ``kubernetes``
+            Service's endpoint); etcd stays on 127.0.0.1 whatever it is.
+        port: kube-apiserver's port (default: a free one, chosen again on a collision).
+        service_cidr: the Service IP range (default SERVICE_CIDR); its first address, the
+            ``kubernetes`` Service's, is in the serving certificate.
+        kubelet_client: give kube-apiserver a client certificate for kubelets (logs, exec,
+            port-forward) and check their serving certificates against the CA; for clusters
+            with a kubelet, whose serving certificate issue_certificate() makes.
         """
         self._explicit = (kube_apiserver, etcd)
         self._base_dir = base_dir
@@ -340,6 +357,10 @@ class ControlPlane:
         self.authorization_modes = tuple(authorization_modes)
         self.extra_apiserver_args = tuple(extra_apiserver_args)
         self.keep_dir = keep_dir
+        self.address = str(ipaddress.IPv4Address(address))
+        self._fixed_port = port
+        self.service_cidr = str(ipaddress.IPv4Network(service_cidr or self.SERVICE_CIDR))
+        self.kubelet_client = kubelet_client
         self._lock = threading.RLock()
         self._dir: Path | None = None
         self._pki: _Pki | None = None
@@ -348,7 +369,7 @@ class ControlPlane:
         self._kubeconfigs = 0
         self.kube_apiserver_binary: Path | None = None
         self.etcd_binary: Path | None = None
-        self.port = 0
+        self.port = port or 0
         self.etcd_port = 0
         self.admin_kubeconfig = Path()
 
@@ -363,7 +384,12 @@ class ControlPlane:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.address}:{self.port}"
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """The ``kubernetes`` Service's ClusterIP: the first address of the Service range."""
+        return str(next(ipaddress.IPv4Network(self.service_cidr).hosts()))
 
     @property
     def etcd_url(self) -> str:
@@ -423,7 +449,10 @@ class ControlPlane:
                 self._pki = _Pki(self._dir / "pki")
                 self._make_credentials()
                 self._start_with_port_retries(self._start_etcd, "etcd_port")
-                self._start_with_port_retries(self._start_apiserver, "port")
+                if self._fixed_port is not None:
+                    self._start_apiserver()
+                else:
+                    self._start_with_port_retries(self._start_apiserver, "port")
                 self.admin_kubeconfig = self.kubeconfig_for_user(
                     "overcommit-admin", ["system:masters"], filename="admin.kubeconfig"
                 )
@@ -466,6 +495,21 @@ class ControlPlane:
             self.start_apiserver()
 
     # ---------------------------------------------------------------- kubeconfigs
+
+    def issue_certificate(
+        self,
+        stem: str,
+        common_name: str,
+        organizations: Sequence[str] = (),
+        *,
+        server_names: Sequence[str] = (),
+    ) -> tuple[Path, Path]:
+        """(certificate, key) PEM files signed by this control plane's CA, in its pki/: a
+        serving certificate for ``server_names`` (IP addresses or DNS names) when given,
+        else a client certificate for user ``common_name`` in groups ``organizations``."""
+        return self._require_pki().issue(
+            stem, common_name, organizations, server_names=server_names
+        )
 
     def kubeconfig_for_user(
         self, name: str, groups: Sequence[str] = (), *, filename: str | None = None
@@ -552,14 +596,20 @@ class ControlPlane:
 
     def _make_credentials(self) -> None:
         pki = self._require_pki()
+        addresses = dict.fromkeys(["127.0.0.1", self.address, self.kubernetes_service_ip])
         self._serving = pki.issue(
             "apiserver",
             "kube-apiserver",
             server_names=[
-                "127.0.0.1", "localhost", "10.0.0.1", "kubernetes", "kubernetes.default",
+                *addresses, "localhost", "kubernetes", "kubernetes.default",
                 "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
             ],
         )  # fmt: skip
+        if self.kubelet_client:
+            self._kubelet_client = pki.issue(
+                "apiserver-kubelet-client", "overcommit-apiserver-kubelet-client",
+                ["system:masters"],
+            )  # fmt: skip
         self._sa_keys = pki.signing_key("service-account")
         # The client cert kube-apiserver itself does not need; this one is for readiness probes.
         self._probe_cert = pki.issue("probe", "overcommit-probe", ["system:masters"])
@@ -608,13 +658,13 @@ class ControlPlane:
             str(self.kube_apiserver_binary),
             f"--etcd-servers={self.etcd_url}",
             f"--secure-port={self.port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",  # no default route on the test machines
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",  # no default route on the test machines
             f"--cert-dir={self.dir / 'apiserver-certs'}",
             f"--tls-cert-file={cert}",
             f"--tls-private-key-file={key}",
             f"--client-ca-file={self.ca_file}",
-            f"--service-cluster-ip-range={self.SERVICE_CIDR}",
+            f"--service-cluster-ip-range={self.service_cidr}",
             f"--authorization-mode={','.join(self.authorization_modes)}",
             *(["--enable-admission-plugins=NodeRestriction"]
               if "Node" in self.authorization_modes else []),
@@ -623,11 +673,24 @@ class ControlPlane:
             f"--service-account-signing-key-file={sa_private}",
             "--allow-privileged=true",
             "--profiling=false",
+            *self._kubelet_client_args(),
             *self.extra_apiserver_args,
         ]  # fmt: skip
         proc = _Process("kube-apiserver", argv, self.apiserver_log)
         self._start_and_wait(proc, self._apiserver_ready)
         self._apiserver = proc
+
+    def _kubelet_client_args(self) -> list[str]:
+        if not self.kubelet_client:
+            return []
+        cert, key = self._kubelet_client
+        return [
+            f"--kubelet-client-certificate={cert}",
+            f"--kubelet-client-key={key}",
+            f"--kubelet-certificate-authority={self.ca_file}",
+            # The node's address, not its name: names need DNS the test machines lack.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+        ]
 
     def _etcd_healthy(self) -> bool:
         with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as resp:
