@@ -62,7 +62,6 @@ from types import TracebackType
 from typing import Any, Self
 
 from overcommit.localcluster.controlplane import (
-    REPO_ROOT,
     ControlPlane,
     ControlPlaneError,
     _Process,
@@ -105,7 +104,8 @@ BRIDGE = "ovc-cni0"  # the pods' bridge, in the node's namespace
 DEFAULT_NETWORK = os.environ.get("OVERCOMMIT_LOCALCLUSTER_NETWORK") or "10.77.0.0/16"
 API_PORT = 6443  # on the harness's own link address: no collision with loopback test servers
 PAUSE_IMAGE = "memory-overcommit/pause:local"
-PAUSE_SOURCE = REPO_ROOT / "tools" / "pause"
+# The sandbox program's source ships with the package (a link to tools/pause in a checkout).
+PAUSE_SOURCE = Path(__file__).resolve().parent / "pause"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CONTAINERD_NAMESPACE = "k8s.io"  # the one the CRI plugin uses
 # containerd's root (content store, image snapshots, metadata) outlives a run, so imported
