@@ -1,17 +1,24 @@
 """``overcommit demo``: the whole operator on this one machine, start to restore.
 
+As root on a machine with KSM (``demo.node``): a real single-node Kubernetes (kubelet,
+containerd, kube-proxy, control plane) on this machine runs the operator's image, installed as
+the README's Quick start says, against the real ``/sys/kernel/mm/ksm`` with a real merge
+workload; Ctrl-C (or, with ``--once``, the policy applied, Ready and merging) deletes the policy,
+waits for the agent pod to restore every original, uninstalls and stops the cluster.
+
+Otherwise (or with ``--simulate``), a lighter demo on a simulated host root:
+
 1. starts a real kube-apiserver + etcd on loopback (binaries from ``scripts/install-kube``),
 2. installs the CRDs and ``deploy/manifests`` (namespace, RBAC, the node-restricted admission
    policy),
 3. registers this machine as a Node and a Pod of the agent's ServiceAccount bound to it, and
    runs ``overcommit agent`` with that pod-bound token (so the shipped RBAC and admission policy
    are what it runs under), and ``overcommit controller`` under its own ServiceAccount,
-4. applies ``examples/adaptive-ksm.yaml`` and, as root, starts a real merge workload so KSM has
-   something to merge (the real ``/sys/kernel/mm/ksm``; a simulated host root otherwise),
+4. applies ``examples/adaptive-ksm.yaml`` to a simulated host root,
 5. prints ``kubectl get overcommit`` (the policy's status is the controller's fold of the node
-   state) and the node state until Ctrl-C (or, with ``--once``, until the policy is applied,
-   the controller marks it Ready and merging shows), then deletes the policy, waits for the agent to
-   restore every original setting, and stops everything.
+   state) and the node state until Ctrl-C (or, with ``--once``, until the policy is applied
+   and the controller marks it Ready), then deletes the policy, waits for the agent to restore
+   every original setting, and stops everything.
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 from overcommit.api.status import find_condition
-from overcommit.demo.workload import MergeWorkload
 from overcommit.localcluster.controlplane import ControlPlane, ControlPlaneError, find_binaries
 from overcommit.localcluster.processes import dies_with_this_process, stop_process
 
@@ -80,10 +86,10 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 class Demo:
-    def __init__(self, cp: ControlPlane, work: Path, real: bool, policy_file: Path) -> None:
-        self.cp, self.work, self.real, self.policy_file = cp, work, real, policy_file
+    def __init__(self, cp: ControlPlane, work: Path, policy_file: Path) -> None:
+        self.cp, self.work, self.policy_file = cp, work, policy_file
         self.node = socket.gethostname().lower()
-        self.host_root = Path("/") if real else work / "host"
+        self.host_root = work / "host"
         self.state_dir = work / "state"
         self.agent: subprocess.Popen[bytes] | None = None
         self.controller: subprocess.Popen[bytes] | None = None
@@ -186,9 +192,6 @@ class Demo:
         status = self.status()
         return not status.get("originals") and not status.get("policy")
 
-    def merged(self) -> bool:
-        return bool(self.status().get("saved", {}).get("mergedBytes")) or not self.real
-
     def release(self) -> None:
         """Delete the policy and wait for the agent to put every original back. Not to be
         interrupted: a second Ctrl-C here would leave the host changed."""
@@ -215,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--once", action="store_true", help="exit once the policy is applied")
     parser.add_argument("--simulate", action="store_true",
-                        help="use a simulated host root even as root")
+                        help="the light demo on a simulated host root, even as root (no "
+                             "kubelet, no docker image)")
     parser.add_argument("-f", "--file", default=str(EXAMPLE), help="the policy to apply")
     args = parser.parse_args(argv)
     try:
@@ -246,28 +250,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    real = os.geteuid() == 0 and Path("/sys/kernel/mm/ksm/run").exists() and not args.simulate
+    if os.geteuid() == 0 and Path("/sys/kernel/mm/ksm/run").exists() and not args.simulate:
+        from overcommit.demo.node import run_on_node
+
+        return run_on_node(ASSETS, Path(args.file), args.once)
+    return run_simulated(args)
+
+
+def run_simulated(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="overcommit-demo-") as tmp, ControlPlane() as cp:
-        demo = Demo(cp, Path(tmp), real, Path(args.file))
-        if not real:
-            simulated_host(demo.host_root)
-        print(f"control plane: {cp.url}; host: "
-              f"{'this machine (real KSM)' if real else f'simulated at {demo.host_root}'}")
-        if real:
-            print(f"originals are recorded in {demo.state_dir}; should the demo be killed "
-                  f"hard: overcommit restore --state-dir {demo.state_dir}")
+        demo = Demo(cp, Path(tmp), Path(args.file))
+        simulated_host(demo.host_root)
+        print(f"control plane: {cp.url}; host: simulated at {demo.host_root}")
         demo.install()
-        workload = MergeWorkload(workers=4, size_mib=64) if real else None
         try:
-            if workload is not None:
-                workload.start()
             demo.start_agent()
             demo.start_controller()
             demo.apply_policy()
             wait_until(demo.applied, 60, "the agent to apply the policy")
             wait_until(demo.policy_ready, 60, "the controller to mark the policy Ready")
             if args.once:
-                wait_until(demo.merged, 60, "KSM to merge the workload")
                 demo.show()
             else:
                 print("running; Ctrl-C to restore and stop\n")
@@ -285,8 +287,6 @@ def run_demo(args: argparse.Namespace) -> int:
                 print(f"--- last lines of {log}:", *lines, sep="\n", file=sys.stderr)
             return 1
         finally:
-            if workload is not None:
-                workload.stop()
             demo.release()
     return 0
 

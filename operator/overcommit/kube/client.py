@@ -8,6 +8,7 @@ same way. Paths of the resources the operator uses are in ``overcommit.kube.reso
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,13 +43,28 @@ def make_login(kubeconfig: str | None, *, fall_back_to_kubeconfig: bool = True) 
             info = kopf.login_with_kubeconfig(settings=settings)
         else:
             info = kopf.login_with_service_account(settings=settings)
-            if info is None and fall_back_to_kubeconfig:
+            if info is not None:
+                info = dataclasses.replace(info, server=in_cluster_server(info.server))
+            elif fall_back_to_kubeconfig:
                 info = kopf.login_with_kubeconfig(settings=settings)
         if info is None:
             raise kopf.LoginError("no kubeconfig and no in-cluster service account found")
         return info
 
     return login
+
+
+def in_cluster_server(fallback: str) -> str:
+    """The API server as the kubelet gives it to every pod (``KUBERNETES_SERVICE_HOST`` and
+    ``_PORT``, the ``kubernetes`` Service's address), as client-go's in-cluster config uses it.
+    kopf's service-account login names ``kubernetes.default.svc`` instead, which needs the
+    cluster's DNS: a node daemon must not stop working while CoreDNS is down (or before it
+    runs, or where a cluster has none)."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        return fallback
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 class ApiError(Exception):
