@@ -76,6 +76,7 @@ def op(pytestconfig: pytest.Config, before: dict[str, str]) -> Iterator[Installa
                 install.kubectl("delete", "mop", "--all", "--wait=true", check=False)
                 wait_released(install, timeout=60, fail=False)
                 install.uninstall()
+    install.demo.forget_state_dir()
     assert host() == before, "the host's settings after the cluster stopped"
 
 
@@ -275,19 +276,27 @@ def test_a_drain_leaves_the_host_as_the_policy_set_it_and_the_next_agent_adopts_
 
 
 def test_a_deleted_node_takes_its_node_state_along(op: Installation) -> None:
-    state = op.get("mons", op.node)
-    assert state is not None
-    owner = state["metadata"]["ownerReferences"][0]
-    assert (owner["kind"], owner["name"]) == ("Node", op.node)
-    op.kubectl("delete", "node", op.node, "--wait=true")
-    # The garbage collector deletes the state owned by the deleted Node (the kubelet registers
-    # the node again at once, and the agent makes a new state for the new Node).
-    wait_for(lambda: (op.get("mons", op.node) or {}).get("metadata", {}).get("uid")
-             != state["metadata"]["uid"], 90, "the node state of the deleted Node to go")
-    node = wait_for(lambda: op.get("node", op.node), 60, "the kubelet to register the node again")
-    wait_for(lambda: (op.get("mons", op.node) or {}).get("metadata", {}).get(
-        "ownerReferences", [{}])[0].get("uid") == node["metadata"]["uid"], 90,
-        "the agent to report for the new Node")
+    """The agent's node state is owned by its Node, so the cluster's garbage collector deletes
+    it with the Node. Deleting this node itself would leave the single kubelet unregistered
+    (it registers at start only), so a second Node gets a state shaped exactly like the
+    agent's own."""
+    own = op.get("mons", op.node)
+    owner = own["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "Node", op.node, op.get("node", op.node)["metadata"]["uid"])
+    ghost = "e2e-gone-node"
+    op.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": ghost}})
+    uid = op.get("node", ghost)["metadata"]["uid"]
+    state = {"apiVersion": own["apiVersion"], "kind": own["kind"],
+             "metadata": {"name": ghost, "labels": own["metadata"].get("labels", {}),
+                          "ownerReferences": [{**owner, "name": ghost, "uid": uid}]},
+             "spec": {"nodeName": ghost}}
+    op.apply(state)
+    assert op.get("mons", ghost) is not None
+    op.kubectl("delete", "node", ghost, "--wait=true")
+    wait_for(lambda: op.get("mons", ghost) is None, 60,
+             "the garbage collector to delete the state of the deleted Node")
+    assert op.get("mons", op.node) is not None  # the live node's state is untouched
 
 
 def test_the_documented_uninstall_restores_every_original(

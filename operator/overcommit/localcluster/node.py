@@ -426,17 +426,25 @@ class _StateLock:
         self.path = state_dir / "lock"
         self._fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lock; while another cluster holds it, wait up to ``wait`` seconds for it
+        to stop (OVERCOMMIT_LOCALCLUSTER_WAIT sets a default: sessions sharing a machine)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise LocalClusterError(
-                f"a local cluster of {self.path.parent} is running (process {holder}): stop "
-                "it first") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(2)
+                    continue
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise LocalClusterError(
+                    f"a local cluster of {self.path.parent} is running (process {holder}): "
+                    "stop it first") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -826,7 +834,8 @@ class LocalCluster:
             started = time.monotonic()
             with self._phase("checks"):
                 self._check_host()
-                self._lock_file.acquire()
+                self._lock_file.acquire(
+                    float(os.environ.get("OVERCOMMIT_LOCALCLUSTER_WAIT") or 0))
             with self._phase("cleanup of earlier runs"):
                 try:
                     self.cleaned_up = _cleanup(self.state_dir)
