@@ -104,9 +104,13 @@ def _conditions(report: CycleResult, invalid: Sequence[PolicyError],
 
 
 def news_of(status: NodeStateStatus) -> tuple[object, ...]:
-    """The part of a status whose change must be written at once (timestamps aside)."""
+    """The part of a status whose change must be written at once (timestamps aside), and which
+    levers save anything at all: a lever's first saving is news, its growth is not."""
     bare = without_timestamps(status)
-    return tuple(getattr(bare, name) for name in NEWS_FIELDS)
+    saved = status.saved
+    saving = tuple(bool(saved and getattr(saved, f"{lever}_bytes"))
+                   for lever in ("merged", "ballooned", "compressed"))
+    return (*(getattr(bare, name) for name in NEWS_FIELDS), saving)
 
 
 def detail_of(status: NodeStateStatus) -> NodeStateStatus:

@@ -12,7 +12,7 @@ import pytest
 
 from overcommit.agent.runner import Agent
 from overcommit.agent.settings import AgentSettings
-from overcommit.agent.status import detail_of, news_of, node_status
+from overcommit.agent.status import detail_of, news_of, node_status, should_write
 from overcommit.api.model import PolicyError, policy_from_object
 from overcommit.api.schema import openapi_schema, to_json, validate
 from overcommit.api.status import NodeStateStatus, find_condition
@@ -137,6 +137,7 @@ def test_transition_time_is_kept_while_status_holds(kernel: FakeKernel, tmp_path
 
 
 def test_counters_alone_are_detail_not_news(kernel: FakeKernel, tmp_path: Path) -> None:
+    kernel.merge(shared=5, sharing=10)  # merging already saves: its growth is not news
     report = cycle(kernel, tmp_path, {"ksm": {"enabled": True}})
     before = node_status(report, now=NOW)
     kernel.merge(shared=10, sharing=40)
@@ -150,6 +151,7 @@ def test_publish_writes_once_then_only_on_news(kernel: FakeKernel, tmp_path: Pat
     api = RecordingApi()
     agent = agent_with(api, tmp_path)
     spec = {"ksm": {"enabled": True}}
+    kernel.merge(shared=5, sharing=10)  # merging already saves: its growth is not news
 
     async def scenario() -> None:
         await agent.publish(node_status(cycle(kernel, tmp_path, spec), now=NOW), "node-uid")
@@ -190,3 +192,17 @@ def test_events_are_posted_once_per_news(kernel: FakeKernel, tmp_path: Path) -> 
     reasons = [reason for _, reason, _ in api.events]
     assert reasons.count("ApplyFailed") == 1
     assert reasons.count("SettingsApplied") == 1  # run=1 landed once; nothing new after
+
+
+def test_the_first_saving_is_news_its_growth_is_not(kernel: FakeKernel, tmp_path: Path) -> None:
+    """A node that starts saving says so at once (the demo, a dashboard); how much it saves
+    then moves with the counters, at most once per status interval."""
+    spec = {"ksm": {"enabled": True}}
+    nothing = node_status(cycle(kernel, tmp_path, spec), now=NOW)
+    kernel.merge(shared=10, sharing=40)
+    first = node_status(cycle(kernel, tmp_path, spec), previous=nothing, now=NOW)
+    assert should_write(first, nothing, since_write_s=1.0, status_interval_s=60.0)
+    kernel.merge(shared=20, sharing=90)
+    more = node_status(cycle(kernel, tmp_path, spec), previous=first, now=NOW)
+    assert not should_write(more, first, since_write_s=1.0, status_interval_s=60.0)
+    assert should_write(more, first, since_write_s=61.0, status_interval_s=60.0)
