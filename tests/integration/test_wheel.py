@@ -27,9 +27,11 @@ def test_the_wheel_holds_the_product_and_the_demo_s_manifests(wheel: Path) -> No
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names if not name.endswith(".dist-info/RECORD")}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"overcommit"}
-    for absent in ("testkit", "bench", "tests", "overcommit/testing", "balloon_baselines",
-                   "pytest_plugin", "libvirtd.py", "guests.py"):
+    for absent in ("testkit/", "bench/", "tests/", "overcommit/testing/",
+                   "balloon_baselines.py", "pytest_plugin.py", "libvirtd.py", "memrig.py"):
         assert not [n for n in names if absent in n], absent
+    # The test fleets (QEMU guests and their initramfs) are not the reconciler's guest half.
+    assert not [n for n in names if n.endswith("guests.py") and "reconcile/" not in n]
     for present in ("overcommit/demo/deploy/crds/memoryovercommit.io_memoryovercommitpolicies.yaml",
                     "overcommit/demo/deploy/manifests/kustomization.yaml",
                     "overcommit/demo/deploy/overlays/kubevirt/kustomization.yaml",
