@@ -163,6 +163,21 @@ class LauncherGuest:
     def socket_path(self) -> Path:
         return empty_dir(self.pod_uid, RUNTIME_VOLUME) / SOCKET_NAME
 
+    def balloon_stats(self, root: bool) -> dict[str, int]:
+        """``virsh dommemstat`` through the launcher's socket (as the agent reaches it: a short
+        symlink, the kubelet's path being too long for a socket address)."""
+        with tempfile.TemporaryDirectory(prefix="ovc-", dir="/tmp") as short:
+            link = Path(short) / "s"
+            link.symlink_to(self.socket_path)
+            base = "qemu:///system" if root else "qemu+unix:///session"
+            proc = subprocess.run(["virsh", "-c", f"{base}?socket={link}", "dommemstat",
+                                   self.domain], capture_output=True, text=True, timeout=30,
+                                  check=False)
+        if proc.returncode != 0:
+            raise LauncherError(f"virsh dommemstat {self.domain}: {proc.stderr.strip()}")
+        return {k: int(v) for k, v in (line.split() for line in proc.stdout.splitlines()
+                                       if len(line.split()) == 2)}
+
     def console(self) -> str:
         try:
             return (self.private_dir / "console.log").read_text(errors="replace")
