@@ -241,7 +241,7 @@ def test_it_refuses_to_start_beside_a_kubelet_that_is_not_its_own(tmp_path: Path
     try:
         with pytest.raises(LocalClusterError, match=r"another kubelet runs on this host and "
                                                     rf"owns {KUBELET_ROOT}: pid {other.pid}"):
-            LocalCluster().start()
+            LocalCluster(lock_wait=0).start()
     finally:
         other.kill()
         other.wait()
@@ -324,7 +324,7 @@ def test_a_second_cluster_and_cleanup_are_refused_while_one_runs(
         cluster: LocalCluster) -> None:
     with pytest.raises(LocalClusterError, match=f"a local cluster of {cluster.state_dir} is "
                                                 f"running \\(process {os.getpid()}\\)"):
-        LocalCluster().start()
+        LocalCluster(lock_wait=0).start()
     with pytest.raises(LocalClusterError, match="is running"):
         cleanup()
     assert cluster.running

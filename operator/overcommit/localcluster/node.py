@@ -732,6 +732,7 @@ class LocalCluster:
         network: str = DEFAULT_NETWORK,
         startup_timeout: float = 120.0,
         verbose: bool = False,
+        lock_wait: float | None = None,
     ) -> None:
         """Nothing happens until start().
 
@@ -742,6 +743,8 @@ class LocalCluster:
             uses: its first /30 links the host (.1, kube-apiserver) and the node (.2, the
             node's InternalIP); the next two /24s are the pods' and the Services' ranges.
         verbose: print each phase's duration to stderr (it is logged at INFO anyway).
+        lock_wait: how long start() waits for another cluster of this state directory to stop
+            (default: $OVERCOMMIT_LOCALCLUSTER_WAIT, else 0: refuse at once).
         """
         self.state_dir = Path(state_dir).resolve()
         self.run_dir = self.state_dir / "run"
@@ -759,6 +762,8 @@ class LocalCluster:
         self.pod_cidr, self.service_cidr = str(subnets[1]), str(subnets[2])
         self.startup_timeout = startup_timeout
         self.verbose = verbose
+        self.lock_wait = lock_wait if lock_wait is not None else float(
+            os.environ.get("OVERCOMMIT_LOCALCLUSTER_WAIT") or 0)
         self.timings: dict[str, float] = {}
         self.cleaned_up: list[str] = []  # what start() found left by an earlier run
         self._lock = threading.RLock()
@@ -834,8 +839,7 @@ class LocalCluster:
             started = time.monotonic()
             with self._phase("checks"):
                 self._check_host()
-                self._lock_file.acquire(
-                    float(os.environ.get("OVERCOMMIT_LOCALCLUSTER_WAIT") or 0))
+                self._lock_file.acquire(self.lock_wait)
             with self._phase("cleanup of earlier runs"):
                 try:
                     self.cleaned_up = _cleanup(self.state_dir)
