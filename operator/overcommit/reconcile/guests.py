@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from overcommit.api.policy import PolicySpec
+from overcommit.planning.ladder import Ladder
 from overcommit.planning.levers.balloon import BalloonLever
 from overcommit.planning.levers.base import LeverInput
 from overcommit.planning.observation import Observation
@@ -146,12 +147,14 @@ class GuestManager:
             self._endpoints.pop(uri).close()
 
     def plan(self, report: GuestResult, spec: PolicySpec | None, host: Observation,
-             touched: Sequence[GuestKey], restore_on_release: bool) -> None:
-        """Balloon targets for this cycle: the policy's, or the release of guests we touched."""
+             touched: Sequence[GuestKey], restore_on_release: bool,
+             ladder: Ladder | None = None) -> None:
+        """Balloon targets for this cycle: the policy's, or the release of guests we touched;
+        ``ladder`` is the node's reclamation ladder this cycle (None: judged afresh)."""
         plan = self.lever.plan(LeverInput(
             spec, host, self.memory, guests=report.guests,
             touched=frozenset(split_key(key) for key in touched),
-            restore_on_release=restore_on_release))
+            restore_on_release=restore_on_release, ladder=ladder))
         self.memory = plan.memory
         report.selected = set(plan.selected)
         report.decisions = list(plan.decisions)
