@@ -140,8 +140,8 @@ def thresholds(spec: PolicySpec | None, total: int) -> Thresholds:
         source = f"ladder.minimumAvailable {ladder.minimum_available}"
     else:
         minimum = vmware_minimum(total)
-        source = (f"VMware's minFree rule for MemTotal {human_bytes(total)} (899 MiB per "
-                  f"28 GiB, plus 1% above)")
+        source = (f"VMware's minFree rule for MemTotal {human_bytes(total)} (899 MiB for "
+                  f"the first 28 GiB, pro rata below, plus 1% of the rest)")
     below = {State.CRITICAL: minimum * ladder.critical_percent // 100,
              State.HARD: minimum * ladder.hard_percent // 100,
              State.SOFT: minimum * ladder.soft_percent // 100,
