@@ -174,6 +174,10 @@ def test_unselected_guests_get_a_decision_and_no_target() -> None:
     (vm(has_balloon=False), "no balloon device"),
     (vm(stats=False), "balloon driver not reporting statistics"),
     (vm(age=31.0), "statistics are 31s old"),
+    (replace(vm(), exclusions=("hugepage-backed memory", "dedicated CPUs")),
+     "skipped: never ballooned: hugepage-backed memory; dedicated CPUs"),
+    (replace(vm(), migration="KubeVirt live migration in progress"),
+     "skipped: KubeVirt live migration in progress"),
 ])
 def test_guests_that_cannot_be_managed_are_skipped_with_a_reason(
         guest: GuestObservation, reason: str) -> None:
@@ -311,6 +315,19 @@ def test_counters_of_a_new_guest_under_the_same_name_are_not_compared() -> None:
     before = vm(t=0, faults=10**6, uuid="old", current_mib=2048, usable_mib=1000)
     after = vm(t=10, faults=10**6 + 10**5, uuid="new", current_mib=2048, usable_mib=1000)
     assert not decision_of(two_cycles(AUTO, [before], [after], host(MID)), after).pressured
+
+
+@pytest.mark.parametrize(("some_percent", "pressured"), [(25.0, True), (10.0, False)])
+def test_a_guest_whose_cgroup_stalls_on_memory_is_pressured(some_percent: float,
+                                                            pressured: bool) -> None:
+    g = replace(vm(current_mib=2048, usable_mib=1500),
+                cgroup_pressure={"some_avg10": round(some_percent * 100), "full_avg10": 0})
+    plan = plan_balloons(AUTO, [g], host(SHORT), seen(AUTO, [g]))
+    decision = decision_of(plan, g)
+    assert decision.pressured is pressured  # more than the default 10%
+    if pressured:
+        assert "its cgroup's memory PSI some avg10 25.00% > 10%" in decision.reason
+        assert (target_of(plan, g) or 0) > 2048 * MIB  # grown, even though the node is short
 
 
 def test_usable_below_the_margin_grows_by_the_deficit_plus_a_step() -> None:
@@ -572,3 +589,6 @@ def test_release_restores_every_balloon_to_its_maximum() -> None:
     assert [(t.domain, t.to_kib) for t in targets] == [(shrunk.domain, 4096 * MIB),
                                                        (full.domain, 4096 * MIB)]
     assert release_targets([shrunk], restore_on_release=False) == ()
+    # A guest migrating is given back once its migration is over (it stays owed till then).
+    moving = replace(shrunk, migration="libvirt outgoing migration in progress")
+    assert release_targets([moving], restore_on_release=True) == ()
