@@ -500,9 +500,10 @@ class LadderSpec:
     Soft and Plenty thresholds to at least their share of MemTotal."""
 
     minimum_available: Quantity | None = doc(
-        "M, the least MemAvailable the node should keep (at least 16Mi). Default: VMware's "
-        "minFree rule, 899 MiB for the first 28 GiB of MemTotal (pro rata on smaller nodes) "
-        "plus 1% of the rest.")
+        "M, the least MemAvailable the node should keep (at least 16Mi; keep it above the "
+        "kubelet's eviction threshold, memory.available<100Mi by default, so the ladder acts "
+        "first). Default: VMware's minFree rule, 899 MiB for the first 28 GiB of MemTotal "
+        "(pro rata on smaller nodes) plus 1% of the rest, and never below 200Mi.")
     critical_percent: int = doc("Critical below this percent of M: everything of Hard, and "
                                 "relief is wanted.", default=100, minimum=1, maximum=10_000)
     hard_percent: int = doc("Hard below this percent of M: guests are reclaimed down to their "

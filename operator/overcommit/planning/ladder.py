@@ -7,7 +7,8 @@ two figures the host already reports:
 
 * ``MemAvailable`` (``/proc/meminfo``) against a minimum *M*: the policy's
   ``ladder.minimumAvailable``, or VMware's rule for this node's ``MemTotal`` (pro rata below
-  28 GiB, so a small node is not in Soft all the time);
+  28 GiB, so a small node is not in Soft all the time), but never below twice the kubelet's
+  default eviction threshold (200 MiB), so Critical comes before the kubelet evicts;
 * host memory PSI (``/proc/pressure/memory``, ``some``/``full`` avg10): stalls say the node is
   short of memory even when ``MemAvailable`` looks fine (thrashing page cache, a cgroup at its
   limit).
@@ -57,6 +58,11 @@ GIB = 1 << 30
 # VMware ESXi 6.x minFree: 899 MB for the first 28 GB of host memory plus 1 % of the rest.
 VMWARE_MIN_FREE = 899 * MIB
 VMWARE_FIRST = 28 * GIB
+# The kubelet's default hard eviction threshold (memory.available<100Mi). The default M is
+# never below twice that, so even a small node reaches Critical (M) while the kubelet still
+# sees 100 MiB above its threshold: the ladder acts before the kubelet evicts.
+KUBELET_EVICTION = 100 * MIB
+MINIMUM_FLOOR = 2 * KUBELET_EVICTION
 # The transitions a ladder remembers (and the node state shows), newest first.
 RECENT_TRANSITIONS = 16
 # Under pressure (Soft or worse) the node's cycle runs at least this often (seconds): a node
@@ -138,10 +144,14 @@ def thresholds(spec: PolicySpec | None, total: int) -> Thresholds:
     if ladder.minimum_available is not None:
         minimum = quantity_bytes(ladder.minimum_available)
         source = f"ladder.minimumAvailable {ladder.minimum_available}"
-    else:
+    elif vmware_minimum(total) >= MINIMUM_FLOOR:
         minimum = vmware_minimum(total)
         source = (f"VMware's minFree rule for MemTotal {human_bytes(total)} (899 MiB for "
                   f"the first 28 GiB, pro rata below, plus 1% of the rest)")
+    else:
+        minimum = MINIMUM_FLOOR
+        source = (f"twice the kubelet's default eviction threshold (100Mi): VMware's minFree "
+                  f"rule gives less for MemTotal {human_bytes(total)}")
     below = {State.CRITICAL: minimum * ladder.critical_percent // 100,
              State.HARD: minimum * ladder.hard_percent // 100,
              State.SOFT: minimum * ladder.soft_percent // 100,

@@ -439,15 +439,15 @@ def test_the_step_is_a_share_of_the_maximum_but_at_least_min_step(
 def test_idle_guests_give_most_surplus_per_share_first_and_only_what_the_host_needs() -> None:
     a = vm("a", usable_mib=3000)  # floor: 1096 in use + 410 margin; surplus 2590 MiB
     b = vm("b", usable_mib=2000, annotations={SHARES_ANNOTATION: "500"})  # 1590 MiB x 2
-    obs = host(total_gib=4, available_kib=400 * MIB)  # 9.8% < 20%: Soft (Hard < 256 MiB)
+    obs = host(total_gib=4, available_kib=500 * MIB)  # 12% < 20%: Soft (Hard < 400 MiB)
     plan = plan_balloons(AUTO, [a, b], obs, seen(AUTO, [a, b]))
     # Up to Soft's exit: its threshold (the 20% low mark) + the 25% exit margin, just above.
     leave = (4 * GIB * 1024 * 20 // 100) * 125 // 100
-    need = (leave - 400 * MIB * 1024) // 1024 + 1
+    need = (leave - 500 * MIB * 1024) // 1024 + 1
     assert 4096 * MIB - (target_of(plan, b) or 0) == STEP_4G  # b first, a full step
     assert 4096 * MIB - (target_of(plan, a) or 0) == need - STEP_4G  # a: the rest only
     assert decision_of(plan, b).reason == (
-        "ladder Soft, MemAvailable 400 MiB < 1024 MiB (back to Clear): idle guest (usable "
+        "ladder Soft, MemAvailable 500 MiB < 1024 MiB (back to Clear): idle guest (usable "
         "2000 MiB, floor 2506 MiB) gives 410 MiB")
 
 

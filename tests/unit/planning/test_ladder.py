@@ -69,6 +69,9 @@ def test_the_default_minimum_is_vmwares_min_free_rule() -> None:
     assert th.below == {State.CRITICAL: th.minimum, State.HARD: 2 * th.minimum,
                         State.SOFT: 4 * th.minimum, State.CLEAR: 8 * th.minimum}
     assert th.leave_above(State.HARD) == 2 * th.minimum * 125 // 100
+    # Never below twice the kubelet's default eviction threshold (100Mi): Critical first.
+    small = thresholds(None, 4 * GIB)
+    assert small.minimum == 200 * MIB and "kubelet" in small.minimum_source
 
 
 def test_a_policy_sets_its_own_minimum_and_percentages() -> None:
