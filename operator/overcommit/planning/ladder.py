@@ -66,8 +66,9 @@ MINIMUM_FLOOR = 2 * KUBELET_EVICTION
 # The transitions a ladder remembers (and the node state shows), newest first.
 RECENT_TRANSITIONS = 16
 # Under pressure (Soft or worse) the node's cycle runs at least this often (seconds): a node
-# in Hard can fill its last gigabyte within a 30 s agent interval.
-PRESSURE_INTERVAL_S = 5.0
+# in Hard can fill its last gigabyte within the agent's default 30 s. 10 s is MOM's and
+# Proxmox's balloon cycle and the default auto.intervalSeconds, and PSI's avg10 window.
+PRESSURE_INTERVAL_S = 10.0
 
 
 class State(StrEnum):
