@@ -592,3 +592,28 @@ def test_release_restores_every_balloon_to_its_maximum() -> None:
     # A guest migrating is given back once its migration is over (it stays owed till then).
     moving = replace(shrunk, migration="libvirt outgoing migration in progress")
     assert release_targets([moving], restore_on_release=True) == ()
+
+
+def test_the_lever_obeys_the_nodes_ladder_not_its_own_reading_of_memory() -> None:
+    """Memory PSI puts the node in Hard while MemAvailable is plentiful: the balloon lever
+    takes the state it is given (every guest not under pressure gives, two steps each,
+    "held by memory pressure" since MemAvailable alone would need nothing)."""
+    from overcommit.api.policy import PolicySpec
+    from overcommit.planning import ladder as node_ladder
+    from overcommit.planning.levers.balloon import BalloonLever
+    from overcommit.planning.levers.base import LeverInput
+
+    g = vm(usable_mib=3000)
+    obs = host(60)
+    psi = replace(obs, readings={**obs.readings, "psi": SourceReading(
+        "psi", True, {}, {"some_avg10": 3000, "full_avg10": 600})})
+    spec = PolicySpec(balloon=AUTO)
+    judged = node_ladder.step(None, psi, spec)
+    assert judged.state is State.HARD
+    earlier = seen(AUTO, [g])
+    plan = BalloonLever().plan(LeverInput(spec, obs, earlier, guests=[g], ladder=judged))
+    assert [(t.domain, t.to_kib) for t in plan.targets] == [(g.domain, 4096 * MIB - 2 * STEP_4G)]
+    assert "ladder Hard, MemAvailable 9830 MiB, held by memory pressure" in plan.targets[0].reason
+    # Without the node's ladder (a bare preview) the lever judges one afresh from what it sees.
+    calm = BalloonLever().plan(LeverInput(spec, obs, earlier, guests=[g]))
+    assert calm.targets == ()
