@@ -97,8 +97,9 @@ def _ladder(report: CycleResult) -> list[EventIntent]:
                                 f"{text}: {moved.reason}", change=True))
     if ladder.relief:
         news.append(EventIntent(WARNING, "ReliefWanted",
-                                f"the node is in Critical since {rfc3339(ladder.since)}: "
-                                f"relief wanted ({ladder.reason})"))
+                                f"the node is in Critical since "
+                                f"{rfc3339(ladder.since) or 'the agent started'}: relief "
+                                f"wanted ({ladder.reason})"))
     return news
 
 
