@@ -109,8 +109,9 @@ for line in sys.stdin:
 THRASHER = r"""
 import mmap, os, sys
 procs, path = sys.argv[1], sys.argv[2]
-with open(procs, "w") as f:
-    f.write(str(os.getpid()))
+for join in procs.split(","):
+    with open(join, "w") as f:
+        f.write(str(os.getpid()))
 fd = os.open(path, os.O_RDONLY)
 size = os.fstat(fd).st_size
 m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
@@ -179,6 +180,7 @@ class MemoryRig:
         self._fillers: list[_Filler] = []
         self._thrashers: list[subprocess.Popen[str]] = []
         self._cgroup: Path | None = None
+        self.unified_cgroup: Path | None = None
         self._file: Path | None = None
         self.tripped: str | None = None
         self.leftovers = clean_leftovers(self.scratch)
@@ -258,18 +260,28 @@ class MemoryRig:
 
     # -- pressure --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def thrash(self, workers: int = 2, limit: int = 16 * MIB,
-               file_size: int = 256 * MIB) -> Iterator[None]:
+    def thrash(self, workers: int = 2, limit: int = 16 * MIB, file_size: int = 256 * MIB,
+               uuid: str | None = None) -> Iterator[None]:
         """Real memory pressure (PSI) while the block runs: ``workers`` readers of a
-        ``file_size`` file in a memory cgroup of ``limit`` bytes (see the module doc)."""
-        self._cgroup = _memory_cgroup(f"memrig-{os.getpid()}", limit)
-        self._file = self.scratch / f"memrig-{os.getpid()}.bin"
+        ``file_size`` file in a memory cgroup of ``limit`` bytes (see the module doc). On a
+        host with the hybrid layout they also join a cgroup of their own in the unified
+        hierarchy (``unified_cgroup``), whose memory.pressure then shows their stalls; with
+        ``uuid`` their command lines end in ``-uuid <uuid>``, as a QEMU guest's does."""
+        name = f"memrig-{os.getpid()}"
+        self._cgroup = _memory_cgroup(name, limit)
+        self._file = self.scratch / f"{name}.bin"
         _cold_file(self._file, file_size)
-        procs = self._cgroup / "cgroup.procs"
+        joins = [self._cgroup / "cgroup.procs"]
+        if self._cgroup.parent.name == "memory" and (CGROUP / "unified").is_dir():
+            self.unified_cgroup = CGROUP / "unified" / name
+            self.unified_cgroup.mkdir(exist_ok=True)
+            joins.append(self.unified_cgroup / "cgroup.procs")
+        tail = ["-uuid", uuid] if uuid else []
         try:
             for _ in range(workers):
-                argv = dies_with_this_process([sys.executable, "-c", THRASHER, str(procs),
-                                               str(self._file)])
+                argv = dies_with_this_process([sys.executable, "-c", THRASHER,
+                                               ",".join(str(j) for j in joins),
+                                               str(self._file), *tail])
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
                 self._thrashers.append(proc)
                 assert proc.stdout is not None
@@ -286,6 +298,9 @@ class MemoryRig:
         if self._cgroup is not None:
             _remove_cgroup(self._cgroup)
             self._cgroup = None
+        if self.unified_cgroup is not None:
+            _remove_cgroup(self.unified_cgroup)
+            self.unified_cgroup = None
         if self._file is not None:
             self._file.unlink(missing_ok=True)
             self._file = None
@@ -366,7 +381,7 @@ def clean_leftovers(scratch: Path = Path("/var/tmp")) -> list[str]:
     hard cannot clean up: its children die with it, its cgroup and file stay); what went."""
     gone = []
     for path in [*scratch.glob("memrig-*.bin"), *CGROUP.glob("memrig-*"),
-                 *(CGROUP / "memory").glob("memrig-*")]:
+                 *(CGROUP / "memory").glob("memrig-*"), *(CGROUP / "unified").glob("memrig-*")]:
         pid = path.name.removeprefix("memrig-").removesuffix(".bin")
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
