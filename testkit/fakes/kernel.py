@@ -210,6 +210,20 @@ class FakeKernel(HostFS):
         self.set(f"{KSM}/ksm_zero_pages", str(zero_pages))
         self.set(f"{KSM}/general_profit", str((sharing + zero_pages) * 4096 - shared * 64))
 
+    def set_memory(self, available_kib: int, *, total_kib: int | None = None,
+                   some: float = 0.0, full: float = 0.0) -> None:
+        """Pretend the host has ``available_kib`` of MemAvailable (and ``total_kib`` of
+        MemTotal), and memory PSI avg10 of ``some``/``full`` percent."""
+        fields = {**MEMINFO_KB, "MemAvailable": available_kib}
+        if total_kib is not None:
+            fields["MemTotal"] = total_kib
+        self.set("proc/meminfo", "\n".join(
+            [f"{key + ':':<16}{value:>8} kB" for key, value in fields.items()]
+            + ["HugePages_Total:       0", "HugePages_Free:        0"]))
+        self.set("proc/pressure/memory",
+                 f"some avg10={some:.2f} avg60=0.00 avg300=0.00 total=123456\n"
+                 f"full avg10={full:.2f} avg60=0.00 avg300=0.00 total=45678")
+
     def set_advisor(self, mode: str) -> None:
         self.set(f"{KSM}/advisor_mode", _choice_list(("none", "scan-time"), mode))
 

@@ -23,6 +23,7 @@ import yaml
 from overcommit.cli import build_parser
 from overcommit.host._sysfs import SettingsSource
 from overcommit.host.base import HostFS
+from overcommit.host.cgroups import UNIFIED_MOUNTS
 from overcommit.host.meminfo import MEMINFO, VMSTAT
 from overcommit.host.pressure import PSI_MEMORY
 from overcommit.host.sources import default_sources
@@ -169,8 +170,10 @@ def settings_the_agent_writes() -> list[str]:
 
 
 def files_the_agent_reads() -> list[str]:
-    # proc: ksmd's pid and CPU time (/proc/<pid>/stat) are found by listing the host's procfs.
-    return [MEMINFO, VMSTAT, PSI_MEMORY, SWAPS, "proc"]
+    # proc: ksmd's pid and CPU time (/proc/<pid>/stat) are found by listing the host's procfs,
+    # and so are the guests' QEMU processes, whose cgroup's memory.pressure is read under the
+    # cgroup tree (host.cgroups).
+    return [MEMINFO, VMSTAT, PSI_MEMORY, SWAPS, "proc", *UNIFIED_MOUNTS]
 
 
 # --------------------------------------------------------------------------- schemas

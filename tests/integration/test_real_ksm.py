@@ -106,8 +106,12 @@ def test_real_merging_is_reported_as_saved_bytes(real_ksm: dict[str, str],
 
 
 def test_adaptive_mode_merges_then_idles(real_ksm: dict[str, str], tmp_path: Path) -> None:
+    # This machine has most of its memory free: the ladder would call that Plenty and keep
+    # KSM at its idle trickle (tests/integration/test_ladder_real.py); Plenty only above
+    # 100 x M keeps the node in Clear, where Adaptive scans while merging pays.
     policy = write_policy(tmp_path / "p.yaml", {"ksm": {"mode": "Adaptive",
-                                                          "adaptive": {"intervalSeconds": 1}}})
+                                                          "adaptive": {"intervalSeconds": 1}},
+                                                  "ladder": {"plentyPercent": 10000}})
     state = ["--state-dir", str(tmp_path / "state")]
     with MergeWorkload(workers=3, size_mib=32) as workload:
         # Its per-cycle reports go to a file: a pipe nobody reads fills up and blocks the loop.

@@ -38,6 +38,7 @@ TEST_DRIVER_NOW = 627319920 + 1  # the test driver's constant last_update, plus 
 KSM = "sys/kernel/mm/ksm"
 T0 = "2026-01-01T00:00:00Z"
 NOW = "2026-12-03T12:00:00Z"  # the agent's clock at the cycle (was read inside node_status)
+NOW_EPOCH = 1796299200.0  # NOW, as the reconciler's wall clock stamps the ladder's moves
 
 WINNER = {
     "priority": 10,
@@ -74,7 +75,8 @@ def node_state_cycle(tmp_path: Path, *, with_policies: bool = True
     ])
     settings = VirtSettings(uris=(uri, "qemu+unix:///system?socket=/nonexistent/sock"),
                             discover_system=False)
-    engine = NodeReconciler(state_dir=tmp_path / "state", fs=kernel, virt=settings)
+    engine = NodeReconciler(state_dir=tmp_path / "state", fs=kernel, virt=settings,
+                            wall_clock=lambda: NOW_EPOCH)
     engine.guests = GuestManager(settings,
                                  lambda u: LibvirtEndpoint(u, wall_clock=lambda: TEST_DRIVER_NOW))
     policies = [_policy("winner", WINNER, "2026-01-02T00:00:00Z"),

@@ -4,9 +4,12 @@ Every change and every error becomes an Event, but a steady state must not post 
 
 - *changes* (settings written, originals restored, balloons moved) happened in this cycle, so
   each is posted (a dry run's planned changes are a fact: they repeat every cycle);
-- *facts* (the policy in force, an error, a problem, the adaptive phase) are posted when they
-  appear or their message changes, and forgotten when they go away, so a problem that comes
-  back is posted again;
+- *facts* (the policy in force, an error, a problem, the adaptive phase, relief wanted) are
+  posted when they appear or their message changes, and forgotten when they go away, so a
+  problem that comes back is posted again;
+- every move of the node's reclamation ladder is a change: ``LadderWorsened`` (a Warning when
+  it reaches Hard or Critical), ``LadderImproved``, and ``LadderStarted`` for the state the
+  agent found at its start;
 - when the last warning goes away, one ``Recovered`` says so.
 """
 
@@ -17,12 +20,15 @@ from dataclasses import dataclass, field
 
 from overcommit.api.model import PolicyError
 from overcommit.kube.events import NORMAL, WARNING, EventIntent
+from overcommit.planning.ladder import State
 from overcommit.reconcile.node import CycleResult
+from overcommit.reconcile.summary import rfc3339
 
 
 def cycle_news(report: CycleResult, invalid: Sequence[PolicyError] = ()) -> list[EventIntent]:
     """Everything this cycle has to say, changes first."""
-    return [*_changes(report), *_policy(report), *_errors(report, invalid), *_adaptive(report)]
+    return [*_ladder(report), *_changes(report), *_policy(report), *_errors(report, invalid),
+            *_adaptive(report)]
 
 
 def failure_news(message: str) -> EventIntent:
@@ -71,6 +77,29 @@ def _errors(report: CycleResult, invalid: Sequence[PolicyError]) -> list[EventIn
         news.append(EventIntent(WARNING, "InvalidPolicy", "; ".join(
             line for err in invalid for line in err.lines())))
     news += [EventIntent(WARNING, p.reason, p.message) for p in report.problems]
+    return news
+
+
+def _ladder(report: CycleResult) -> list[EventIntent]:
+    ladder = report.plan.ladder
+    if ladder is None:
+        return []
+    news = []
+    moved = ladder.transition
+    if moved is not None:
+        severe = moved.worsened and ladder.at_least(State.HARD)
+        if moved.from_state is None:
+            reason, text = "LadderStarted", f"the node is in {moved.to_state.value}"
+        else:
+            reason = "LadderWorsened" if moved.worsened else "LadderImproved"
+            text = f"{moved.from_state.value} -> {moved.to_state.value}"
+        news.append(EventIntent(WARNING if severe else NORMAL, reason,
+                                f"{text}: {moved.reason}", change=True))
+    if ladder.relief:
+        news.append(EventIntent(WARNING, "ReliefWanted",
+                                f"the node is in Critical since "
+                                f"{rfc3339(ladder.since) or 'the agent started'}: relief "
+                                f"wanted ({ladder.reason})"))
     return news
 
 

@@ -39,6 +39,7 @@ from overcommit.observability.metrics import (
     MetricsServer,
     serve_metrics,
 )
+from overcommit.planning.ladder import next_interval
 from overcommit.reconcile.guests import VirtSettings
 from overcommit.reconcile.node import CycleResult, NodeReconciler
 
@@ -229,7 +230,8 @@ class Agent:
         if ksm is not None and ksm.mode is KsmMode.ADAPTIVE and report.plan.adaptive:
             interval = min(interval, float(ksm.adaptive.interval_seconds if ksm.adaptive
                                            else 2))
-        return interval
+        # Under memory pressure the ladder (and the levers it gates) is judged more often.
+        return next_interval(report.plan.ladder, interval) if policy else interval
 
     # -- reporting -------------------------------------------------------------------------
     async def publish(self, status: NodeStateStatus, node_uid: str | None) -> bool:

@@ -23,12 +23,12 @@ from overcommit.api.status import (
     without_timestamps,
 )
 from overcommit.reconcile.node import CycleResult
-from overcommit.reconcile.summary import guest_entries, host_memory, savings
+from overcommit.reconcile.summary import guest_entries, host_memory, ladder_status, savings
 
 # Fields whose change is news (written at once); everything else is refreshed at most once per
 # status interval, so steady counters never cause a write storm.
 NEWS_FIELDS = ("policy", "overridden", "conditions", "engine", "engines", "originals",
-               "last_errors", "endpoints_down", "guest_count")
+               "last_errors", "endpoints_down", "guest_count", "ladder")
 SUMMARISED = ("meminfo", "psi")  # reported under memory, not as counters
 
 
@@ -54,6 +54,7 @@ def node_status(report: CycleResult, invalid: Sequence[PolicyError] = (),
         originals=dict(sorted(report.originals.items())),
         saved=savings(obs, report.guests),
         memory=host_memory(obs),
+        ladder=ladder_status(report.plan.ladder),
         guest_count=len(guests),
         guests=guests,
         endpoints_down=list(report.guests.endpoints_down),

@@ -75,7 +75,11 @@ def node_state_crd() -> dict[str, Any]:
          "description": "Guests seen on the node."},
         _ready_column(),
         _age_column(),
-        _reason_column("Degraded"),  # -o wide
+        # -o wide
+        {"name": "Ladder", "type": "string", "jsonPath": ".status.ladder.state", "priority": 1,
+         "description": "The node's reclamation ladder state (Plenty, Clear, Soft, Hard, "
+                        "Critical)."},
+        _reason_column("Degraded"),
     ]
     description = ("MemoryOvercommitNodeState is written by one node's agent (and named after "
                    "the node): the policy in force, what was applied, the originals it will "

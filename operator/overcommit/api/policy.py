@@ -142,9 +142,10 @@ class KsmAdaptive:
                                     "new to merge and the node is not under memory pressure.",
                                     default=500, minimum=1, maximum=60_000)
     pressure_available_percent: int = doc(
-        "Below this share of MemAvailable in MemTotal the node counts as under memory pressure: "
-        "an idle agent re-probes (scans at the CPU budget for a full scan) every minute instead "
-        "of every five.",
+        "Raises the node's reclamation ladder: below this share of MemAvailable in MemTotal the "
+        "node is at least in state Soft (see ladder), where an idle agent re-probes (scans at "
+        "the CPU budget for a full scan) every minute instead of every five. 0 leaves the "
+        "ladder's own Soft threshold alone.",
         default=20, minimum=0, maximum=100)
     interval_seconds: int = doc("Seconds between the agent's adaptive decisions (the node's "
                                 "cycle runs at least this often while the mode is Adaptive).",
@@ -290,6 +291,20 @@ class ZswapSpec:
         "this percent of the limit.", minimum=0, maximum=100)
     shrinker_enabled: bool | None = doc("shrinker_enabled: write cold compressed pages back to "
                                         "swap under memory pressure.")
+    only_under_pressure: bool = doc(
+        "Turn zswap on only while the node's reclamation ladder is in state Hard or Critical, "
+        "and otherwise give 'enabled' back the value the node had before the agent changed it "
+        "(the recorded original; a node that had zswap on keeps it on). The other zswap "
+        "settings are applied in every state, so the pool is ready when it is turned on. "
+        "Turning zswap off does not flush the pool: pages already compressed stay there until "
+        "they are read back. Leave 'enabled' unset with it.", default=False)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="!self.onlyUnderPressure || !has(self.enabled)",
+             message="zswap.enabled is decided by the ladder with onlyUnderPressure: leave it "
+                     "unset",
+             check=lambda s: not s.get("onlyUnderPressure") or "enabled" not in s),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,11 +361,13 @@ class BalloonAuto:
     """Automatic ballooning from host and guest pressure."""
 
     host_available_low_percent: int = doc(
-        "Below this share of MemAvailable the host is short of memory and idle guests give "
-        "memory back.", default=20, minimum=1, maximum=99)
+        "Raises the node's reclamation ladder: below this share of MemAvailable in MemTotal "
+        "the node is at least in state Soft, where idle guests give memory back (see ladder).",
+        default=20, minimum=1, maximum=99)
     host_available_high_percent: int = doc(
-        "Above this share the host has plenty and guests are grown back toward their maximum.",
-        default=40, minimum=1, maximum=100)
+        "Raises the ladder's Plenty threshold to at least this share of MemTotal: above it "
+        "(plus the ladder's exit margin when coming from Clear) guests are grown back toward "
+        "their maximum.", default=40, minimum=1, maximum=100)
     max_step_percent: int = doc("The most a guest's balloon moves in one cycle, in percent of "
                                 "its maximum.", default=10, minimum=1, maximum=100)
     min_step: Quantity = doc(
@@ -365,6 +382,11 @@ class BalloonAuto:
     pressure_swap_in_pages_per_second: int = doc(
         "A guest swapping in more pages per second than this counts as under pressure.",
         default=20, minimum=1, maximum=1_000_000)
+    pressure_cgroup_percent: int = doc(
+        "A guest whose own cgroup (its QEMU process's cgroup v2 memory.pressure, 'some' avg10) "
+        "stalls on memory more than this percent of the time counts as under pressure. Read "
+        "only where the node has cgroup v2 (or the hybrid layout's unified hierarchy).",
+        default=10, minimum=1, maximum=100)
     default_shares: int = doc("Weight of a guest when memory is shared out (annotation "
                               "memoryovercommit.io/balloon-shares overrides it).",
                               default=1000, minimum=1, maximum=100_000)
@@ -430,6 +452,89 @@ class BalloonSpec:
 
 
 # ------------------------------------------------------------------------------------------------
+# The reclamation ladder
+
+
+def _minimum_at_least_16mi(s: Mapping[str, Any]) -> bool:
+    from overcommit.api.schema import quantity_bytes
+
+    return "minimumAvailable" not in s or quantity_bytes(s["minimumAvailable"]) >= 16 << 20
+
+
+@dataclass(frozen=True)
+class LadderPsi:
+    """How host memory pressure (PSI: /proc/pressure/memory, the avg10 figures) moves the node
+    down the ladder, whatever MemAvailable says."""
+
+    enabled: bool = doc("Use PSI at all (a node without PSI, e.g. booted with psi=0, is judged "
+                        "on MemAvailable alone anyway).", default=True)
+    some_soft_percent: int = doc(
+        "'some' avg10 at or above this percent (at least one task stalled on memory that share "
+        "of the last 10 s) puts the node in Soft or worse.",
+        default=10, minimum=1, maximum=100)
+    full_hard_percent: int = doc(
+        "'full' avg10 at or above this percent (every non-idle task stalled at once) puts the "
+        "node in Hard or worse.", default=5, minimum=1, maximum=100)
+    full_critical_percent: int = doc(
+        "'full' avg10 at or above this percent puts the node in Critical.",
+        default=20, minimum=1, maximum=100)
+    exit_percent: int = doc(
+        "A state entered on PSI is left only once the same figure is below this percent of "
+        "its threshold (the default 50 leaves Hard below 'full' 2.5%).",
+        default=50, minimum=1, maximum=99)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="self.fullHardPercent < self.fullCriticalPercent",
+             message="psi.fullHardPercent must be below psi.fullCriticalPercent",
+             check=lambda s: s["fullHardPercent"] < s["fullCriticalPercent"]),
+    )
+
+
+@dataclass(frozen=True)
+class LadderSpec:
+    """The node's reclamation ladder: one state (Plenty, Clear, Soft, Hard, Critical) computed
+    every cycle from MemAvailable against a minimum M and from memory PSI, with hysteresis,
+    that gates what every lever may do. Thresholds are percent of M; a state is entered below
+    its threshold at once and left upward only above it plus exitMarginPercent. Auto
+    ballooning's hostAvailable*Percent and Adaptive KSM's pressureAvailablePercent raise the
+    Soft and Plenty thresholds to at least their share of MemTotal."""
+
+    minimum_available: Quantity | None = doc(
+        "M, the least MemAvailable the node should keep (at least 16Mi; keep it above the "
+        "kubelet's eviction threshold, memory.available<100Mi by default, so the ladder acts "
+        "first). Default: VMware's minFree rule, 899 MiB for the first 28 GiB of MemTotal "
+        "(pro rata on smaller nodes) plus 1% of the rest, and never below 200Mi.")
+    critical_percent: int = doc("Critical below this percent of M: everything of Hard, and "
+                                "relief is wanted.", default=100, minimum=1, maximum=10_000)
+    hard_percent: int = doc("Hard below this percent of M: guests are reclaimed down to their "
+                            "floors, zswap may run, nothing grows but a pressured guest.",
+                            default=200, minimum=1, maximum=10_000)
+    soft_percent: int = doc("Soft below this percent of M: KSM may boost, idle guests give one "
+                            "step per cycle.", default=400, minimum=1, maximum=10_000)
+    plenty_percent: int = doc("Plenty above this percent of M (coming from Clear: above it "
+                              "plus the exit margin): guests grow back, KSM idles.",
+                              default=800, minimum=1, maximum=10_000)
+    exit_margin_percent: int = doc(
+        "Hysteresis: a state is left upward only once MemAvailable is this percent above the "
+        "threshold that entered it.", default=25, minimum=1, maximum=100)
+    psi: LadderPsi | None = doc("Memory pressure (PSI) thresholds (defaults apply when "
+                                "omitted).")
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="self.criticalPercent < self.hardPercent && self.hardPercent < "
+                 "self.softPercent && self.softPercent < self.plentyPercent",
+             message="ladder thresholds must rise: criticalPercent < hardPercent < "
+                     "softPercent < plentyPercent",
+             check=lambda s: s["criticalPercent"] < s["hardPercent"] < s["softPercent"]
+             < s["plentyPercent"]),
+        Rule(cel="!has(self.minimumAvailable) || quantity(string(self.minimumAvailable))"
+                 ".compareTo(quantity('16Mi')) >= 0",
+             message="ladder.minimumAvailable must be at least 16Mi",
+             check=_minimum_at_least_16mi, portable_cel=False),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # The policy
 
 
@@ -449,6 +554,9 @@ class PolicySpec:
     swap: SwapSpec | None = doc("Swap settings.")
     zswap: ZswapSpec | None = doc("zswap settings.")
     balloon: BalloonSpec | None = doc("Guest ballooning through libvirt.")
+    ladder: LadderSpec | None = doc(
+        "The node's reclamation ladder (Plenty, Clear, Soft, Hard, Critical), which gates what "
+        "the levers may do; the defaults apply when omitted.")
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(cel="has(self.ksm) || has(self.uksm) || has(self.swap) || has(self.zswap) || "
@@ -461,6 +569,6 @@ class PolicySpec:
 API_CLASSES: tuple[type, ...] = (
     LabelSelectorRequirement, LabelSelector, KsmAdvisor, KsmAdaptive, KsmSpec, UksmSpec,
     SwapSpec, ZswapSpec, VmSelector, BalloonStatic, BalloonFloor, BalloonAuto, BalloonSpec,
-    PolicySpec,
+    LadderPsi, LadderSpec, PolicySpec,
 )
 register_rules(*API_CLASSES)

@@ -177,6 +177,55 @@ class Guest:
 
 
 @dataclass(frozen=True, slots=True)
+class LadderThreshold:
+    """Where one state of the ladder begins and ends, in MemAvailable bytes."""
+
+    state: str | None = doc("Clear, Soft, Hard or Critical.", max_length=16)
+    below_bytes: int | None = doc("The node is in this state or a worse one as soon as "
+                                  "MemAvailable falls below this.", minimum=0)
+    leave_above_bytes: int | None = doc(
+        "It leaves this state for a better one only once MemAvailable is above this (the "
+        "threshold plus the exit margin) and memory pressure has eased.", minimum=0)
+
+
+@dataclass(frozen=True, slots=True)
+class LadderTransition:
+    """One move of the node between ladder states."""
+
+    from_state: str | None = doc("The state before; absent for the state the agent started "
+                                 "in.", max_length=16)
+    to_state: str | None = doc("The state after.", max_length=16)
+    at: str | None = doc("When (RFC 3339).", max_length=64)
+    reason: str | None = doc("Why: the figure that crossed a threshold.", max_length=1024)
+
+
+@dataclass(frozen=True, slots=True)
+class Ladder:
+    """The node's reclamation ladder: the state that gates every lever, and why."""
+
+    state: str | None = doc(
+        "Plenty (KSM idles, guests grow back), Clear (hold; only pressured guests grow), Soft "
+        "(KSM may boost, idle guests give one step per cycle), Hard (guests reclaimed to "
+        "their floors, zswap if the policy allows, nothing grows but a pressured guest) or "
+        "Critical (as Hard, and relief is wanted).", max_length=16)
+    since: str | None = doc("When the node entered this state (RFC 3339); when the agent "
+                            "started, if it has not changed since.", max_length=64)
+    reason: str | None = doc("Why the node entered this state.", max_length=1024)
+    relief: bool | None = doc("True in Critical: the node wants relief (a guest moved "
+                              "elsewhere) before the kubelet evicts or the kernel OOM-kills.")
+    minimum_bytes: int | None = doc("M, the minimum the thresholds are derived from.",
+                                    minimum=0)
+    minimum_source: str | None = doc("Where M comes from: the policy, or VMware's minFree "
+                                     "rule for this node's MemTotal.", max_length=256)
+    thresholds: list[LadderThreshold] | None = doc(
+        "Each state's MemAvailable thresholds, best state first.", max_items=4,
+        list_type="atomic")
+    transitions: list[LadderTransition] | None = doc(
+        "The last transitions since the agent started, newest first.", max_items=16,
+        list_type="atomic")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStateSpec:
     """Identifies the node; the agent writes everything else into status."""
 
@@ -207,6 +256,8 @@ class NodeStateStatus:
         "puts back.", max_properties=128, item_max_length=256)
     saved: Saved | None = doc("Memory saved on this node.")
     memory: HostMemory | None = doc("Host memory and pressure.")
+    ladder: Ladder | None = doc("The node's reclamation ladder state, which gates every "
+                                "lever.")
     guest_count: int | None = doc("Number of guests seen.", minimum=0)
     guests: list[Guest] | None = doc("One entry per guest.", max_items=1024, list_type="atomic")
     endpoints_down: list[str] | None = doc(

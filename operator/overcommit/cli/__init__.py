@@ -119,7 +119,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     originals = node.store.load().originals
     current = obs.settings()
     changes = preview(with_restores(plan.desired, originals, current), current, obs.counter)
-    guests = node.preview_guests(plan.policy, obs)
+    guests = node.preview_guests(plan.policy, obs, plan.ladder)
     data = reporting.plan_json(selection, plan, changes, guests)
     _emit(data, args.output, reporting.plan_text(data))
     return EXIT_OK
@@ -141,19 +141,24 @@ def cmd_run(args: argparse.Namespace, stop: threading.Event | None = None) -> in
         sys.stdout.flush()
         if args.once:
             return EXIT_OK if report.ok else EXIT_FAILED
-        if stop.wait(_next_interval(args.interval, report.plan.policy)):
+        if stop.wait(_next_interval(args.interval, report.plan)):
             return EXIT_OK
         policies = source.reload(policies)
         if stop.is_set():  # stopped while the file was being checked: no more cycles
             return EXIT_OK
 
 
-def _next_interval(interval: float, policy: Any) -> float:
+def _next_interval(interval: float, plan: Any) -> float:
+    """``--interval``, shorter for Adaptive KSM and, while a policy is in force, under memory
+    pressure (the ladder in Soft or worse)."""
+    from overcommit.planning.ladder import next_interval
+
+    policy = plan.policy
     ksm = policy.spec.ksm if policy is not None else None
     if ksm is not None and ksm.mode is KsmMode.ADAPTIVE:
         adaptive_interval = ksm.adaptive.interval_seconds if ksm.adaptive else 2
-        return min(interval, float(adaptive_interval))
-    return interval
+        interval = min(interval, float(adaptive_interval))
+    return next_interval(plan.ladder, interval) if policy is not None else interval
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

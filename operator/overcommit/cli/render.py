@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from overcommit.api.schema import json_name
+from overcommit.api.schema import json_name, to_json
 from overcommit.api.status import Guest
 from overcommit.host.base import Change
 from overcommit.planning.observation import Observation
@@ -13,7 +13,7 @@ from overcommit.planning.plan import NodePlan
 from overcommit.planning.selection import Selection
 from overcommit.reconcile.guests import GuestResult
 from overcommit.reconcile.node import CycleResult
-from overcommit.reconcile.summary import guest_entries, merged_bytes
+from overcommit.reconcile.summary import guest_entries, ladder_status, merged_bytes
 from overcommit.units import human_bytes
 
 JSON = dict[str, Any]
@@ -28,8 +28,15 @@ def _selection_json(selection: Selection) -> JSON:
     }
 
 
+def ladder_json(plan: NodePlan) -> JSON | None:
+    """The reclamation ladder as the node state shows it (camelCase), or None."""
+    status = ladder_status(plan.ladder)
+    return None if status is None else to_json(status)
+
+
 def _plan_extras(plan: NodePlan) -> JSON:
     return {
+        "ladder": ladder_json(plan),
         "engine": plan.merge_engine,
         "dryRun": plan.dry_run,
         "problems": [{"reason": p.reason, "message": p.message} for p in plan.problems],
@@ -96,6 +103,10 @@ def _guests_text(data: JSON) -> list[str]:
 
 def _common_text(data: JSON) -> list[str]:
     lines = [f"policy: {data['policy'] or '(none selects this host)'}"]
+    ladder = data.get("ladder")
+    if ladder:
+        relief = ", relief wanted" if ladder.get("relief") else ""
+        lines.append(f"ladder: {ladder['state']}{relief} ({ladder['reason']})")
     lines += [f"overridden: {o['name']} ({o['reason']})" for o in data["overridden"]]
     lines += [f"problem: {p['reason']}: {p['message']}" for p in data["problems"]]
     lines += [f"note: {n}" for n in data["notes"]]

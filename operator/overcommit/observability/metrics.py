@@ -17,6 +17,8 @@ loaded by kopf, so the endpoint costs no thread and ~1 MiB of imports).
 from __future__ import annotations
 
 import contextlib
+import datetime
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,7 +30,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from overcommit.api.status import Condition, Guest, NodeStateStatus, PolicyStatus, Saved
+from overcommit.api.status import (
+    Condition,
+    Guest,
+    Ladder,
+    LadderTransition,
+    NodeStateStatus,
+    PolicyStatus,
+    Saved,
+)
 from overcommit.host import catalog
 
 if TYPE_CHECKING:
@@ -86,6 +96,19 @@ NODE_SERIES = _series(
         ("current", "The guest's balloon: the memory it has now."),
         ("target", "The balloon target the agent decided for the guest."),
         ("usable", "The guest's own MemAvailable, as its balloon driver reports it."))),
+    Series(f"{PREFIX}_ladder_state", ("state",),
+           "The node's reclamation ladder: 1 for the state it is in (Plenty, Clear, Soft, Hard, "
+           "Critical), 0 for the others (status.ladder.state)."),
+    Series(f"{PREFIX}_ladder_since_timestamp_seconds", (),
+           "Unix time the node entered its ladder state (status.ladder.since)."),
+    Series(f"{PREFIX}_ladder_relief_wanted", (),
+           "1 while the ladder is in Critical and wants relief, else 0 (status.ladder.relief)."),
+    Series(f"{PREFIX}_ladder_minimum_bytes", (),
+           "M, the minimum MemAvailable the ladder's thresholds derive from "
+           "(status.ladder.minimumBytes)."),
+    Series(f"{PREFIX}_ladder_threshold_bytes", ("state", "edge"),
+           "A ladder threshold in MemAvailable bytes: edge 'below' enters the state (or a worse "
+           "one), 'leave_above' is where it is left upward (status.ladder.thresholds)."),
     Series(f"{PREFIX}_policy_info", ("policy", "uid", "generation"),
            "Always 1; names the policy in force on the node (absent when none selects it)."),
     Series(f"{PREFIX}_overridden_policies", (),
@@ -162,6 +185,36 @@ def _conditions(conditions: Sequence[Condition] | None, name: str,
         yield Sample(name, (*first, c.type, c.reason or ""), 1.0 if c.holds else 0.0)
 
 
+LADDER_STATES = ("Plenty", "Clear", "Soft", "Hard", "Critical")
+
+
+def _epoch(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _ladder_samples(ladder: Ladder | None) -> Iterator[Sample]:
+    if ladder is None:
+        return
+    for state in LADDER_STATES:
+        yield Sample(f"{PREFIX}_ladder_state", (state,), 1.0 if ladder.state == state else 0.0)
+    since = _epoch(ladder.since)
+    if since is not None:
+        yield Sample(f"{PREFIX}_ladder_since_timestamp_seconds", (), since)
+    yield Sample(f"{PREFIX}_ladder_relief_wanted", (), 1.0 if ladder.relief else 0.0)
+    if ladder.minimum_bytes is not None:
+        yield Sample(f"{PREFIX}_ladder_minimum_bytes", (), float(ladder.minimum_bytes))
+    for t in ladder.thresholds or ():
+        for edge, value in (("below", t.below_bytes), ("leave_above", t.leave_above_bytes)):
+            if value is not None:
+                yield Sample(f"{PREFIX}_ladder_threshold_bytes", (t.state or "", edge),
+                             float(value))
+
+
 def node_samples(status: NodeStateStatus) -> list[Sample]:
     """Every node series' value, from a MemoryOvercommitNodeState status."""
     samples = [Sample(f"{PREFIX}_engine_present", (e.name or "",), 1.0 if e.present else 0.0)
@@ -173,6 +226,7 @@ def node_samples(status: NodeStateStatus) -> list[Sample]:
                           float(status.saved.merging_profit_bytes or 0) if status.saved else 0.0))
     samples.append(Sample(f"{PREFIX}_guests", (), float(status.guest_count or 0)))
     samples += _guest_samples(status.guests or ())
+    samples += _ladder_samples(status.ladder)
     policy = status.policy
     if policy:
         generation = "" if policy.generation is None else str(policy.generation)
@@ -296,12 +350,18 @@ class AgentMetrics:
                               registry=r)
         Gauge(f"{PREFIX}_agent_info", "Always 1; the agent's node and version.",
               ("node", "version"), registry=r).labels(node, version()).set(1)
+        self.transitions = Counter(f"{PREFIX}_ladder_transitions_total",
+                                   "Moves of the node's reclamation ladder between states "
+                                   "since the agent started (from: \"\" for its start).",
+                                   ("from", "to"), registry=r)
+        self._last_transition: LadderTransition | None = None
         self.api_write = ApiWrites(r)
         ProcessCollector(registry=r)
 
     def observe_cycle(self, status: NodeStateStatus, errors: Mapping[str, int]) -> None:
         """A completed cycle: the node's new snapshot and the errors it met."""
         self.node.update(node_samples(status))
+        self._count_transitions(status.ladder)
         for kind, count in errors.items():
             if count:
                 self.errors.labels(kind).inc(count)
@@ -309,6 +369,17 @@ class AgentMetrics:
 
     def failed_cycle(self, kind: str) -> None:
         self.errors.labels(kind).inc()
+
+    def _count_transitions(self, ladder: Ladder | None) -> None:
+        """Count the transitions newer than the newest one counted (a cycle makes at most one,
+        the list holds the last few, newest first)."""
+        recent = list((ladder.transitions if ladder else None) or ())
+        new = recent if self._last_transition is None else list(
+            itertools.takewhile(lambda t: t != self._last_transition, recent))
+        for t in reversed(new):
+            self.transitions.labels(t.from_state or "", t.to_state or "").inc()
+        if recent:
+            self._last_transition = recent[0]
 
     def event_posted(self, event_type: str, reason: str) -> None:
         self.events.labels(event_type, reason).inc()

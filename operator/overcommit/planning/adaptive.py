@@ -7,8 +7,10 @@ never ask whether scanning still finds anything. This controller looks at three 
   two passes over a page before it can merge it, so a single pass says little);
 * **ksmd's own CPU time** (``/proc/<ksmd>/stat``) against ``cpuBudgetPercent``, which sets the
   scan rate: rate = budget / measured CPU cost per scanned page;
-* **memory pressure** (MemAvailable share): when the host is short of memory, or loses memory
-  to a new workload, the controller looks again sooner;
+* **the node's reclamation ladder** (``planning.ladder``): in Plenty the node needs no merging
+  and ksmd stays at its idle trickle; in Soft or worse (short of memory) an idle controller
+  looks again every minute instead of every five; a drop of MemAvailable (a new workload) wakes
+  it in any state but Plenty;
 * **volatile pages** (``pages_volatile``): pages whose content changed since ksmd last saw them.
   Once a full scan has compared every page with every other, only they (and pages written from
   now on) can still merge, so they bound what another full scan can yield.
@@ -29,6 +31,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from overcommit.api.policy import KsmAdaptive
+from overcommit.planning.ladder import State
 from overcommit.planning.observation import Observation
 
 # A prior for ksmd's CPU cost per scanned page before it has been measured (seconds). Measured
@@ -108,11 +111,6 @@ def volatile_percent(obs: Observation) -> float | None:
     return 100.0 * obs.counter("ksm", "pages_volatile") / tracked if tracked > 0 else None
 
 
-def under_pressure(obs: Observation, cfg: KsmAdaptive) -> bool:
-    share = obs.available_percent()
-    return share is not None and share < cfg.pressure_available_percent
-
-
 def budget_pages(cfg: KsmAdaptive, cost_per_page_s: float) -> int:
     """pages_to_scan that keeps ksmd at the CPU budget at the active sleep interval."""
     pages_per_second = (cfg.cpu_budget_percent / 100.0) / max(cost_per_page_s, 1e-9)
@@ -133,13 +131,23 @@ def start(obs: Observation, cfg: KsmAdaptive) -> AdaptiveDecision:
     return AdaptiveDecision(pages, cfg.sleep_millisecs, state)
 
 
-def step(prev: AdaptiveState | None, obs: Observation, cfg: KsmAdaptive) -> AdaptiveDecision:
-    """One control step. ``prev`` is None on the first cycle or after a policy change."""
+PLENTY_REASON = "the node has plenty of memory (ladder Plenty): idle trickle"
+
+
+def step(prev: AdaptiveState | None, obs: Observation, cfg: KsmAdaptive,
+         ladder: State = State.CLEAR) -> AdaptiveDecision:
+    """One control step. ``prev`` is None on the first cycle or after a policy change;
+    ``ladder`` is the node's state this cycle (``planning.ladder``), which gates the phases."""
     if prev is None or obs.time <= prev.last_time:
-        return start(obs, cfg)
-    state = _measure(prev, obs)
-    state = _account_full_scans(state, obs, cfg)
-    state = _next_phase(state, obs, cfg)
+        decision = start(obs, cfg)
+        if ladder is not State.PLENTY:
+            return decision
+        prev = decision.state
+        state = _enter(prev, obs, Phase.IDLE, PLENTY_REASON)
+    else:
+        state = _measure(prev, obs)
+        state = _account_full_scans(state, obs, cfg)
+        state = _next_phase(state, obs, cfg, ladder)
     if state.phase is Phase.IDLE:
         pages, sleep = cfg.min_pages_to_scan, cfg.idle_sleep_millisecs
     else:
@@ -191,9 +199,13 @@ def _account_full_scans(state: AdaptiveState, obs: Observation,
                    last_yield_percent=yield_percent)
 
 
-def _next_phase(state: AdaptiveState, obs: Observation, cfg: KsmAdaptive) -> AdaptiveState:
+def _next_phase(state: AdaptiveState, obs: Observation, cfg: KsmAdaptive,
+                ladder: State) -> AdaptiveState:
+    if ladder is State.PLENTY:  # nothing to gain from merging: no probes, no boost
+        return state if state.phase is Phase.IDLE else _enter(state, obs, Phase.IDLE,
+                                                              PLENTY_REASON)
     if state.phase is Phase.IDLE:
-        wake = _wake_reason(state, obs, cfg)
+        wake = _wake_reason(state, obs, ladder)
         if wake:
             return _enter(state, obs, Phase.PROBE, wake)
         return state
@@ -230,15 +242,17 @@ def _settled(state: AdaptiveState, obs: Observation, cfg: KsmAdaptive) -> str:
             f"{volatile:.2f}% of pages are volatile after a full scan: another scan cannot pay")
 
 
-def _wake_reason(state: AdaptiveState, obs: Observation, cfg: KsmAdaptive) -> str:
+def _wake_reason(state: AdaptiveState, obs: Observation, ladder: State) -> str:
     if state.low_yield_scans == 0 and state.full_scans_in_phase > 0:
         return f"a full scan while idle yielded {state.last_yield_percent:.1f}%"
     drop = state.idle_available - obs.mem_available
     if obs.mem_total and 100.0 * drop / obs.mem_total >= MEMORY_DROP_PERCENT:
         return f"MemAvailable fell by {drop >> 20} MiB since idling began"
-    reprobe = REPROBE_PRESSURE_S if under_pressure(obs, cfg) else REPROBE_IDLE_S
+    pressed = ladder.at_least(State.SOFT)
+    reprobe = REPROBE_PRESSURE_S if pressed else REPROBE_IDLE_S
     if obs.time - state.since >= reprobe:
-        return f"re-probing after {reprobe:.0f}s idle"
+        why = f" (ladder {ladder.value})" if pressed else ""
+        return f"re-probing after {reprobe:.0f}s idle{why}"
     return ""
 
 

@@ -15,12 +15,15 @@ and swap-in rates, and in mode Auto, every cycle:
    one step, doubled for each further cycle the guest stays pressured. A guest below its floor
    is raised to it. Judging on the trend matters most for guests without swap or file pages
    (typical of small VMs): they give no fault or swap-in warning before their kernel OOM-kills.
-2. **Host band**, from MemAvailable after that growth: below ``hostAvailableLowPercent`` idle
-   guests give (most surplus per share first, one step each at most, never below the floor)
-   only what brings the host back to the middle of the band, cycle after cycle until it gets
-   there; above ``hostAvailableHighPercent`` guests grow back toward their maximum (most used
-   first, then most recently shrunk), one step each, no further than the high mark; in
-   between all hold.
+2. **The node's reclamation ladder** (``planning.ladder``), judged on MemAvailable after that
+   growth, decides what the others do: in Plenty guests grow back toward their maximum (most
+   used first, then most recently shrunk, one step each, no further than the Plenty threshold);
+   in Clear all hold; in Soft idle guests give (most surplus per share first, one step each at
+   most, never below the floor) only what brings the node back to Clear, cycle after cycle
+   until it gets there (every idle guest one step while pressure stalls alone hold the node in
+   Soft); in Hard and Critical every guest not under pressure gives, in steps of
+   ``HARD_STEP_FACTOR`` times the usual, down to its floor, and nothing grows but a pressured
+   guest (a guest below a policy floor waits).
 3. **Floors are absolute** (``guest_floor``, which counts a growing guest's growth as
    used), moves under ``min_move_kib`` are dropped (no
    flapping), a guest recently under pressure is not shrunk again for a few intervals, and a
@@ -39,9 +42,12 @@ from overcommit.api.policy import (
     BalloonMode,
     BalloonSpec,
     BalloonStatic,
+    PolicySpec,
     VmSelector,
 )
 from overcommit.api.schema import quantity_bytes
+from overcommit.planning import ladder as node_ladder
+from overcommit.planning.ladder import Ladder, State
 from overcommit.planning.observation import Observation
 from overcommit.planning.selection import selector_matches
 from overcommit.virt.model import BalloonTarget, GuestDecision, GuestObservation
@@ -64,6 +70,10 @@ MAX_HEADROOM_DOUBLINGS = 4
 PEAK_WINDOW_INTERVALS = 6
 MIN_MOVE_KIB = MIB
 MIN_MOVE_PERCENT = 1
+# In Hard and Critical a guest gives up to this many steps per cycle: the node is close to the
+# kubelet's eviction threshold and the kernel's OOM killer, the guest only to its floor (which
+# keeps what it uses, its expected growth and its free margin).
+HARD_STEP_FACTOR = 2
 
 Key = tuple[str, str]
 
@@ -94,8 +104,9 @@ class GuestMemory:
 @dataclass(frozen=True)
 class BalloonState:
     guests: Mapping[Key, GuestMemory] = field(default_factory=dict)
-    # Auto: the host fell below the low mark and has not reached the middle of the band yet.
-    reclaiming: bool = False
+    # The ladder the planner judged itself when it was not given the node's (benchmarks and
+    # tests call ``plan_balloons`` alone): its hysteresis needs the last cycle's.
+    ladder: Ladder | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +260,10 @@ def skip_reason(spec: BalloonSpec, guest: GuestObservation) -> str:
         return f"skipped: {guest.problem}"
     if not guest.has_balloon:
         return "skipped: no balloon device"
+    if guest.exclusions:
+        return f"skipped: never ballooned: {'; '.join(guest.exclusions)}"
+    if guest.migration:
+        return f"skipped: {guest.migration}"
     if "usable" not in guest.stats or "available" not in guest.stats:
         return "skipped: balloon driver not reporting statistics (no usable/available)"
     stale_after = STALE_PERIODS * spec.stats_period_seconds
@@ -383,6 +398,10 @@ def _pressure(auto: BalloonAuto, guest: GuestObservation, memory: GuestMemory | 
     if swap_in is not None and swap_in > auto.pressure_swap_in_pages_per_second:
         signs.append(f"swap-in {swap_in:.0f} pages/s > "
                      f"{auto.pressure_swap_in_pages_per_second}")
+    cgroup = (guest.cgroup_pressure or {}).get("some_avg10")
+    if cgroup is not None and cgroup > auto.pressure_cgroup_percent * 100:
+        signs.append(f"its cgroup's memory PSI some avg10 {cgroup / 100:.2f}% > "
+                     f"{auto.pressure_cgroup_percent}%")
     if usable < margin:
         signs.append(f"usable {mib(usable)} < margin {mib(margin)}")
     elif usable - growth[0] < margin:
@@ -425,17 +444,23 @@ class Choice:
 
 
 def plan_balloons(spec: BalloonSpec, guests: Sequence[GuestObservation], host: Observation,
-                  prev: BalloonState | None) -> BalloonPlan:
-    """One balloon cycle under ``spec``. ``prev`` is None on the first cycle."""
+                  prev: BalloonState | None, ladder: Ladder | None = None) -> BalloonPlan:
+    """One balloon cycle under ``spec``. ``prev`` is None on the first cycle. ``ladder`` is
+    the node's reclamation ladder this cycle (the balloon lever always passes it); without
+    one the planner judges the ladder itself from ``host`` and a policy of only ``spec``,
+    remembering it in the state (benchmarks and tests)."""
     if spec.mode is BalloonMode.OFF:
         return BalloonPlan((), tuple(GuestDecision(g, None, "balloon mode Off: left alone")
                                      for g in guests), BalloonState())
     managed = managed_guests(spec, guests, prev)
     if spec.mode is BalloonMode.STATIC:
         return assemble(guests, managed, _plan_static(spec, managed.views), prev)
-    reclaiming = prev is not None and prev.reclaiming
-    choices, band = _plan_auto(spec.auto or BalloonAuto(), managed.views, host, reclaiming)
-    return assemble(guests, managed, choices, prev, reclaiming=band.kind == "low")
+    own = None
+    if ladder is None:
+        ladder = own = node_ladder.step(prev.ladder if prev is not None else None, host,
+                                        PolicySpec(balloon=spec))
+    choices = _plan_auto(spec.auto or BalloonAuto(), managed.views, ladder)
+    return assemble(guests, managed, choices, prev, ladder=own)
 
 
 @dataclass(frozen=True)
@@ -462,7 +487,7 @@ def managed_guests(spec: BalloonSpec, guests: Sequence[GuestObservation],
 
 def assemble(guests: Sequence[GuestObservation], managed: Managed,
              choices: Mapping[Key, Choice], prev: BalloonState | None,
-             reclaiming: bool = False) -> BalloonPlan:
+             ladder: Ladder | None = None) -> BalloonPlan:
     """Targets, decisions in the order observed, and the state for the next cycle."""
     by_key = {d.guest.key: d for d in managed.skipped + managed.excluded}
     targets = []
@@ -475,17 +500,17 @@ def assemble(guests: Sequence[GuestObservation], managed: Managed,
                                          choice.target, choice.reason))
     decisions = tuple(by_key[g.key] for g in guests)
     return BalloonPlan(tuple(targets), decisions,
-                       _remember(managed, choices, prev, reclaiming))
+                       _remember(managed, choices, prev, ladder))
 
 
 def _remember(managed: Managed, choices: Mapping[Key, Choice], prev: BalloonState | None,
-              reclaiming: bool) -> BalloonState:
+              ladder: Ladder | None) -> BalloonState:
     old = prev.guests if prev is not None else {}
     # A guest skipped for a cycle (stale stats, a transient problem) keeps its history.
     kept = {d.guest.key: old[d.guest.key] for d in managed.skipped if d.guest.key in old}
     for view in managed.views:
         kept[view.key] = _memory(view, choices[view.key], old.get(view.key))
-    return BalloonState(kept, reclaiming)
+    return BalloonState(kept, ladder)
 
 
 def _memory(view: GuestView, choice: Choice, old: GuestMemory | None) -> GuestMemory:
@@ -551,62 +576,75 @@ def _hold(view: GuestView, why: str) -> Choice:
 
 @dataclass(frozen=True)
 class HostBand:
-    """Where host MemAvailable stands against the policy's band, after pressured growth."""
+    """What the ladder lets idle guests do this cycle, after pressured growth."""
 
-    kind: str  # "low", "high", "hold" or "unknown"
-    amount: int  # KiB to reclaim (low) or to give back (high)
+    state: State  # the ladder's, or worse once pressured guests grew
+    amount: int | None  # KiB to reclaim (Soft and worse: None for one step from each guest)
+    #                     or to give back (Plenty); 0 otherwise
     summary: str
 
+    @property
+    def reclaims(self) -> bool:
+        return self.state.at_least(State.SOFT)
 
-def host_band(auto: BalloonAuto, host: Observation, growth_kib: int,
-              reclaiming: bool = False) -> HostBand:
-    """Below the low mark, reclaim up to the middle of the band — and go on reclaiming
-    (``reclaiming``) until the middle is reached, even once above the low mark, so the host
-    does not hover just above it and dip back at the next allocation (MOM flaps there).
-    Above the high mark, give back down to it. """
-    total = host.mem_total // 1024
-    if total <= 0:
-        return HostBand("unknown", 0, "host MemAvailable unknown")
-    available = host.mem_available // 1024
-    projected = available - growth_kib
-    share = 100.0 * projected / total
-    text = f"host MemAvailable {100.0 * available / total:.0f}%"
+    @property
+    def hard(self) -> bool:
+        return self.state.at_least(State.HARD)
+
+
+def host_band(ladder: Ladder, growth_kib: int) -> HostBand:
+    """The ladder's state once pressured guests grew by ``growth_kib``, and how much memory
+    that state asks of (or offers to) the other guests: in Soft and worse, what brings
+    MemAvailable back above Soft's exit threshold (Clear), so reclaim goes on, cycle after
+    cycle, until the node is back in Clear and does not hover at the edge; in Plenty, what
+    MemAvailable has above the Plenty threshold."""
+    state = ladder.after_growth(growth_kib * 1024)
+    available = ladder.reading.available
+    if available is None:
+        return HostBand(state, 0, f"ladder {state.value} (host MemAvailable unknown)")
+    projected = available - growth_kib * 1024  # bytes, as the ladder judges
+    text = f"ladder {state.value}, MemAvailable {mib(available // 1024)}"
     if growth_kib > 0:
-        text += f" ({share:.0f}% after growing pressured guests)"
-    low, high = auto.host_available_low_percent, auto.host_available_high_percent
-    middle = total * (low + high) // 200
-    if share < low:
-        return HostBand("low", middle - projected, f"{text} < {low}%")
-    if reclaiming and projected < middle:
-        return HostBand("low", middle - projected,
-                        f"{text} < {(low + high) / 2:.0f}% (reclaiming up to the middle of "
-                        f"{low}-{high}%)")
-    if share > high:
-        return HostBand("high", projected - _ceil_percent(total, high), f"{text} > {high}%")
-    return HostBand("hold", 0, f"{text} between {low}% and {high}%")
+        text += f" ({mib(projected // 1024)} after growing pressured guests)"
+    th = ladder.thresholds
+    if state.at_least(State.SOFT):
+        leave = th.leave_above(State.SOFT)
+        if projected <= leave:  # just above it, or the ladder holds the node in Soft
+            return HostBand(state, (leave - projected) // 1024 + 1,
+                            f"{text} < {mib(leave // 1024)} (back to Clear)")
+        return HostBand(state, None, f"{text}, held by memory pressure")
+    if state is State.PLENTY:
+        return HostBand(state, max(0, projected - th.below[State.CLEAR]) // 1024,
+                        f"{text} > {mib(th.below[State.CLEAR] // 1024)}")
+    return HostBand(state, 0, text)
 
 
-def _plan_auto(auto: BalloonAuto, views: Sequence[GuestView], host: Observation,
-               reclaiming: bool) -> tuple[dict[Key, Choice], HostBand]:
-    choices = {v.key: c for v in views if (c := _urgent(auto, v)) is not None}
+def _plan_auto(auto: BalloonAuto, views: Sequence[GuestView],
+               ladder: Ladder) -> dict[Key, Choice]:
+    band = host_band(ladder, 0)
+    choices = {v.key: c for v in views if (c := _urgent(auto, v, band)) is not None}
     growth = sum(c.target - v.current for v in views if (c := choices.get(v.key)) is not None)
-    band = host_band(auto, host, max(0, growth), reclaiming)
+    band = host_band(ladder, max(0, growth))
     rest = [v for v in views if v.key not in choices]
-    if band.kind == "low":
+    if band.reclaims:
         choices.update(_reclaim(auto, band, rest))
-    elif band.kind == "high":
+    elif band.state is State.PLENTY:
         choices.update(_give_back(auto, band, rest))
     else:
-        what = "only pressured guests and floors move" if band.kind == "unknown" else "hold"
-        choices.update({v.key: _hold(v, f"{band.summary}: {what}") for v in rest})
-    return choices, band
+        choices.update({v.key: _hold(v, f"{band.summary}: hold") for v in rest})
+    return choices
 
 
-def _urgent(auto: BalloonAuto, view: GuestView) -> Choice | None:
-    """Moves that do not wait for the host: pressured guests and guests below their floor."""
+def _urgent(auto: BalloonAuto, view: GuestView, band: HostBand) -> Choice | None:
+    """Moves that do not wait for the host: pressured guests, and guests below their floor
+    (in Hard and Critical only the pressured: a guest below a policy floor is not short of
+    memory, and nothing else may grow while the node is)."""
     if view.pressure:
         return _grow_pressured(auto, view)
     if view.current < view.floor:
+        if band.hard:
+            return _hold(view, f"below its floor {mib(view.floor)} ({view.floor_why}), but "
+                               f"{band.summary}: only guests under pressure grow")
         return Choice(view.floor, f"below its floor {mib(view.floor)} ({view.floor_why}): "
                                   f"raised by {mib(view.floor - view.current)}")
     return None
@@ -625,18 +663,24 @@ def _grow_pressured(auto: BalloonAuto, view: GuestView) -> Choice:
 
 
 def _reclaim(auto: BalloonAuto, band: HostBand, views: Sequence[GuestView]) -> dict[Key, Choice]:
-    """Idle guests give, most surplus per share first, until the host reaches the middle."""
+    """Guests give, most surplus per share first, until the node is back in Clear: in Soft
+    the idle ones, one step each; in Hard and Critical every one not under pressure, up to
+    ``HARD_STEP_FACTOR`` steps each, down to its floor."""
     need = band.amount
     choices = {}
+    factor = HARD_STEP_FACTOR if band.hard else 1
     for view in sorted(views, key=lambda v: -v.surplus * auto.default_shares / v.shares):
-        give = min(step_kib(auto, view.obs.max_kib), view.surplus, need)
-        why_not = _why_not_idle(view) or _too_small(view, give, need)
+        give = min(factor * step_kib(auto, view.obs.max_kib), view.surplus,
+                   view.surplus if need is None else need)
+        why_not = ("" if band.hard else _why_not_idle(view)) or _too_small(view, give, need)
         if why_not:
             choices[view.key] = _hold(view, f"{band.summary}: {why_not}")
             continue
-        need -= give
+        if need is not None:
+            need -= give
+        who = "guest" if band.hard else "idle guest"
         choices[view.key] = Choice(
-            view.current - give, f"{band.summary}: idle guest (usable {mib(view.usable)}, "
+            view.current - give, f"{band.summary}: {who} (usable {mib(view.usable)}, "
                                  f"floor {mib(view.floor)}) gives {mib(give)}")
     return choices
 
@@ -655,10 +699,10 @@ def _why_not_idle(view: GuestView) -> str:
     return ""
 
 
-def _too_small(view: GuestView, give: int, need: int) -> str:
+def _too_small(view: GuestView, give: int, need: int | None) -> str:
     if give >= min_move_kib(view.obs.max_kib):
         return ""
-    if need < min_move_kib(view.obs.max_kib):
+    if need is not None and need < min_move_kib(view.obs.max_kib):
         return "other guests already give what the host needs"
     return f"at its floor {mib(view.floor)} ({view.floor_why})"
 
@@ -666,9 +710,9 @@ def _too_small(view: GuestView, give: int, need: int) -> str:
 def _give_back(auto: BalloonAuto, band: HostBand,
                views: Sequence[GuestView]) -> dict[Key, Choice]:
     """Grow guests toward their maximum, most used first, then most recently shrunk, no
-    further than the high mark (a guest grown does not use its new memory at once, so the
-    host's MemAvailable only falls later; the next cycles keep the budget honest)."""
-    budget = band.amount
+    further than the Plenty threshold (a guest grown does not use its new memory at once, so
+    the host's MemAvailable only falls later; the next cycles keep the budget honest)."""
+    budget = band.amount or 0
     choices = {}
     order = sorted(views, key=lambda v: ((v.usable - v.margin) / v.obs.max_kib,
                                          -(v.last_shrink or float("-inf"))))
@@ -693,7 +737,8 @@ def _give_back(auto: BalloonAuto, band: HostBand,
 def release_targets(guests: Iterable[GuestObservation],
                     restore_on_release: bool) -> tuple[BalloonTarget, ...]:
     """When a policy stops applying: every balloon back to its guest's maximum (growing is
-    always safe for a guest), skipping guests without a balloon.
+    always safe for a guest), skipping guests without a balloon, and guests migrating (they
+    stay owed, and are given back once the migration is over).
 
     Also for a guest that looks at its maximum already: a target set just before (the last
     cycle's shrink) may not have moved the balloon yet, and ``current`` is where the balloon
@@ -702,7 +747,7 @@ def release_targets(guests: Iterable[GuestObservation],
         return ()
     return tuple(BalloonTarget(g.endpoint, g.domain, g.current_kib, g.max_kib,
                                "policy released: balloon restored to the guest's maximum")
-                 for g in guests if g.has_balloon and g.max_kib > 0)
+                 for g in guests if g.has_balloon and g.max_kib > 0 and not g.migration)
 
 
 def mib(kib: int) -> str:

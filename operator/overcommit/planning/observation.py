@@ -16,6 +16,9 @@ class Observation:
     readings: Mapping[str, SourceReading] = field(default_factory=dict)
     ksmd_cpu_seconds: float | None = None
     page_size: int = 4096
+    # Epoch seconds when observed, for the times people read (the ladder's transitions): the
+    # planner copies it, never computes with it. None when the caller has no wall clock.
+    wall_time: float | None = None
 
     def present(self, source: str) -> bool:
         reading = self.readings.get(source)

@@ -1,6 +1,8 @@
-"""The planning core: policy + observation (+ what each lever remembered) -> the node's kernel
-settings. Pure. Each lever plans its own section (``levers``); this module runs them in order,
-merges their settings and reports what the node's kernel lacks."""
+"""The planning core: policy + observation (+ what each lever and the ladder remembered) ->
+the node's reclamation ladder state and its kernel settings. Pure. The ladder is judged first
+(``planning.ladder``) and handed to every lever; each lever plans its own section
+(``levers``); this module runs them in order, merges their settings and reports what the
+node's kernel lacks."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from overcommit.api.model import Policy
+from overcommit.planning import ladder as node_ladder
 from overcommit.planning.adaptive import AdaptiveState
+from overcommit.planning.ladder import Ladder
 from overcommit.planning.levers.base import Lever, LeverInput, LeverPlan, Problem
 from overcommit.planning.levers.ksm import KsmLever
 from overcommit.planning.levers.swap import SwapLever
@@ -33,6 +37,7 @@ class NodePlan:
     notes: tuple[str, ...] = ()
     tuned: frozenset[str] = frozenset()  # paths a lever moves every cycle by itself
     memory: Mapping[str, object] = field(default_factory=dict)  # by lever name
+    ladder: Ladder | None = None  # the node's reclamation ladder this cycle
 
     @property
     def adaptive(self) -> AdaptiveState | None:
@@ -43,17 +48,21 @@ class NodePlan:
 
 def plan_node(policy: Policy | None, obs: Observation,
               memory: Mapping[str, object] | None = None,
-              owners: Mapping[str, str] | None = None) -> NodePlan:
-    """Desired settings for this node under ``policy`` (None: nothing selects the node).
+              owners: Mapping[str, str] | None = None,
+              ladder: Ladder | None = None) -> NodePlan:
+    """The ladder and the desired settings for this node under ``policy`` (None: nothing
+    selects the node; the ladder is still judged, with its defaults, and reported).
 
     ``memory`` is what each lever remembered from its last plan under the same policy
     generation; ``owners`` names other managers of a lever on this node (KubeVirt's KSM handler
     for "ksm"): that lever then leaves the node alone and says so instead of fighting it.
+    ``ladder`` is the last cycle's ladder (None at start), whatever the policy was.
     """
+    judged = node_ladder.step(ladder, obs, policy.spec if policy is not None else None)
     if policy is None:
-        return NodePlan(None)
+        return NodePlan(None, ladder=judged)
     plans = {lever.name: lever.plan(LeverInput(policy.spec, obs, (memory or {}).get(lever.name),
-                                               owners or {}))
+                                               owners or {}, ladder=judged))
              for lever in KERNEL_LEVERS}
     merged = _merged(plans.values())
     present, missing = _on_this_kernel(merged.settings, obs.settings())
@@ -61,7 +70,8 @@ def plan_node(policy: Policy | None, obs: Observation,
         policy, present, allow_unmerge=_allows_unmerge(policy), dry_run=policy.spec.dry_run,
         merge_engine=obs.merge_engine, problems=merged.problems + _missing(missing),
         notes=merged.notes, tuned=merged.tuned,
-        memory={name: plan.memory for name, plan in plans.items() if plan.memory is not None})
+        memory={name: plan.memory for name, plan in plans.items() if plan.memory is not None},
+        ladder=judged)
 
 
 def _merged(plans: Iterable[LeverPlan]) -> LeverPlan:

@@ -7,12 +7,17 @@ KSM/zswap/swap work never waits on or fails with it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from overcommit.api.policy import PolicySpec
+from overcommit.api.policy import BalloonMode, PolicySpec
+from overcommit.host.base import HostFS
+from overcommit.host.cgroups import GuestCgroups
+from overcommit.planning.ladder import Ladder
 from overcommit.planning.levers.balloon import BalloonLever
 from overcommit.planning.levers.base import LeverInput
 from overcommit.planning.observation import Observation
@@ -97,6 +102,9 @@ class GuestManager:
         self._endpoints: dict[str, LibvirtEndpoint] = {}
         self.lever = BalloonLever()
         self.memory: object | None = None  # what the balloon lever remembered
+        # Each guest's own memory pressure (its QEMU process's cgroup v2 memory.pressure),
+        # read under the same host root as the system daemon's sockets.
+        self.cgroups = GuestCgroups(HostFS(settings.host_root))
 
     def observe(self, now: float,
                 vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> GuestResult:
@@ -146,16 +154,37 @@ class GuestManager:
             self._endpoints.pop(uri).close()
 
     def plan(self, report: GuestResult, spec: PolicySpec | None, host: Observation,
-             touched: Sequence[GuestKey], restore_on_release: bool) -> None:
-        """Balloon targets for this cycle: the policy's, or the release of guests we touched."""
+             touched: Sequence[GuestKey], restore_on_release: bool,
+             ladder: Ladder | None = None) -> None:
+        """Balloon targets for this cycle: the policy's, or the release of guests we touched;
+        ``ladder`` is the node's reclamation ladder this cycle (None: judged afresh)."""
+        balloon = spec.balloon if spec is not None else None
+        if balloon is not None and balloon.mode is BalloonMode.AUTO:
+            self._add_cgroup_pressure(report)
         plan = self.lever.plan(LeverInput(
             spec, host, self.memory, guests=report.guests,
             touched=frozenset(split_key(key) for key in touched),
-            restore_on_release=restore_on_release))
+            restore_on_release=restore_on_release, ladder=ladder))
         self.memory = plan.memory
         report.selected = set(plan.selected)
         report.decisions = list(plan.decisions)
         report.planned = list(plan.targets)
+
+    def _add_cgroup_pressure(self, report: GuestResult) -> None:
+        """Each guest's cgroup memory PSI (Auto counts a stalled cgroup as pressure); only
+        where the node has the unified hierarchy and the guest's QEMU process is found."""
+        running = [g for g in report.guests if g.problem is None and _local(g.endpoint)]
+        if not running:
+            return
+        try:
+            pressure = self.cgroups.pressure(g.uuid for g in running)
+        except OSError as exc:  # /proc or the cgroup tree unreadable: the signal is unknown
+            log.info("guest cgroup pressure unavailable: %s", exc)
+            return
+        local = {id(g) for g in running}
+        if pressure:
+            report.guests = [dataclasses.replace(g, cgroup_pressure=pressure.get(g.uuid.lower()))
+                             if id(g) in local else g for g in report.guests]
 
     def apply(self, report: GuestResult, stats_period: int | None) -> None:
         """Set every planned target; a failure fails only its guest."""
@@ -210,6 +239,14 @@ class GuestManager:
         for client in self._endpoints.values():
             client.close()
         self._endpoints.clear()
+
+
+def _local(uri: str) -> bool:
+    """Whether a libvirt endpoint's QEMU processes run on this host (and so show in its
+    /proc): the system or session daemon, or a KubeVirt launcher's socket; not a remote
+    host, nor libvirt's test driver."""
+    parts = urlsplit(uri)
+    return parts.scheme in ("qemu", "qemu+unix") and not parts.netloc
 
 
 def still_owed(report: GuestResult, touched: Sequence[GuestKey], released: bool,

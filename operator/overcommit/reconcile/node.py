@@ -14,6 +14,7 @@ from overcommit.host import catalog
 from overcommit.host.base import ApplyError, ApplyResult, Change, HostFS
 from overcommit.host.ksm import find_ksmd_pid, ksmd_cpu_seconds
 from overcommit.host.sources import HostAdapter
+from overcommit.planning.ladder import Ladder
 from overcommit.planning.observation import Observation
 from overcommit.planning.plan import NodePlan, Problem, plan_node
 from overcommit.planning.restores import needs_no_restore, preview, to_record, with_restores
@@ -65,13 +66,17 @@ class NodeReconciler:
     def __init__(self, host_root: str | os.PathLike[str] = "/",
                  state_dir: str | os.PathLike[str] = "/var/lib/memory-overcommit",
                  clock: Any = time.monotonic, fs: HostFS | None = None,
-                 virt: VirtSettings | None = None) -> None:
+                 virt: VirtSettings | None = None, wall_clock: Any = time.time) -> None:
         self.fs = fs if fs is not None else HostFS(host_root)
         # None: this engine manages no guests (unit tests, hosts without libvirt).
         self.guests = GuestManager(virt) if virt is not None else None
         self.host = HostAdapter(self.fs)
         self.store = StateStore(state_dir)
         self.clock = clock
+        self.wall_clock = wall_clock  # stamps the ladder's transitions
+        # The node's reclamation ladder as the last cycle judged it: its hysteresis, its
+        # transitions. Kept across policy changes (the node's memory did not change with them).
+        self.ladder: Ladder | None = None
         # What the kernel levers remembered (Adaptive KSM's state), and for which policy
         # generation: a new generation starts them afresh.
         self._memory: Mapping[str, object] = {}
@@ -82,7 +87,8 @@ class NodeReconciler:
     def observe(self) -> Observation:
         readings = self.host.read_all()
         return Observation(time=self.clock(), readings=readings,
-                           ksmd_cpu_seconds=self._ksmd_cpu(), page_size=os.sysconf("SC_PAGESIZE"))
+                           ksmd_cpu_seconds=self._ksmd_cpu(), page_size=os.sysconf("SC_PAGESIZE"),
+                           wall_time=self.wall_clock())
 
     def _ksmd_cpu(self) -> float | None:
         if self._ksmd_pid is None:
@@ -105,7 +111,7 @@ class NodeReconciler:
             if selection.winner else None
         memory = self._memory if key == self._memory_for else {}
         plan = plan_node(selection.winner, obs, memory,
-                         {"ksm": ksm_owner} if ksm_owner else None)
+                         {"ksm": ksm_owner} if ksm_owner else None, self.ladder)
         return selection, plan, obs
 
     # -- act -------------------------------------------------------------------------------
@@ -114,6 +120,7 @@ class NodeReconciler:
               vmis: Mapping[tuple[str, str], Mapping[str, Any]] | None = None) -> CycleResult:
         """Observe, plan, then apply the differences (or restore when nothing selects us)."""
         selection, plan, obs = self.plan(policies, labels, ksm_owner=ksm_owner)
+        self.ladder = plan.ladder  # judged every cycle, whatever the policy or a dry run
         report = CycleResult(selection, plan, obs)
         record = self.store.load()
         self._kernel_cycle(report, record, plan, obs)
@@ -146,7 +153,7 @@ class NodeReconciler:
         released = spec is None or spec.mode is BalloonMode.OFF
         self.guests.plan(guests, plan.policy.spec if plan.policy is not None else None,
                          report.observation, record.guests,
-                         record.restore_on_release)
+                         record.restore_on_release, plan.ladder)
         if plan.dry_run:
             guests.needed = _guests_matter(released, record)
             return
@@ -211,14 +218,16 @@ class NodeReconciler:
         self._guest_cycle(report, record, report.plan)
         return report
 
-    def preview_guests(self, policy: Policy | None, obs: Observation) -> GuestResult:
-        """The balloon moves a cycle would make now, without making them (``plan``)."""
+    def preview_guests(self, policy: Policy | None, obs: Observation,
+                       ladder: Ladder | None = None) -> GuestResult:
+        """The balloon moves a cycle would make now, without making them (``plan``), under
+        ``ladder`` (the node plan's; None: judged afresh)."""
         if self.guests is None:
             return GuestResult()
         record = self.store.load()
         guests = self.guests.observe(self.clock())
         self.guests.plan(guests, policy.spec if policy is not None else None, obs,
-                         record.guests, record.restore_on_release)
+                         record.guests, record.restore_on_release, ladder)
         return guests
 
     def _restore_into(self, report: CycleResult, record: NodeRecord) -> None:

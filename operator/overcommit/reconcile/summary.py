@@ -1,11 +1,22 @@
 """What a cycle (or a look at the host) amounts to, as the API's typed status parts: memory
-saved by each lever, host memory and pressure, one entry per guest. The agent's node state and
-the CLI's output both show these, so they are worked out once, here."""
+saved by each lever, host memory and pressure, the reclamation ladder, one entry per guest.
+The agent's node state and the CLI's output both show these, so they are worked out once,
+here."""
 
 from __future__ import annotations
 
-from overcommit.api.status import Guest, HostMemory, Saved
+import datetime
+
+from overcommit.api.status import (
+    Guest,
+    HostMemory,
+    Ladder,
+    LadderThreshold,
+    LadderTransition,
+    Saved,
+)
 from overcommit.host.ksm import ksm_saved_bytes
+from overcommit.planning import ladder as node_ladder
 from overcommit.planning.observation import Observation
 from overcommit.reconcile.guests import GuestResult
 from overcommit.units import human_bytes
@@ -68,3 +79,28 @@ def guest_entries(guests: GuestResult | None) -> list[tuple[str, Guest]]:
             # reason says why it is not ours at all.
             reason=decision.reason if decision else (g.problem or ""))))
     return entries
+
+
+def rfc3339(epoch: float | None) -> str | None:
+    """Epoch seconds as a Kubernetes Time (RFC 3339, seconds, UTC)."""
+    if epoch is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ladder_status(ladder: node_ladder.Ladder | None) -> Ladder | None:
+    """The ladder as the node state shows it: state, since, why, the thresholds in bytes
+    (best state first) and the last transitions (newest first)."""
+    if ladder is None:
+        return None
+    th = ladder.thresholds
+    return Ladder(
+        state=ladder.state.value, since=rfc3339(ladder.since), reason=ladder.reason,
+        relief=ladder.relief, minimum_bytes=th.minimum, minimum_source=th.minimum_source,
+        thresholds=[LadderThreshold(state.value, th.below[state], th.leave_above(state))
+                    for state in reversed(node_ladder.BOUNDED)],
+        transitions=[LadderTransition(
+            from_state=t.from_state.value if t.from_state is not None else None,
+            to_state=t.to_state.value, at=rfc3339(t.at), reason=t.reason)
+            for t in ladder.transitions])

@@ -88,3 +88,22 @@ def balloon_problem(facts: DomainFacts, stats: Mapping[str, int],
         return (f"balloon statistics are {age:.0f}s old (period {facts.stats_period}s): the "
                 f"guest's driver stopped reporting")
     return None
+
+
+# virDomainJobType and virDomainJobOperation (libvirt's stable ABI): numbers, so this module
+# stays pure (no libvirt import).
+JOB_ACTIVE = (1, 2)  # VIR_DOMAIN_JOB_BOUNDED, VIR_DOMAIN_JOB_UNBOUNDED
+JOB_OPERATIONS = {1: "start", 2: "save", 3: "restore", 4: "incoming migration",
+                  5: "outgoing migration", 6: "snapshot", 7: "snapshot revert", 8: "dump",
+                  9: "backup", 10: "snapshot delete"}
+
+
+def job_in_progress(stats: Mapping[str, object]) -> str | None:
+    """What a libvirt job in progress (``dom.jobStats()``) means for the balloon: a migration
+    copies the guest's memory (a balloon moving meanwhile makes the copy chase it), and so do
+    save, dump and snapshot jobs. None when no job runs."""
+    if stats.get("type") not in JOB_ACTIVE:
+        return None
+    operation = stats.get("operation")
+    what = JOB_OPERATIONS.get(operation, "a job") if isinstance(operation, int) else "a job"
+    return f"libvirt {what} in progress: balloon left alone until it is over"

@@ -4,6 +4,17 @@ The live XML (``XMLDesc(0)``) of a running domain names its balloon device
 (``<memballoon model='virtio'>``, or ``model='none'`` for none), the statistics period
 (``<stats period='N'/>``, absent = 0 = off) and, for KubeVirt guests, the VMI's uid in the
 metadata KubeVirt writes: ``<metadata><kubevirt xmlns="http://kubevirt.io"><uid>...``.
+
+It also says which guests are never ballooned (``DomainFacts.exclusions``):
+
+* VFIO host devices (``<hostdev>``, ``<interface type='hostdev'>``: GPUs, SR-IOV functions):
+  the device may DMA into any guest page, so QEMU pins all guest memory and disables balloon
+  discards; an inflated balloon returns nothing to the host;
+* hugepage-backed memory (``<memoryBacking><hugepages/>``): the pages are reserved for the
+  guest; ballooning frees no host memory (KubeVirt turns free page reporting off there too);
+* dedicated CPUs (``<cputune><vcpupin>``, what KubeVirt's ``dedicatedCpuPlacement`` makes) and
+  realtime vCPUs (``<vcpusched scheduler='fifo'|'rr'>``): latency-sensitive guests whose
+  owners asked for predictability, not density (KubeVirt also turns free page reporting off).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ class DomainFacts:
     stats_period: int  # seconds; 0 = the guest driver is not asked for statistics
     kubevirt: bool  # KubeVirt metadata present: the domain is a VMI's
     vmi_uid: str | None
+    exclusions: tuple[str, ...] = ()  # why the guest is never ballooned (see the module doc)
 
     @property
     def has_balloon(self) -> bool:
@@ -50,7 +62,32 @@ def parse_domain_xml(text: str) -> DomainFacts:
         stats_period=_stats_period(balloon),
         kubevirt=kubevirt is not None,
         vmi_uid=None if kubevirt is None else _child_text(kubevirt, "uid"),
+        exclusions=exclusions(root),
     )
+
+
+HOSTDEV = ("VFIO host device (<hostdev>): QEMU pins all guest memory, a balloon returns "
+           "nothing")
+HUGEPAGES = ("hugepage-backed memory (<memoryBacking><hugepages/>): ballooning frees no host "
+             "memory")
+DEDICATED = "dedicated CPUs (<cputune><vcpupin>): a latency-sensitive guest"
+REALTIME = "realtime vCPUs (<vcpusched scheduler='fifo'|'rr'>): a latency-sensitive guest"
+
+
+def exclusions(root: ET.Element) -> tuple[str, ...]:
+    """Why a domain is never ballooned, from its XML (empty: nothing in the way)."""
+    found = []
+    if root.find("./devices/hostdev") is not None or any(
+            iface.get("type") == "hostdev" for iface in root.findall("./devices/interface")):
+        found.append(HOSTDEV)
+    if root.find("./memoryBacking/hugepages") is not None:
+        found.append(HUGEPAGES)
+    if root.find("./cputune/vcpupin") is not None:
+        found.append(DEDICATED)
+    if any(sched.get("scheduler") in ("fifo", "rr")
+           for sched in root.findall("./cputune/vcpusched")):
+        found.append(REALTIME)
+    return tuple(found)
 
 
 def _stats_period(balloon: ET.Element | None) -> int:

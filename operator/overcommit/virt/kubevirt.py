@@ -14,7 +14,7 @@ from typing import Any
 from overcommit.api.schema import quantity_bytes
 from overcommit.virt.model import GuestObservation
 
-__all__ = ["enrich_guests", "vmi_request_kib"]
+__all__ = ["enrich_guests", "vmi_exclusions", "vmi_migration", "vmi_request_kib"]
 
 VMIKey = tuple[str, str]
 
@@ -40,10 +40,50 @@ def _enrich(guest: GuestObservation,
         return dataclasses.replace(guest, problem=guest.problem or (
             f"belongs to an earlier VMI {guest.vmi_namespace}/{guest.vmi_name} (uid "
             f"{guest.vmi_uid}, the current one is {uid})"))
+    own = vmi_exclusions(vmi)
     return dataclasses.replace(
         guest, vmi_uid=guest.vmi_uid or (str(uid) if uid else None),
         labels=_strings(meta.get("labels")), annotations=_strings(meta.get("annotations")),
-        request_kib=vmi_request_kib(vmi))
+        request_kib=vmi_request_kib(vmi),
+        exclusions=guest.exclusions + tuple(e for e in own if e not in guest.exclusions),
+        migration=guest.migration or vmi_migration(vmi))
+
+
+def vmi_exclusions(vmi: Mapping[str, Any]) -> tuple[str, ...]:
+    """Why the VMI's spec says its guest is never ballooned: host devices (GPUs, host devices,
+    SR-IOV interfaces: VFIO), hugepages, dedicated CPUs, realtime. The domain XML says the
+    same once KubeVirt rendered it; the spec says it for every VMI, also where the XML
+    differs."""
+    domain = _mapping(_mapping(vmi.get("spec")).get("domain"))
+    devices = _mapping(domain.get("devices"))
+    cpu = _mapping(domain.get("cpu"))
+    found = []
+    vfio = [name for name in ("hostDevices", "gpus") if devices.get(name)]
+    vfio += ["SR-IOV interfaces" for iface in devices.get("interfaces") or []
+             if isinstance(iface, Mapping) and "sriov" in iface][:1]
+    if vfio:
+        found.append(f"VFIO host devices (VMI {', '.join(vfio)}): QEMU pins all guest "
+                     "memory, a balloon returns nothing")
+    if _mapping(domain.get("memory")).get("hugepages"):
+        found.append("hugepages (VMI spec.domain.memory.hugepages): ballooning frees no host "
+                     "memory")
+    if cpu.get("dedicatedCpuPlacement") is True:
+        found.append("dedicated CPUs (VMI dedicatedCpuPlacement): a latency-sensitive guest")
+    if "realtime" in cpu:
+        found.append("realtime (VMI spec.domain.cpu.realtime): a latency-sensitive guest")
+    return tuple(found)
+
+
+def vmi_migration(vmi: Mapping[str, Any]) -> str | None:
+    """A live migration of the VMI in progress (``status.migrationState`` started, neither
+    completed nor failed), as a skip reason; None otherwise."""
+    state = _mapping(_mapping(vmi.get("status")).get("migrationState"))
+    if not state or state.get("completed") is True or state.get("failed") is True \
+            or state.get("endTimestamp"):
+        return None
+    target = state.get("targetNode")
+    where = f" to node {target}" if target else ""
+    return f"KubeVirt live migration{where} in progress: balloon left alone until it is over"
 
 
 def vmi_request_kib(vmi: Mapping[str, Any]) -> int | None:

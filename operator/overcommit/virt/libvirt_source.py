@@ -32,6 +32,7 @@ from overcommit.virt.balloonstats import (
     balloon_problem,
     from_bulk,
     from_memory_stats,
+    job_in_progress,
     stats_age,
 )
 from overcommit.virt.domainxml import DomainFacts, DomainXMLError, parse_domain_xml, split_vmi_name
@@ -100,6 +101,7 @@ class LibvirtEndpoint:
         self._conn: Any = None
         self._facts: dict[tuple[str, int], DomainFacts] = {}
         self._limits: dict[str, _Limits] = {}  # by domain name, from the last observe()
+        self._jobs_unsupported = False  # the driver has no job API (libvirt's test driver)
 
     @property
     def connected(self) -> bool:
@@ -184,8 +186,21 @@ class LibvirtEndpoint:
             facts, problem = _UNKNOWN_FACTS, str(e)
         age = stats_age(reading.stats, wall)
         problem = problem or _state_problem(state) or balloon_problem(facts, reading.stats, age)
+        migration = self._job(dom) if facts.has_balloon else None
         return _guest(self.uri, dom.name(), dom.UUIDString(), now, reading, facts,
-                      age=age, problem=problem)
+                      age=age, problem=problem, migration=migration)
+
+    def _job(self, dom: Any) -> str | None:
+        """A migration (or another memory-copying job) in progress on the domain, if any."""
+        if self._jobs_unsupported:
+            return None
+        try:
+            return job_in_progress(dom.jobStats(0))
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                self._jobs_unsupported = True
+                return None
+            raise
 
     def _facts_for(self, dom: Any) -> DomainFacts:
         key = (dom.UUIDString(), dom.ID())  # both local to the handle: no round trip
@@ -306,10 +321,12 @@ def _state_problem(state: int) -> str | None:
 
 
 def _guest(uri: str, name: str, uuid: str, now: float, reading: BalloonReading,
-           facts: DomainFacts, *, age: float | None, problem: str | None) -> GuestObservation:
+           facts: DomainFacts, *, age: float | None, problem: str | None,
+           migration: str | None = None) -> GuestObservation:
     namespace, vmi_name = split_vmi_name(name) if facts.kubevirt else (None, None)
     return GuestObservation(
         endpoint=uri, domain=name, uuid=uuid, time=now, max_kib=reading.max_kib,
         current_kib=reading.current_kib, has_balloon=facts.has_balloon, stats=reading.stats,
         vmi_namespace=namespace, vmi_name=vmi_name, vmi_uid=facts.vmi_uid, problem=problem,
-        stats_age_s=age, stats_period_s=facts.stats_period if facts.has_balloon else None)
+        stats_age_s=age, stats_period_s=facts.stats_period if facts.has_balloon else None,
+        exclusions=facts.exclusions, migration=migration)

@@ -38,6 +38,15 @@ class GuestObservation:
     # the planner so it stays clock-free: it only compares this with the stats period.
     stats_age_s: float | None = None
     stats_period_s: int | None = None  # the balloon's live statistics period (0 = off)
+    # Why the guest is never ballooned (VFIO host devices, hugepage-backed memory, dedicated
+    # CPUs, realtime): from its domain XML and, on KubeVirt, its VMI spec.
+    exclusions: tuple[str, ...] = ()
+    # A migration (or another libvirt job) in progress, what it is; None when there is none.
+    migration: str | None = None
+    # PSI of the guest's own cgroup (its QEMU process's cgroup v2 memory.pressure), counters
+    # as the host's psi source has them (some_avg10 in hundredths of a percent, ...); None
+    # where the node has no cgroup v2 or the process was not found.
+    cgroup_pressure: Mapping[str, int] | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -53,7 +53,8 @@ def test_a_steady_error_is_posted_once_then_recovery_then_again(node: Engine) ->
     spec = {"ksm": {"enabled": True, "sleepMillisecs": 7}}
     node.kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
     first = memory.to_post(cycle_news(node.cycle(spec)))
-    assert reasons(first) == ["SettingsApplied", "PolicyInForce", "ApplyFailed"]
+    assert reasons(first) == ["LadderStarted", "SettingsApplied", "PolicyInForce",
+                              "ApplyFailed"]
     assert first[-1].type == "Warning" and "EIO" in first[-1].message
     for _ in range(3):
         assert memory.to_post(cycle_news(node.cycle(spec))) == []
@@ -64,6 +65,34 @@ def test_a_steady_error_is_posted_once_then_recovery_then_again(node: Engine) ->
     node.kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)
     assert reasons(memory.to_post(cycle_news(node.cycle(
         {"ksm": {"enabled": True, "sleepMillisecs": 9}})))) == ["ApplyFailed"]
+
+
+def test_every_ladder_move_is_posted_worsening_to_hard_as_a_warning(node: Engine) -> None:
+    memory = EventMemory()
+    spec = {"ksm": {"enabled": True}, "ladder": {"minimumAvailable": "1Gi"}}
+
+    def at(gib: float) -> list[EventIntent]:
+        node.kernel.set_memory(int(gib * (1 << 20)))
+        return [n for n in memory.to_post(cycle_news(node.cycle(spec)))
+                if n.reason.startswith("Ladder") or n.reason in ("ReliefWanted", "Recovered")]
+
+    started = at(6)
+    assert [(n.type, n.reason) for n in started] == [("Normal", "LadderStarted")]
+    assert started[0].message.startswith("the node is in Clear: MemAvailable 6.0Gi < 8.0Gi")
+    assert at(6) == []  # a steady state says nothing
+    soft = at(3)
+    assert [(n.type, n.reason) for n in soft] == [("Normal", "LadderWorsened")]
+    assert soft[0].message.startswith("Clear -> Soft: MemAvailable 3.0Gi < 4.0Gi")
+    hard = at(1.5)
+    assert [(n.type, n.reason) for n in hard] == [("Warning", "LadderWorsened")]
+    critical = at(0.5)
+    assert [(n.type, n.reason) for n in critical] == [("Warning", "LadderWorsened"),
+                                                      ("Warning", "ReliefWanted")]
+    assert at(0.6) == []  # relief is a fact: posted once while it holds
+    better = at(3)
+    assert [(n.type, n.reason) for n in better] == [("Normal", "LadderImproved"),
+                                                    ("Normal", "Recovered")]
+    assert better[0].message.startswith("Critical -> Soft: left Critical: MemAvailable 3.0Gi")
 
 
 def test_every_change_is_posted_even_when_it_repeats(node: Engine) -> None:
@@ -95,8 +124,8 @@ def test_a_dry_run_posts_its_planned_changes_once(node: Engine) -> None:
     memory = EventMemory()
     spec = {"dryRun": True, "ksm": {"enabled": True, "pagesToScan": 700}}
     first = memory.to_post(cycle_news(node.cycle(spec)))
-    assert reasons(first) == ["DryRunPlanned", "PolicyInForce"]
-    assert "dry run, nothing written" in first[0].message
+    assert reasons(first) == ["LadderStarted", "DryRunPlanned", "PolicyInForce"]
+    assert "dry run, nothing written" in first[1].message
     assert memory.to_post(cycle_news(node.cycle(spec))) == []
 
 

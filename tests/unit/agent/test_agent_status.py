@@ -60,7 +60,10 @@ def wire(report: CycleResult, invalid: list[PolicyError] | None = None) -> dict[
 
 
 def cycle(kernel: FakeKernel, tmp_path: Path, spec: dict[str, Any] | None) -> CycleResult:
-    engine = NodeReconciler(state_dir=tmp_path / "state", fs=kernel)
+    # A new engine each time, as after a restart: its ladder starts again, stamped by this
+    # fixed wall clock (a real one could tick a second between two calls).
+    engine = NodeReconciler(state_dir=tmp_path / "state", fs=kernel,
+                            wall_clock=lambda: 1_796_299_200.0)
     policies = [policy_from_object(policy_document("p", spec))] if spec else []
     return engine.cycle(policies, {})
 
@@ -145,6 +148,29 @@ def test_counters_alone_are_detail_not_news(kernel: FakeKernel, tmp_path: Path) 
                         now=NOW)
     assert news_of(after) == news_of(before)
     assert detail_of(after) != detail_of(before)
+
+
+def test_the_ladder_is_in_the_status_and_its_moves_are_news(kernel: FakeKernel,
+                                                           tmp_path: Path) -> None:
+    engine = NodeReconciler(state_dir=tmp_path / "state", fs=kernel,
+                            wall_clock=lambda: 1_796_299_200.0)
+    policies = [policy_from_object(policy_document("p", {
+        "ksm": {"enabled": True}, "ladder": {"minimumAvailable": "1Gi"}}))]
+    kernel.set_memory(6 << 20)
+    first = node_status(engine.cycle(policies, {}), now=NOW)
+    kernel.set_memory(5 << 20)  # other figures, the same state: not news
+    same = node_status(engine.cycle(policies, {}), now=NOW)
+    assert news_of(same) == news_of(first)
+    kernel.set_memory(1 << 20)
+    hard = node_status(engine.cycle(policies, {}), now=NOW)
+    assert news_of(hard) != news_of(first)
+    ladder = to_json(hard)["ladder"]
+    assert (ladder["state"], ladder["since"], ladder["relief"]) == (
+        "Hard", "2026-12-03T12:00:00Z", False)
+    assert ladder["reason"] == "MemAvailable 1.0Gi < 2.0Gi (Hard's threshold: 200% of M)"
+    assert [(t.get("fromState"), t["toState"]) for t in ladder["transitions"]] == [
+        ("Clear", "Hard"), (None, "Clear")]
+    assert validate(to_json(hard), openapi_schema(NodeStateStatus), "status") == []
 
 
 def test_publish_writes_once_then_only_on_news(kernel: FakeKernel, tmp_path: Path) -> None:

@@ -371,6 +371,16 @@ def _cel_corpus() -> dict[str, list[dict[str, Any]]]:
             {"static": {"targetPercent": 30}, "floor": {"minPercent": 40}},
             {"static": {"targetPercent": 50}, "floor": {"minPercent": 40}},
             {"floor": {"minPercent": 40}})],
+        "ZswapSpec": [{"onlyUnderPressure": o, **extra} for o in (True, False)
+                      for extra in ({}, {"enabled": True}, {"enabled": False},
+                                    {"maxPoolPercent": 20})],
+        "LadderPsi": [{"fullHardPercent": a, "fullCriticalPercent": b}
+                      for a, b in ((5, 20), (20, 20), (30, 20))],
+        "LadderSpec": [{"criticalPercent": c, "hardPercent": h, "softPercent": s,
+                        "plentyPercent": p}
+                       for c, h, s, p in ((100, 200, 400, 800), (200, 200, 400, 800),
+                                          (100, 300, 200, 800), (100, 200, 400, 400),
+                                          (1, 2, 3, 4), (4, 3, 2, 1))],
         "PolicySpec": [{}, {"priority": 3}, {"ksm": {}}, {"uksm": {}}, {"swap": {}},
                        {"zswap": {}}, {"balloon": {}}],
     }

@@ -125,6 +125,23 @@ def test_text_output_is_readable(host: Path, tmp_path: Path,
                  str(tmp_path / "s")]) == EXIT_OK
     out = capsys.readouterr().out
     assert "policy: p" in out and f"{KSM}/run: 0 -> 1" in out
+    assert "ladder: Plenty (MemAvailable 11.8Gi >= 3.9Gi (800% of M))" in out
+
+
+def test_plan_and_run_show_the_ladder(host: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    FakeKernel(host).set_memory(512 * 1024)  # 0.5 GiB available
+    path = write_policy(tmp_path, policy_document("p", {
+        "ksm": {"enabled": True}, "ladder": {"minimumAvailable": "1Gi"}}))
+    for command in (["plan"], ["run", "--once"]):
+        code, data = run_json(capsys, *command, "-f", path, *host_args(host, tmp_path))
+        assert code == EXIT_OK
+        ladder = data["ladder"]
+        assert (ladder["state"], ladder["relief"], ladder["minimumBytes"]) == (
+            "Critical", True, 1 << 30)
+        assert [t["state"] for t in ladder["thresholds"]] == ["Clear", "Soft", "Hard",
+                                                              "Critical"]
+        assert ladder["transitions"][0]["toState"] == "Critical"
 
 
 # ---------------------------------------------------------------------------------------------

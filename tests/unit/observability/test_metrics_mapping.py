@@ -106,6 +106,33 @@ def test_node_series_carry_the_status_values(tmp_path: Path, kernel: FakeKernel)
     assert value(got, "overcommit_agent_info", node="node-a", version=version()) == 1
 
 
+def test_ladder_series_and_transitions(tmp_path: Path, kernel: FakeKernel) -> None:
+    engine = NodeReconciler(state_dir=tmp_path / "state", fs=kernel,
+                            wall_clock=lambda: 1_700_000_000.0)
+    spec = [policy_from_object(policy_document("pol", {
+        "ksm": {"enabled": True}, "ladder": {"minimumAvailable": "1Gi"}}))]
+    metrics = AgentMetrics("node-a")
+    for gib in (6, 6, 1.5, 0.5):
+        kernel.set_memory(int(gib * (1 << 20)))
+        metrics.observe_cycle(status_of(engine.cycle(spec, {})), {})
+    got = scrape(metrics.registry)
+    assert {state: value(got, "overcommit_ladder_state", state=state)
+            for state in ("Plenty", "Clear", "Soft", "Hard", "Critical")} == {
+        "Plenty": 0, "Clear": 0, "Soft": 0, "Hard": 0, "Critical": 1}
+    assert value(got, "overcommit_ladder_relief_wanted") == 1
+    assert value(got, "overcommit_ladder_since_timestamp_seconds") == 1_700_000_000.0
+    assert value(got, "overcommit_ladder_minimum_bytes") == 1 << 30
+    assert value(got, "overcommit_ladder_threshold_bytes", state="Hard", edge="below") == 2 << 30
+    assert value(got, "overcommit_ladder_threshold_bytes", state="Hard",
+                 edge="leave_above") == (2 << 30) * 125 // 100
+    # One count per move, none for the cycle that stayed: start, Clear -> Hard, -> Critical.
+    for before, after in (("", "Clear"), ("Clear", "Hard"), ("Hard", "Critical")):
+        assert value(got, "overcommit_ladder_transitions_total", **{"from": before,
+                                                                    "to": after}) == 1
+    assert value(got, "overcommit_ladder_transitions_total", **{"from": "Clear",
+                                                                "to": "Soft"}) is None
+
+
 def test_every_setting_is_exported_once_either_as_number_or_text(tmp_path: Path,
                                                                   kernel: FakeKernel) -> None:
     status = status_of(applied_cycle(tmp_path, kernel, {"ksm": {"enabled": True}}))
@@ -279,6 +306,7 @@ def test_docs_document_every_served_family_with_its_type_and_labels() -> None:
     agent, controller = AgentMetrics("n"), ControllerMetrics()
     # one increment each, so labelled families show their labels
     agent.event_posted("Normal", "SettingsApplied")
+    agent.transitions.labels("Clear", "Soft").inc()
     controller.event_posted("Warning", "PolicyStalled")
     for metrics in (agent, controller):
         metrics.api_write("POST", "/api/v1/namespaces/default/events", 201)

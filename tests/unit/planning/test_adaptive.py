@@ -8,6 +8,7 @@ from overcommit.api.policy import KsmAdaptive
 from overcommit.host.base import SourceReading
 from overcommit.planning import adaptive
 from overcommit.planning.adaptive import Phase
+from overcommit.planning.ladder import State
 from overcommit.planning.observation import Observation
 
 GIB = 2**30
@@ -77,14 +78,35 @@ def test_idle_stays_idle_without_signal_and_reprobes_later() -> None:
 
 
 def test_pressure_reprobes_sooner() -> None:
+    """Pressure is the ladder's judgement, not the lever's own reading of MemAvailable."""
     state = _idle_state()
-    pressured = obs(4 + adaptive.REPROBE_PRESSURE_S, scanned=2200, full_scans=2, cpu=0.02,
-                    available=10 * GIB)
-    relaxed = adaptive.step(state, pressured, CFG)
-    assert relaxed.state.phase is Phase.IDLE  # 10/16 available: no pressure
-    tight = obs(4 + adaptive.REPROBE_PRESSURE_S, scanned=2200, full_scans=2, cpu=0.02,
-                available=int(1.5 * GIB))
-    assert adaptive.step(state, tight, CFG).state.phase is Phase.PROBE
+    later = obs(4 + adaptive.REPROBE_PRESSURE_S, scanned=2200, full_scans=2, cpu=0.02)
+    assert adaptive.step(state, later, CFG).state.phase is Phase.IDLE  # Clear: no pressure
+    for ladder in (State.SOFT, State.HARD, State.CRITICAL):
+        d = adaptive.step(state, later, CFG, ladder)
+        assert d.state.phase is Phase.PROBE
+        assert d.state.reason == f"re-probing after 60s idle (ladder {ladder.value})"
+
+
+def test_plenty_keeps_ksmd_at_its_idle_trickle() -> None:
+    trickle = (CFG.min_pages_to_scan, CFG.idle_sleep_millisecs)
+    first = adaptive.step(None, obs(0), CFG, State.PLENTY)
+    assert first.state.phase is Phase.IDLE and (first.pages_to_scan, first.sleep_ms) == trickle
+    assert first.state.reason == adaptive.PLENTY_REASON
+    # A boosting tuner drops to the trickle as soon as the node has plenty.
+    d = adaptive.step(None, obs(0), CFG)
+    d = adaptive.step(d.state, obs(2, scanned=100_000, full_scans=1, cpu=0.1), CFG)
+    d = adaptive.step(d.state, obs(4, scanned=200_000, full_scans=2, sharing=60_000, cpu=0.6),
+                      CFG)
+    assert d.state.phase is Phase.BOOST
+    d = adaptive.step(d.state, obs(6, scanned=300_000, full_scans=2, sharing=90_000, cpu=0.8),
+                      CFG, State.PLENTY)
+    assert d.state.phase is Phase.IDLE and (d.pages_to_scan, d.sleep_ms) == trickle
+    # Nothing wakes it while the node has plenty: not a memory drop, not the re-probe timer.
+    woken = obs(6 + adaptive.REPROBE_IDLE_S, scanned=300_100, full_scans=2, sharing=90_000,
+                cpu=0.8, available=4 * GIB)
+    assert adaptive.step(d.state, woken, CFG, State.PLENTY).state.phase is Phase.IDLE
+    assert adaptive.step(d.state, woken, CFG, State.CLEAR).state.phase is Phase.PROBE
 
 
 def test_cpu_over_budget_cuts_the_rate_in_proportion() -> None:

@@ -23,6 +23,7 @@ from overcommit.planning.balloon import (
     release_targets,
     select_guests,
 )
+from overcommit.planning.ladder import State
 from overcommit.planning.observation import Observation
 from overcommit.virt.model import GuestObservation
 from testkit.cases import policy_document
@@ -93,7 +94,11 @@ def two_cycles(spec: BalloonSpec, before: list[GuestObservation],
 
 
 AUTO = balloon()
-MID = 30.0  # in the middle of the default 20-40% band: hold
+# Where host() puts a 16 GiB node on the ladder under AUTO (Soft below the 20% low mark, Plenty
+# above the 40% high mark, Hard below 2 x VMware's minFree, 1 GiB here):
+MID = 30.0  # Clear: hold
+SHORT = 15.0  # Soft: idle guests give
+HARD = 5.0  # Hard: every guest not under pressure gives, toward its floor
 
 
 def seen(spec: BalloonSpec, guests: list[GuestObservation]) -> BalloonState:
@@ -169,6 +174,10 @@ def test_unselected_guests_get_a_decision_and_no_target() -> None:
     (vm(has_balloon=False), "no balloon device"),
     (vm(stats=False), "balloon driver not reporting statistics"),
     (vm(age=31.0), "statistics are 31s old"),
+    (replace(vm(), exclusions=("hugepage-backed memory", "dedicated CPUs")),
+     "skipped: never ballooned: hugepage-backed memory; dedicated CPUs"),
+    (replace(vm(), migration="KubeVirt live migration in progress"),
+     "skipped: KubeVirt live migration in progress"),
 ])
 def test_guests_that_cannot_be_managed_are_skipped_with_a_reason(
         guest: GuestObservation, reason: str) -> None:
@@ -217,11 +226,20 @@ def test_the_floor_is_the_largest_term_and_never_above_max(
     assert why in reason
 
 
-def test_a_guest_below_its_floor_is_raised_whatever_the_host() -> None:
+def test_a_guest_below_its_floor_is_raised_even_when_the_host_is_short() -> None:
     g = vm(current_mib=800, usable_mib=600, request_mib=1500)
-    plan = plan_balloons(AUTO, [g], host(5), None)
+    plan = plan_balloons(AUTO, [g], host(SHORT), None)
     assert target_of(plan, g) == 1500 * MIB
     assert "below its floor 1500 MiB (VMI memory request)" in plan.targets[0].reason
+
+
+def test_in_hard_only_a_pressured_guest_grows_not_one_below_a_policy_floor() -> None:
+    below = vm("below", current_mib=800, usable_mib=600, request_mib=1500)
+    hungry = vm("hungry", current_mib=2048, usable_mib=50)
+    plan = plan_balloons(AUTO, [below, hungry], host(HARD), None)
+    assert target_of(plan, below) is None
+    assert "only guests under pressure grow" in decision_of(plan, below).reason
+    assert (target_of(plan, hungry) or 0) > 2048 * MIB
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,7 +289,7 @@ def test_static_ignores_moves_below_the_threshold() -> None:
 def test_major_faults_make_a_guest_grow_this_cycle_even_when_the_host_is_short() -> None:
     before = vm(t=0, current_mib=2048, usable_mib=1000, faults=100)
     after = vm(t=10, current_mib=2048, usable_mib=1000, faults=100 + 10 * 25)
-    plan = two_cycles(AUTO, [before], [after], host(5))
+    plan = two_cycles(AUTO, [before], [after], host(SHORT))
     assert target_of(plan, after) == 2048 * MIB + STEP_4G  # no margin deficit: one step
     d = decision_of(plan, after)
     assert d.pressured
@@ -297,6 +315,19 @@ def test_counters_of_a_new_guest_under_the_same_name_are_not_compared() -> None:
     before = vm(t=0, faults=10**6, uuid="old", current_mib=2048, usable_mib=1000)
     after = vm(t=10, faults=10**6 + 10**5, uuid="new", current_mib=2048, usable_mib=1000)
     assert not decision_of(two_cycles(AUTO, [before], [after], host(MID)), after).pressured
+
+
+@pytest.mark.parametrize(("some_percent", "pressured"), [(25.0, True), (10.0, False)])
+def test_a_guest_whose_cgroup_stalls_on_memory_is_pressured(some_percent: float,
+                                                            pressured: bool) -> None:
+    g = replace(vm(current_mib=2048, usable_mib=1500),
+                cgroup_pressure={"some_avg10": round(some_percent * 100), "full_avg10": 0})
+    plan = plan_balloons(AUTO, [g], host(SHORT), seen(AUTO, [g]))
+    decision = decision_of(plan, g)
+    assert decision.pressured is pressured  # more than the default 10%
+    if pressured:
+        assert "its cgroup's memory PSI some avg10 25.00% > 10%" in decision.reason
+        assert (target_of(plan, g) or 0) > 2048 * MIB  # grown, even though the node is short
 
 
 def test_usable_below_the_margin_grows_by_the_deficit_plus_a_step() -> None:
@@ -360,13 +391,13 @@ def test_a_guest_whose_use_grows_faster_than_its_margin_is_grown_before_it_runs_
 def test_a_guest_whose_use_grows_is_not_idle_even_with_room_above_its_margin() -> None:
     before = vm(t=0, current_mib=4096, usable_mib=3000)
     after = vm(t=10, current_mib=4096, usable_mib=2400)  # 600 MiB more used
-    plan = two_cycles(AUTO, [before], [after], host(5))
+    plan = two_cycles(AUTO, [before], [after], host(SHORT))
     decision = decision_of(plan, after)
     # floor: 1696 used + 600 growing + 410 margin = 2706 MiB; still 1390 MiB to give
     assert decision.floor_kib == 1696 * MIB + 600 * MIB + -(-4096 * MIB * 10 // 100)
     assert target_of(plan, after) == 4096 * MIB - STEP_4G
     steady = vm(t=10, current_mib=4096, usable_mib=3000)  # the same use: the plain floor
-    plan = two_cycles(AUTO, [before], [steady], host(5))
+    plan = two_cycles(AUTO, [before], [steady], host(SHORT))
     assert decision_of(plan, steady).floor_kib == 1096 * MIB + -(-4096 * MIB * 10 // 100)
 
 
@@ -374,13 +405,13 @@ def test_a_guest_using_less_than_before_keeps_its_recent_peak_until_the_window_p
     # Used 1748 MiB, then 1148: a process OOM-killed or a paused job will want it back.
     before = vm(t=0, current_mib=2048, usable_mib=300)
     after = vm(t=10, current_mib=2048, usable_mib=900)
-    plan = two_cycles(AUTO, [before], [after], host(5))
+    plan = two_cycles(AUTO, [before], [after], host(SHORT))
     decision = decision_of(plan, after)
     assert decision.use_growth_kib == 600 * MIB
     assert decision.floor_kib == 1748 * MIB + -(-2048 * MIB * 10 // 100)
     # Six 10 s intervals later without using that much again, it is idle at its present use.
     later = vm(t=71, current_mib=2048, usable_mib=900)
-    late = decision_of(plan_balloons(AUTO, [later], host(5), plan.state), later)
+    late = decision_of(plan_balloons(AUTO, [later], host(SHORT), plan.state), later)
     assert late.use_growth_kib == 0 and late.floor_kib < decision.floor_kib
 
 
@@ -395,7 +426,7 @@ def test_the_step_is_a_share_of_the_maximum_but_at_least_min_step(
     auto: dict[str, Any] = {} if min_step is None else {"minStep": min_step}
     spec = balloon(auto=auto, floor={"minPercent": 1, "guestFreeMarginPercent": 0})
     g = vm(max_mib=max_mib, usable_mib=max_mib - 1)
-    plan = plan_balloons(spec, [g], host(5), seen(spec, [g]))
+    plan = plan_balloons(spec, [g], host(SHORT), seen(spec, [g]))
     given = max_mib * MIB - (target_of(plan, g) or max_mib * MIB)
     floor = max(-(-max_mib * MIB // 100), MIB)  # 1% of max, or the 1 MiB in use
     assert given == min(int(expected_mib * MIB), max_mib * MIB - floor)
@@ -408,47 +439,68 @@ def test_the_step_is_a_share_of_the_maximum_but_at_least_min_step(
 def test_idle_guests_give_most_surplus_per_share_first_and_only_what_the_host_needs() -> None:
     a = vm("a", usable_mib=3000)  # floor: 1096 in use + 410 margin; surplus 2590 MiB
     b = vm("b", usable_mib=2000, annotations={SHARES_ANNOTATION: "500"})  # 1590 MiB x 2
-    obs = host(total_gib=4, available_kib=600 * MIB)  # 14.6% < 20%
+    obs = host(total_gib=4, available_kib=500 * MIB)  # 12% < 20%: Soft (Hard < 400 MiB)
     plan = plan_balloons(AUTO, [a, b], obs, seen(AUTO, [a, b]))
-    need = 4 * GIB * 30 // 100 - 600 * MIB  # up to the middle of the band (30%)
+    # Up to Soft's exit: its threshold (the 20% low mark) + the 25% exit margin, just above.
+    leave = (4 * GIB * 1024 * 20 // 100) * 125 // 100
+    need = (leave - 500 * MIB * 1024) // 1024 + 1
     assert 4096 * MIB - (target_of(plan, b) or 0) == STEP_4G  # b first, a full step
     assert 4096 * MIB - (target_of(plan, a) or 0) == need - STEP_4G  # a: the rest only
-    assert decision_of(plan, b).reason == ("host MemAvailable 15% < 20%: idle guest (usable "
-                                           "2000 MiB, floor 2506 MiB) gives 410 MiB")
+    assert decision_of(plan, b).reason == (
+        "ladder Soft, MemAvailable 500 MiB < 1024 MiB (back to Clear): idle guest (usable "
+        "2000 MiB, floor 2506 MiB) gives 410 MiB")
 
 
 def test_no_guest_is_shrunk_on_its_first_sample() -> None:
     g = vm(usable_mib=3000)
-    first = plan_balloons(AUTO, [g], host(5), None)  # an agent just restarted, host short
+    first = plan_balloons(AUTO, [g], host(SHORT), None)  # an agent just restarted, host short
     assert first.targets == ()
     assert "first sample: its trend is not known yet" in first.decisions[0].reason
     later = vm(t=110, usable_mib=3000)
-    assert target_of(plan_balloons(AUTO, [later], host(5, t=110), first.state), later) \
+    assert target_of(plan_balloons(AUTO, [later], host(SHORT, t=110), first.state), later) \
         == 4096 * MIB - STEP_4G
 
 
-def test_reclaim_goes_on_until_the_middle_of_the_band_once_started() -> None:
+def test_reclaim_goes_on_until_the_node_is_back_in_clear_once_started() -> None:
     g = vm(usable_mib=3000)
     started = plan_balloons(AUTO, [g], host(15), None)
-    assert started.state.reclaiming
+    assert started.state.ladder is not None and started.state.ladder.state is State.SOFT
     above_low = vm(t=110, current_mib=3686, usable_mib=2590)
-    plan = plan_balloons(AUTO, [above_low], host(25, t=110), started.state)
-    assert "< 30% (reclaiming up to the middle of 20-40%)" in plan.targets[0].reason
-    assert not plan_balloons(AUTO, [above_low], host(25, t=110), None).targets
-    done = plan_balloons(AUTO, [above_low], host(31, t=110), started.state)
-    assert not done.targets and not done.state.reclaiming
+    # 22% is above the 20% low mark but not above Soft's exit (20% + 25% of it = 25%).
+    plan = plan_balloons(AUTO, [above_low], host(22, t=110), started.state)
+    assert "ladder Soft, MemAvailable 3604 MiB < 4096 MiB (back to Clear)" \
+        in plan.targets[0].reason
+    assert not plan_balloons(AUTO, [above_low], host(22, t=110), None).targets  # fresh: Clear
+    done = plan_balloons(AUTO, [above_low], host(26, t=110), started.state)
+    assert not done.targets
+    assert done.state.ladder is not None and done.state.ladder.state is State.CLEAR
+
+
+def test_in_hard_every_guest_not_under_pressure_gives_larger_steps_to_its_floor() -> None:
+    idle = vm("idle", usable_mib=3000)
+    new = vm("new", usable_mib=3000, uuid="uuid-new")  # first sample: no trend known yet
+    tight = vm("tight", current_mib=3000, usable_mib=700)  # usable not well above the margin
+    known = seen(AUTO, [idle, tight])
+    plan = plan_balloons(AUTO, [idle, new, tight], host(HARD), known)
+    assert 4096 * MIB - (target_of(plan, idle) or 0) == 2 * STEP_4G  # two steps at once
+    assert 4096 * MIB - (target_of(plan, new) or 0) == 2 * STEP_4G
+    # tight: floor 2300 used + 300 margin = 2600 MiB; gives what is above it, no more
+    assert target_of(plan, tight) == decision_of(plan, tight).floor_kib
+    assert "ladder Hard" in decision_of(plan, idle).reason
+    assert all(t.to_kib >= (decision_of(plan, g).floor_kib or 0)
+               for t, g in zip(plan.targets, (idle, new, tight), strict=False))
 
 
 def test_reclaim_stops_at_the_floor() -> None:
     g = vm(current_mib=1100, max_mib=4096, usable_mib=1000)  # floor 1024 (25%): 76 to give
-    plan = plan_balloons(AUTO, [g], host(5), seen(AUTO, [g]))
+    plan = plan_balloons(AUTO, [g], host(SHORT), seen(AUTO, [g]))
     assert target_of(plan, g) == 1024 * MIB
 
 
 def test_a_guest_at_its_floor_or_without_room_above_its_margin_gives_nothing() -> None:
     at_floor = vm("f", current_mib=1024, usable_mib=900)
     tight = vm("t", current_mib=3000, usable_mib=320)  # margin 300: not well above it
-    plan = plan_balloons(AUTO, [at_floor, tight], host(5), seen(AUTO, [at_floor, tight]))
+    plan = plan_balloons(AUTO, [at_floor, tight], host(SHORT), seen(AUTO, [at_floor, tight]))
     assert plan.targets == ()
     assert "at its floor 1024 MiB (25% of max)" in decision_of(plan, at_floor).reason
     assert "not well above its margin" in decision_of(plan, tight).reason
@@ -458,11 +510,11 @@ def test_a_recently_pressured_guest_is_not_shrunk() -> None:
     pressured = plan_balloons(AUTO, [vm(t=0, current_mib=2048, usable_mib=100)],
                               host(MID), None)
     recovered = vm(t=10, current_mib=3000, usable_mib=2000)
-    plan = plan_balloons(AUTO, [recovered], host(5, t=10), pressured.state)
+    plan = plan_balloons(AUTO, [recovered], host(SHORT, t=10), pressured.state)
     assert plan.targets == ()
     assert "under pressure recently" in plan.decisions[0].reason
     later = vm(t=40, current_mib=3000, usable_mib=2000)  # 3 x 10 s later
-    assert plan_balloons(AUTO, [later], host(5), plan.state).targets
+    assert plan_balloons(AUTO, [later], host(SHORT), plan.state).targets
 
 
 def test_growth_for_pressured_guests_is_taken_from_idle_ones() -> None:
@@ -485,7 +537,8 @@ def test_with_plenty_guests_grow_back_most_used_first_within_the_budget() -> Non
     plenty = plan_balloons(AUTO, [busy, light], host(60), None)
     assert target_of(plenty, busy) == 2048 * MIB + STEP_4G
     assert target_of(plenty, light) == 3000 * MIB + STEP_4G
-    assert "host MemAvailable 60% > 40%: grown by 410 MiB" in plenty.targets[0].reason
+    assert "ladder Plenty, MemAvailable 9830 MiB > 6554 MiB: grown by 410 MiB" \
+        in plenty.targets[0].reason
     budget = host(total_gib=16, available_kib=int(16 * GIB * 0.41))  # 1% above the mark
     plan = plan_balloons(AUTO, [light, busy], budget, None)
     assert [t.domain for t in plan.targets] == [busy.domain]
@@ -497,7 +550,8 @@ def test_in_the_band_guests_hold_but_pressured_ones_still_grow() -> None:
     idle, hungry = vm("idle", usable_mib=3500), vm("hungry", current_mib=2048, usable_mib=0)
     plan = plan_balloons(AUTO, [idle, hungry], host(35), None)
     assert [t.domain for t in plan.targets] == [hungry.domain]
-    assert "between 20% and 40%: hold" in decision_of(plan, idle).reason
+    assert "ladder Clear, MemAvailable 5734 MiB (5120 MiB after growing pressured guests): " \
+        "hold" in decision_of(plan, idle).reason
 
 
 def test_unknown_host_memory_moves_only_pressured_guests_and_floors() -> None:
@@ -524,7 +578,7 @@ def test_state_keeps_skipped_guests_and_forgets_vanished_or_unselected_ones() ->
     assert set(second.state.guests) == {a.key}
     assert second.state.guests[a.key] == first.state.guests[a.key]
     spec = balloon(vmSelector={"namespaces": ["other"]})
-    assert plan_balloons(spec, [a], host(MID), first.state).state == BalloonState()
+    assert plan_balloons(spec, [a], host(MID), first.state).state.guests == {}
 
 
 def test_release_restores_every_balloon_to_its_maximum() -> None:
@@ -535,3 +589,31 @@ def test_release_restores_every_balloon_to_its_maximum() -> None:
     assert [(t.domain, t.to_kib) for t in targets] == [(shrunk.domain, 4096 * MIB),
                                                        (full.domain, 4096 * MIB)]
     assert release_targets([shrunk], restore_on_release=False) == ()
+    # A guest migrating is given back once its migration is over (it stays owed till then).
+    moving = replace(shrunk, migration="libvirt outgoing migration in progress")
+    assert release_targets([moving], restore_on_release=True) == ()
+
+
+def test_the_lever_obeys_the_nodes_ladder_not_its_own_reading_of_memory() -> None:
+    """Memory PSI puts the node in Hard while MemAvailable is plentiful: the balloon lever
+    takes the state it is given (every guest not under pressure gives, two steps each,
+    "held by memory pressure" since MemAvailable alone would need nothing)."""
+    from overcommit.api.policy import PolicySpec
+    from overcommit.planning import ladder as node_ladder
+    from overcommit.planning.levers.balloon import BalloonLever
+    from overcommit.planning.levers.base import LeverInput
+
+    g = vm(usable_mib=3000)
+    obs = host(60)
+    psi = replace(obs, readings={**obs.readings, "psi": SourceReading(
+        "psi", True, {}, {"some_avg10": 3000, "full_avg10": 600})})
+    spec = PolicySpec(balloon=AUTO)
+    judged = node_ladder.step(None, psi, spec)
+    assert judged.state is State.HARD
+    earlier = seen(AUTO, [g])
+    plan = BalloonLever().plan(LeverInput(spec, obs, earlier, guests=[g], ladder=judged))
+    assert [(t.domain, t.to_kib) for t in plan.targets] == [(g.domain, 4096 * MIB - 2 * STEP_4G)]
+    assert "ladder Hard, MemAvailable 9830 MiB, held by memory pressure" in plan.targets[0].reason
+    # Without the node's ladder (a bare preview) the lever judges one afresh from what it sees.
+    calm = BalloonLever().plan(LeverInput(spec, obs, earlier, guests=[g]))
+    assert calm.targets == ()

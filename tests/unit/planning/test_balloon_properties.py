@@ -4,8 +4,9 @@ Each example runs 1-3 cycles of ``plan_balloons`` on the same guests (counters m
 samples sometimes repeated, guests sometimes rebooted) and checks every cycle's plan:
 
 1. no target is below its guest's floor or above its maximum;
-2. in Auto, a balloon moves at most ``maxStepPercent`` of its maximum per cycle, except up:
-   to the guest's floor, or for a pressured guest to at most ``current + margin deficit +
+2. in Auto, a balloon moves at most ``maxStepPercent`` of its maximum per cycle (down:
+   ``HARD_STEP_FACTOR`` times that while the ladder is in Hard or Critical), except up: to the
+   guest's floor, or for a pressured guest to at most ``current + margin deficit +
    step x 2^min(streak, 4)`` (``streak``: the cycles in a row it was pressured before);
 3. guests that cannot be managed (a problem, no balloon, no statistics, stale statistics, a
    balloon size of 0 or above the maximum) never get a target;
@@ -26,6 +27,7 @@ from overcommit.api.model import PolicyError, policy_from_object
 from overcommit.api.policy import BalloonAuto, BalloonFloor, BalloonMode, BalloonSpec
 from overcommit.api.schema import quantity_bytes
 from overcommit.planning.balloon import (
+    HARD_STEP_FACTOR,
     MAX_HEADROOM_DOUBLINGS,
     SHARES_ANNOTATION,
     STALE_PERIODS,
@@ -253,7 +255,11 @@ def _check_step(spec: BalloonSpec, decision: GuestDecision, to_kib: int,
     moved = to_kib - guest.current_kib
     if abs(moved) <= step:
         return
-    assert moved > 0, "only growth may exceed a step"
+    hard = "ladder Hard" in decision.reason or "ladder Critical" in decision.reason
+    if moved < 0 and hard:
+        assert -moved <= HARD_STEP_FACTOR * step, "Hard: at most HARD_STEP_FACTOR steps down"
+        return
+    assert moved > 0, "only growth may exceed a step (out of Hard)"
     if to_kib == decision.floor_kib:
         return
     memory = prev.guests.get(guest.key) if prev is not None else None

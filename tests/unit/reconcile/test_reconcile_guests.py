@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from overcommit.api.model import Policy, policy_from_object
+from overcommit.planning.observation import Observation
 from overcommit.reconcile.guests import GuestManager, GuestResult, VirtSettings
 from overcommit.reconcile.node import NodeReconciler
 from overcommit.virt.libvirt_source import LibvirtEndpoint
+from overcommit.virt.model import GuestObservation
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
 from testkit.fakes.libvirt_xml import FakeDomain, kubevirt_fleet, write_node
@@ -266,3 +268,37 @@ def test_200_guests_auto_cycle_costs_under_a_second_of_cpu(tmp_path: Path) -> No
     assert len(report.guests.guests) == 200
     assert report.guests.applied, "a host 'short of memory' must reclaim from idle guests"
     assert cpu < 1.0
+
+
+def test_auto_reads_local_guests_cgroup_pressure_under_the_host_root(tmp_path: Path) -> None:
+    """The fake tree is cgroup v2 (this machine has v1 controllers plus a unified hierarchy):
+    a local guest's QEMU process, its cgroup and the cgroup's memory.pressure."""
+    root = tmp_path / "root"
+    for rel, data in (("sys/fs/cgroup/cgroup.controllers", b"memory\n"),
+                      ("sys/fs/cgroup/machine.slice/vm.scope/memory.pressure",
+                       b"some avg10=40.00 avg60=0 avg300=0 total=1\n"
+                       b"full avg10=9.00 avg60=0 avg300=0 total=1\n"),
+                      ("proc/321/cmdline", b"qemu-system-x86_64\0-uuid\0UUID-A\0"),
+                      ("proc/321/cgroup", b"0::/machine.slice/vm.scope\n")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    manager = GuestManager(VirtSettings(discover_system=False, host_root=str(root)))
+    stats = {"usable": GIB_KIB, "available": 2 * GIB_KIB, "last_update": 100}
+    local = GuestObservation("qemu:///system", "vm", "uuid-a", 1.0, 4 * GIB_KIB, 2 * GIB_KIB,
+                             True, stats=stats)
+    remote = replace(local, endpoint="qemu+ssh://other/system", domain="far")
+    report = GuestResult(guests=[local, remote])
+    manager.plan(report, policy({"balloon": {"mode": "Auto"}}).spec, Observation(time=1.0),
+                 [], True)
+    by_name = {g.domain: g for g in report.guests}
+    assert by_name["vm"].cgroup_pressure == {"some_avg10": 4000, "some_avg60": 0,
+                                             "some_avg300": 0, "some_total": 1,
+                                             "full_avg10": 900, "full_avg60": 0,
+                                             "full_avg300": 0, "full_total": 1}
+    assert by_name["far"].cgroup_pressure is None  # another host's process: not looked for
+    decision = next(d for d in report.decisions if d.guest.domain == "vm")
+    assert decision.pressured and "cgroup's memory PSI some avg10 40.00% > 10%" in decision.reason
+    # Static ballooning does not use the signal: no /proc scan for it.
+    report = GuestResult(guests=[local])
+    manager.plan(report, policy(STATIC).spec, Observation(time=1.0), [], True)
+    assert report.guests[0].cgroup_pressure is None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from overcommit.api.policy import PolicySpec
+from overcommit.planning.ladder import Ladder, State
 from overcommit.planning.observation import Observation
 from overcommit.virt.model import GuestObservation
 
@@ -24,8 +25,9 @@ class Problem:
 @dataclass(frozen=True)
 class LeverInput:
     """What a lever's planner may look at: the policy in force (None: no policy selects the
-    node), the host, and what the lever remembered from its last plan for the same policy
-    generation."""
+    node), the host, the node's reclamation ladder (``planning.ladder``: the one judgement of
+    host memory and pressure every lever obeys; no lever reads host memory for that on its
+    own), and what the lever remembered from its last plan for the same policy generation."""
 
     spec: PolicySpec | None
     obs: Observation
@@ -37,6 +39,12 @@ class LeverInput:
     guests: Sequence[GuestObservation] = ()
     touched: frozenset[tuple[str, str]] = frozenset()  # (endpoint, domain)
     restore_on_release: bool = True
+    ladder: Ladder | None = None  # None: judged as Clear (hold, no pressure)
+
+    @property
+    def state(self) -> State:
+        """The ladder's state this cycle."""
+        return self.ladder.state if self.ladder is not None else State.CLEAR
 
 
 @dataclass(frozen=True)

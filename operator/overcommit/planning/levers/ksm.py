@@ -36,7 +36,8 @@ def _plan_ksm(ksm: KsmSpec, given: LeverInput) -> LeverPlan:
     memory = None
     if ksm.mode is KsmMode.ADAPTIVE:
         previous = given.previous if isinstance(given.previous, adaptive.AdaptiveState) else None
-        decision = adaptive.step(previous, given.obs, ksm.adaptive or KsmAdaptive())
+        decision = adaptive.step(previous, given.obs, ksm.adaptive or KsmAdaptive(),
+                                 given.state)
         rate = {KSM.path("run"): RUN_MERGING,
                 KSM.path("pages_to_scan"): str(decision.pages_to_scan),
                 KSM.path("sleep_millisecs"): str(decision.sleep_ms)}
