@@ -27,7 +27,7 @@ from overcommit.agent.health import CycleHealth, serve_health
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import node_status, should_write
 from overcommit.api.model import Policy, PolicyError, policy_from_object
-from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION, KsmMode
+from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
 from overcommit.api.schema import plain, to_json
 from overcommit.api.status import NodeStateStatus
 from overcommit.kube.client import ApiError, make_login
@@ -39,7 +39,7 @@ from overcommit.observability.metrics import (
     MetricsServer,
     serve_metrics,
 )
-from overcommit.planning.ladder import next_interval
+from overcommit.planning.plan import cycle_interval
 from overcommit.reconcile.guests import VirtSettings
 from overcommit.reconcile.node import CycleResult, NodeReconciler
 
@@ -224,14 +224,7 @@ class Agent:
         return policies, invalid
 
     def _interval(self, report: CycleResult) -> float:
-        interval = self.settings.interval_seconds
-        policy = report.selection.winner
-        ksm = policy.spec.ksm if policy else None
-        if ksm is not None and ksm.mode is KsmMode.ADAPTIVE and report.plan.adaptive:
-            interval = min(interval, float(ksm.adaptive.interval_seconds if ksm.adaptive
-                                           else 2))
-        # Under memory pressure the ladder (and the levers it gates) is judged more often.
-        return next_interval(report.plan.ladder, interval) if policy else interval
+        return cycle_interval(report.plan, self.settings.interval_seconds)
 
     # -- reporting -------------------------------------------------------------------------
     async def publish(self, status: NodeStateStatus, node_uid: str | None) -> bool:

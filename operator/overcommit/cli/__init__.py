@@ -18,10 +18,10 @@ from typing import Any
 
 from overcommit.agent.settings import AgentSettings
 from overcommit.api.model import PolicyError, load_policies, parse_policies_text
-from overcommit.api.policy import KsmMode
 from overcommit.cli import render as reporting
 from overcommit.cli.policyfile import PolicyFile
 from overcommit.controller.settings import ControllerSettings
+from overcommit.planning.plan import cycle_interval
 from overcommit.reconcile.state import NodeRecord, StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -141,24 +141,11 @@ def cmd_run(args: argparse.Namespace, stop: threading.Event | None = None) -> in
         sys.stdout.flush()
         if args.once:
             return EXIT_OK if report.ok else EXIT_FAILED
-        if stop.wait(_next_interval(args.interval, report.plan)):
+        if stop.wait(cycle_interval(report.plan, args.interval)):
             return EXIT_OK
         policies = source.reload(policies)
         if stop.is_set():  # stopped while the file was being checked: no more cycles
             return EXIT_OK
-
-
-def _next_interval(interval: float, plan: Any) -> float:
-    """``--interval``, shorter for Adaptive KSM and, while a policy is in force, under memory
-    pressure (the ladder in Soft or worse)."""
-    from overcommit.planning.ladder import next_interval
-
-    policy = plan.policy
-    ksm = policy.spec.ksm if policy is not None else None
-    if ksm is not None and ksm.mode is KsmMode.ADAPTIVE:
-        adaptive_interval = ksm.adaptive.interval_seconds if ksm.adaptive else 2
-        interval = min(interval, float(adaptive_interval))
-    return next_interval(plan.ladder, interval) if policy is not None else interval
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

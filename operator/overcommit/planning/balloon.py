@@ -107,6 +107,10 @@ class BalloonState:
     # The ladder the planner judged itself when it was not given the node's (benchmarks and
     # tests call ``plan_balloons`` alone): its hysteresis needs the last cycle's.
     ladder: Ladder | None = None
+    # Auto mode decides every auto.intervalSeconds, whatever the cycle's pace: when it last
+    # did, and what it decided for each guest (target KiB or None, reason), shown meanwhile.
+    decided_at: float | None = None
+    last_decisions: Mapping[Key, tuple[int | None, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from overcommit.api.model import Policy
+from overcommit.api.policy import BalloonAuto, BalloonMode, KsmAdaptive, KsmMode
 from overcommit.planning import ladder as node_ladder
 from overcommit.planning.adaptive import AdaptiveState
 from overcommit.planning.ladder import Ladder
@@ -103,3 +104,18 @@ def _missing(paths: list[str]) -> tuple[Problem, ...]:
 def _allows_unmerge(policy: Policy) -> bool:
     ksm = policy.spec.ksm
     return ksm.allow_unmerge if ksm is not None else False
+
+
+def cycle_interval(plan: NodePlan, interval: float) -> float:
+    """Seconds to the next cycle: ``interval``, shorter while a lever has to decide more often
+    (Adaptive KSM's ``adaptive.intervalSeconds``, Auto ballooning's ``auto.intervalSeconds``)
+    and under memory pressure (the ladder in Soft or worse)."""
+    policy = plan.policy
+    if policy is None:
+        return interval
+    ksm, balloon = policy.spec.ksm, policy.spec.balloon
+    if ksm is not None and ksm.mode is KsmMode.ADAPTIVE and plan.adaptive is not None:
+        interval = min(interval, float((ksm.adaptive or KsmAdaptive()).interval_seconds))
+    if balloon is not None and balloon.mode is BalloonMode.AUTO:
+        interval = min(interval, float((balloon.auto or BalloonAuto()).interval_seconds))
+    return node_ladder.next_interval(plan.ladder, interval)

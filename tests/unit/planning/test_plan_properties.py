@@ -123,3 +123,18 @@ def test_plans_are_always_accepted_by_the_kernel(spec: dict[str, Any],
             if path.startswith(UKSM) and path.endswith(("/sleep_millisecs",)):
                 continue  # UKSM adapts its sleep by itself
             assert now.get(path) == value, (path, value, now.get(path))
+
+
+def test_the_cycle_comes_as_often_as_the_levers_decide() -> None:
+    """Adaptive KSM's and Auto ballooning's intervals shorten the cycle; a policy without them
+    keeps the agent's interval; no policy, the interval too."""
+    from overcommit.api.model import policy_from_object
+    from overcommit.planning.plan import NodePlan, cycle_interval
+    from testkit.cases import policy_document
+
+    auto = policy_from_object(policy_document("p", {"balloon": {
+        "mode": "Auto", "auto": {"intervalSeconds": 7}}}))
+    static = policy_from_object(policy_document("q", {"ksm": {"enabled": True}}))
+    assert cycle_interval(NodePlan(auto), 30.0) == 7.0
+    assert cycle_interval(NodePlan(static), 30.0) == 30.0
+    assert cycle_interval(NodePlan(None), 30.0) == 30.0

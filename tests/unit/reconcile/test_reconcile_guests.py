@@ -256,6 +256,8 @@ def test_dry_run_plans_balloons_without_moving_them(tmp_path: Path) -> None:
 def test_200_guests_auto_cycle_costs_under_a_second_of_cpu(tmp_path: Path) -> None:
     uri = write_node(tmp_path, kubevirt_fleet(200))
     engine = engine_with(tmp_path, uri)
+    ticks = iter(range(0, 10**6, 60))  # each cycle a minute later: every one an Auto decision
+    engine.clock = lambda: float(next(ticks))
     spec = policy({"balloon": {"mode": "Auto", "auto": {"hostAvailableLowPercent": 99,
                                                         "hostAvailableHighPercent": 100}}})
     engine.cycle([spec], {})  # connect and parse every domain's XML once
@@ -302,3 +304,30 @@ def test_auto_reads_local_guests_cgroup_pressure_under_the_host_root(tmp_path: P
     report = GuestResult(guests=[local])
     manager.plan(report, policy(STATIC).spec, Observation(time=1.0), [], True)
     assert report.guests[0].cgroup_pressure is None
+
+
+def test_auto_decides_every_interval_whatever_the_cycle_s_pace(tmp_path: Path) -> None:
+    """Adaptive KSM makes the node cycle every 2 s; Auto ballooning still decides (and takes
+    its per-decision steps) only every auto.intervalSeconds, showing the last decision
+    between two."""
+    uri = write_node(tmp_path, [FakeDomain("vm-a", max_kib=2 * GIB_KIB),
+                                FakeDomain("vm-b", max_kib=2 * GIB_KIB)])
+    engine = engine_with(tmp_path, uri)
+    now = [990.0]
+    engine.clock = lambda: now[0]
+    spec = policy({"balloon": {"mode": "Auto", "auto": {
+        "hostAvailableLowPercent": 99, "hostAvailableHighPercent": 100,
+        "intervalSeconds": 10}}})
+    engine.cycle([spec], {})  # guests seen for the first time are not shrunk yet
+    now[0] = 1000.0
+    first = engine.cycle([spec], {})
+    assert first.guests.applied, "a host 'short of memory' takes from idle guests"
+    reasons = {d.guest.domain: (d.target_kib, d.reason) for d in first.guests.decisions}
+    for step in (2.0, 4.0, 6.0, 8.0):  # cycles every 2 s in between: nothing moves
+        now[0] = 1000.0 + step
+        held = engine.cycle([spec], {})
+        assert held.guests.applied == [] and held.guests.planned == []
+        assert {d.guest.domain: (d.target_kib, d.reason)
+                for d in held.guests.decisions} == reasons
+    now[0] = 1010.0
+    assert engine.cycle([spec], {}).guests.applied, "the next decision, 10 s later"
