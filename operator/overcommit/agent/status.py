@@ -22,8 +22,16 @@ from overcommit.api.status import (
     condition,
     without_timestamps,
 )
+from overcommit.reconcile.capacity import ksmd_budget
 from overcommit.reconcile.node import CycleResult
-from overcommit.reconcile.summary import guest_entries, host_memory, ladder_status, savings
+from overcommit.reconcile.summary import (
+    capacity_status,
+    guest_entries,
+    host_memory,
+    ksmd_status,
+    ladder_status,
+    savings,
+)
 
 # Fields whose change is news (written at once); everything else is refreshed at most once per
 # status interval, so steady counters never cause a write storm.
@@ -55,6 +63,9 @@ def node_status(report: CycleResult, invalid: Sequence[PolicyError] = (),
         saved=savings(obs, report.guests),
         memory=host_memory(obs),
         ladder=ladder_status(report.plan.ladder),
+        ksmd=ksmd_status(report.ksmd_percent,
+                         ksmd_budget(policy.spec if policy is not None else None)),
+        capacity=capacity_status(report.capacity),
         guest_count=len(guests),
         guests=guests,
         endpoints_down=list(report.guests.endpoints_down),

@@ -535,6 +535,62 @@ class LadderSpec:
 
 
 # ------------------------------------------------------------------------------------------------
+# Capacity: measured headroom and the overcommit ratio it supports
+
+
+@dataclass(frozen=True)
+class CapacityKubeVirt:
+    """Keep KubeVirt's cluster-wide memory overcommit ratio
+    (spec.configuration.developerConfiguration.memoryOvercommit of the KubeVirt CR) in line
+    with what the nodes support. Done by the controller, only while this policy is in force on
+    every node KubeVirt schedules VMs on (label kubevirt.io/schedulable=true) and every one of
+    them reports its capacity: lowered at once when a node supports less, raised by at most
+    stepUpPercent once per stepUpIntervalSeconds, and only when every node's evidence covers
+    the whole window. Running VMs take a changed ratio at their next live migration."""
+
+    manage: bool = doc("Let the controller set KubeVirt's memoryOvercommit from the supported "
+                       "ratio. Off by default: the ratio is then only reported.",
+                       default=False)
+    min_percent: int = doc("Never set memoryOvercommit below this percent.", default=100,
+                           minimum=100, maximum=1000)
+    max_percent: int = doc("Never set memoryOvercommit above this percent.", default=150,
+                           minimum=100, maximum=1000)
+    step_up_percent: int = doc("The most one raise adds, in percentage points.", default=10,
+                               minimum=1, maximum=900)
+    step_up_interval_seconds: int = doc(
+        "At least this long between two raises, and since the last lowering.",
+        default=3600, minimum=60, maximum=604_800)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="self.minPercent <= self.maxPercent",
+             message="capacity.kubevirt.minPercent must not be greater than maxPercent",
+             check=lambda s: s["minPercent"] <= s["maxPercent"]),
+    )
+
+
+@dataclass(frozen=True)
+class CapacitySpec:
+    """How each node measures the overcommit ratio it supports: every lever's saving is
+    sampled for a window, the sustained saving is a low percentile of it (not its peak), a
+    margin is taken off, and time the node spent in the ladder's Hard or Critical state
+    reduces it further (docs/capacity.md has the formula). The defaults apply when omitted."""
+
+    window_seconds: int = doc("How far back the savings are looked at (the node keeps at most "
+                              "a day).", default=3600, minimum=300, maximum=86_400)
+    percentile: int = doc("The percentile of each lever's saving over the window that counts "
+                          "as sustained (5: the saving held 95% of the time).", default=5,
+                          minimum=0, maximum=50)
+    margin_percent: int = doc("Taken off the sustained savings before they count.",
+                              default=10, minimum=0, maximum=90)
+    pressure_budget_percent: int = doc(
+        "Share of the window in the ladder's Hard or Critical state at which the savings "
+        "count for nothing (the ratio falls to 100%); less time reduces them pro rata.",
+        default=5, minimum=1, maximum=100)
+    kubevirt: CapacityKubeVirt | None = doc("Manage KubeVirt's memoryOvercommit from the "
+                                            "supported ratio (off unless set).")
+
+
+# ------------------------------------------------------------------------------------------------
 # The policy
 
 
@@ -557,6 +613,9 @@ class PolicySpec:
     ladder: LadderSpec | None = doc(
         "The node's reclamation ladder (Plenty, Clear, Soft, Hard, Critical), which gates what "
         "the levers may do; the defaults apply when omitted.")
+    capacity: CapacitySpec | None = doc(
+        "How the nodes measure the overcommit ratio they support, and whether the controller "
+        "keeps KubeVirt's memoryOvercommit in line with it; the defaults apply when omitted.")
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(cel="has(self.ksm) || has(self.uksm) || has(self.swap) || has(self.zswap) || "
@@ -567,6 +626,7 @@ class PolicySpec:
 
 
 API_CLASSES: tuple[type, ...] = (
+    CapacityKubeVirt, CapacitySpec,
     LabelSelectorRequirement, LabelSelector, KsmAdvisor, KsmAdaptive, KsmSpec, UksmSpec,
     SwapSpec, ZswapSpec, VmSelector, BalloonStatic, BalloonFloor, BalloonAuto, BalloonSpec,
     LadderPsi, LadderSpec, PolicySpec,

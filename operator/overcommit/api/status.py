@@ -172,6 +172,11 @@ class Guest:
     target_bytes: int | None = doc("The target the agent set.", minimum=0)
     usable_bytes: int | None = doc("The guest's own MemAvailable as reported by the driver.",
                                    minimum=0)
+    resident_bytes: int | None = doc("What the guest's QEMU process holds on the host (its "
+                                     "resident set, libvirt's rss), when reported.", minimum=0)
+    floor_bytes: int | None = doc("The least the balloon policy would leave the guest (its "
+                                  "floor; with Static, the target if higher); managed guests "
+                                  "only.", minimum=0)
     reason: str | None = doc("Why the last decision was taken, or why the guest is skipped.",
                              max_length=1024)
 
@@ -226,6 +231,87 @@ class Ladder:
 
 
 @dataclass(frozen=True, slots=True)
+class Ksmd:
+    """ksmd's own CPU use, measured from its CPU time between two cycles."""
+
+    cpu_percent: str | None = doc("Percent of one core ksmd used since the last cycle.",
+                                  max_length=16)
+    budget_percent: int | None = doc("The most the policy lets ksmd use (Adaptive KSM's "
+                                     "cpuBudgetPercent, the kernel advisor's maxCpuPercent); "
+                                     "absent when the policy sets none.", minimum=0)
+
+
+@dataclass(frozen=True, slots=True)
+class LeverSavings:
+    """What each lever saves, in bytes."""
+
+    merged_bytes: int | None = doc("Page merging (KSM's general_profit when the kernel reports "
+                                   "it, else pages_sharing and zero pages).", minimum=0)
+    ballooned_bytes: int | None = doc("Ballooning: each managed guest's maximum less the least "
+                                      "the policy would leave it (its floor).", minimum=0)
+    compressed_bytes: int | None = doc("zswap: original minus compressed size.", minimum=0)
+    total_bytes: int | None = doc("The sum.", minimum=0)
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityEvidence:
+    """What the supported ratio rests on."""
+
+    window_seconds: int | None = doc("The window the savings were looked at over.", minimum=0)
+    observed_seconds: int | None = doc("How much of the window the node has samples for "
+                                       "(samples survive agent restarts; time the agent was "
+                                       "down is not observed).", minimum=0)
+    samples: int | None = doc("Samples in the window (one per minute: the least of each "
+                              "lever's saving that minute).", minimum=0)
+    settled: bool | None = doc("True once the samples cover the window: only then may the "
+                               "controller raise KubeVirt's ratio on it.")
+    percentile: int | None = doc("The percentile of each lever's saving that counts as "
+                                 "sustained.", minimum=0)
+    margin_percent: int | None = doc("Taken off the sustained savings.", minimum=0)
+    pressure_seconds: int | None = doc("Time within the window the ladder was in Hard or "
+                                       "Critical.", minimum=0)
+    pressure_budget_percent: int | None = doc("Share of the window in Hard or Critical at "
+                                              "which savings count for nothing.", minimum=0)
+    since: str | None = doc("The oldest sample in the window (RFC 3339).", max_length=64)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCapacity:
+    """Measured headroom: what the node physically has, what its guests are promised, what
+    the levers save sustainably, and the overcommit ratio that supports (docs/capacity.md)."""
+
+    physical_bytes: int | None = doc("MemTotal.", minimum=0)
+    reserve_bytes: int | None = doc("MemAvailable the node keeps: the ladder's Soft threshold "
+                                    "(below it reclamation starts).", minimum=0)
+    non_guest_bytes: int | None = doc("Memory in use by everything but the guests: MemTotal - "
+                                      "MemAvailable - the guests' resident memory + what KSM "
+                                      "merged of it.", minimum=0)
+    guest_committed_bytes: int | None = doc("The guests' maxima, summed: what they were "
+                                            "promised.", minimum=0)
+    guest_resident_bytes: int | None = doc("What the guests' QEMU processes hold now.",
+                                           minimum=0)
+    guest_capacity_bytes: int | None = doc("Memory for guests without overcommit: MemTotal - "
+                                           "reserve - non-guest use.")
+    sustained: LeverSavings | None = doc("Each lever's sustained saving: the percentile of its "
+                                         "samples over the window.")
+    counted_bytes: int | None = doc("The sustained savings that count: less the margin, and "
+                                    "less the share of the pressure budget the node used.",
+                                    minimum=0)
+    headroom_bytes: int | None = doc("More guest memory (at its maximum) the node could be "
+                                     "promised: guest capacity + counted savings - committed. "
+                                     "Negative when it is promised more than it supports.")
+    supported_percent: int | None = doc("The overcommit ratio the node supports, in percent "
+                                        "like KubeVirt's memoryOvercommit: (guest capacity + "
+                                        "counted savings) / guest capacity, rounded down, at "
+                                        "least 100.", minimum=0)
+    summary: str | None = doc("The supported ratio, for kubectl get.", max_length=32)
+    headroom: str | None = doc("The headroom in human units, for kubectl get.", max_length=32)
+    reason: str | None = doc("The arithmetic, in words.", max_length=1024)
+    evidence: CapacityEvidence | None = doc("The window, percentile, margin and pressure "
+                                            "behind the ratio.")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStateSpec:
     """Identifies the node; the agent writes everything else into status."""
 
@@ -258,6 +344,9 @@ class NodeStateStatus:
     memory: HostMemory | None = doc("Host memory and pressure.")
     ladder: Ladder | None = doc("The node's reclamation ladder state, which gates every "
                                 "lever.")
+    ksmd: Ksmd | None = doc("ksmd's CPU use and the policy's budget for it.")
+    capacity: NodeCapacity | None = doc("Measured headroom and the overcommit ratio the node "
+                                        "supports.")
     guest_count: int | None = doc("Number of guests seen.", minimum=0)
     guests: list[Guest] | None = doc("One entry per guest.", max_items=1024, list_type="atomic")
     endpoints_down: list[str] | None = doc(
@@ -293,6 +382,43 @@ class NodeProblem:
 
 
 @dataclass(frozen=True, slots=True)
+class KubeVirtRatio:
+    """KubeVirt's memoryOvercommit as the controller last saw (and, when managed, set) it."""
+
+    managed: bool | None = doc("True while the controller manages the ratio for this policy "
+                               "(capacity.kubevirt.manage and the policy covers every node "
+                               "KubeVirt schedules VMs on).")
+    configured_percent: int | None = doc("memoryOvercommit in the KubeVirt CR (absent: KubeVirt's "
+                                         "default, 100).", minimum=0)
+    target_percent: int | None = doc("What the nodes support, within the policy's bounds and "
+                                     "step limits: where the controller takes the ratio.",
+                                     minimum=0)
+    reason: str | None = doc("Why the ratio is (not) managed or was changed.", max_length=1024)
+    last_change: str | None = doc("When the controller last changed the ratio (RFC 3339).",
+                                  max_length=64)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyCapacity:
+    """The overcommit ratio the policy's nodes support: the least of theirs."""
+
+    supported_percent: int | None = doc("The least supported ratio (percent) of the nodes "
+                                        "where the policy is in force.", minimum=0)
+    limiting_node: str | None = doc("The node with that least ratio.", max_length=253)
+    nodes: int | None = doc("Nodes that reported their capacity.", minimum=0)
+    settled_nodes: int | None = doc("Of those, nodes whose evidence covers the whole window.",
+                                    minimum=0)
+    physical_bytes: int | None = doc("MemTotal, summed.", minimum=0)
+    guest_committed_bytes: int | None = doc("The guests' maxima, summed.", minimum=0)
+    counted_bytes: int | None = doc("The counted sustained savings, summed.", minimum=0)
+    headroom_bytes: int | None = doc("The nodes' headroom, summed.")
+    summary: str | None = doc("The supported ratio and the limiting node, for kubectl get.",
+                              max_length=300)
+    kubevirt: KubeVirtRatio | None = doc("KubeVirt's memoryOvercommit, when the policy covers "
+                                         "the nodes KubeVirt schedules VMs on.")
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyStatus:
     """The cluster-wide summary the controller writes (small, bounded)."""
 
@@ -303,3 +429,5 @@ class PolicyStatus:
     saved: Saved | None = doc("Bytes saved on all nodes where the policy is in force.")
     problems: list[NodeProblem] | None = doc("Up to 20 nodes with problems.", max_items=20,
                                              list_type="atomic")
+    capacity: PolicyCapacity | None = doc("The overcommit ratio the nodes support, and "
+                                          "KubeVirt's.")

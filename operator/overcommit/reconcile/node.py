@@ -14,11 +14,13 @@ from overcommit.host import catalog
 from overcommit.host.base import ApplyError, ApplyResult, Change, HostFS
 from overcommit.host.ksm import find_ksmd_pid, ksmd_cpu_seconds
 from overcommit.host.sources import HostAdapter
+from overcommit.planning.capacity import Capacity
 from overcommit.planning.ladder import Ladder
 from overcommit.planning.observation import Observation
 from overcommit.planning.plan import NodePlan, Problem, plan_node
 from overcommit.planning.restores import needs_no_restore, preview, to_record, with_restores
 from overcommit.planning.selection import Selection, select_policy
+from overcommit.reconcile.capacity import CapacityTracker
 from overcommit.reconcile.guests import (
     GuestManager,
     GuestResult,
@@ -42,6 +44,8 @@ class CycleResult:
     restored: bool = False
     originals: dict[str, str] = field(default_factory=dict)
     guests: GuestResult = field(default_factory=GuestResult)
+    capacity: Capacity | None = None  # measured headroom and the supported ratio
+    ksmd_percent: float | None = None  # ksmd's CPU use since the last cycle
 
     @property
     def settings_after(self) -> dict[str, str]:
@@ -82,6 +86,8 @@ class NodeReconciler:
         self._memory: Mapping[str, object] = {}
         self._memory_for: tuple[str, int] | None = None
         self._ksmd_pid: int | None = None
+        # The savings history behind the supported ratio (kept in the state directory).
+        self.capacity = CapacityTracker(state_dir)
 
     # -- observe ---------------------------------------------------------------------------
     def observe(self) -> Observation:
@@ -125,6 +131,10 @@ class NodeReconciler:
         record = self.store.load()
         self._kernel_cycle(report, record, plan, obs)
         self._guest_cycle(report, record, plan, vmis)
+        spec = plan.policy.spec if plan.policy is not None else None
+        report.capacity = self.capacity.cycle(
+            obs, plan.ladder, report.guests if self.guests is not None else None, spec)
+        report.ksmd_percent = self.capacity.ksmd_percent(obs)
         return report
 
     def _kernel_cycle(self, report: CycleResult, record: NodeRecord, plan: NodePlan,
