@@ -53,6 +53,13 @@ def policy_crd() -> dict[str, Any]:
          "description": "Nodes that report a problem with the policy (see status.problems)."},
         {"name": "Overridden", "type": "integer", "jsonPath": ".status.nodes.overridden",
          "priority": 1, "description": "Nodes where a higher-priority policy wins."},
+        {"name": "Supported", "type": "string", "jsonPath": ".status.capacity.summary",
+         "priority": 1, "description": "The overcommit ratio the policy's nodes support (the "
+                                       "least of theirs) and the node that limits it."},
+        {"name": "KubeVirt", "type": "integer",
+         "jsonPath": ".status.capacity.kubevirt.configuredPercent", "priority": 1,
+         "description": "KubeVirt's memoryOvercommit (percent), when the policy covers "
+                        "KubeVirt's nodes."},
         _reason_column("Ready"),
     ]
     description = ("MemoryOvercommitPolicy declares how the selected nodes overcommit memory: "
@@ -79,6 +86,11 @@ def node_state_crd() -> dict[str, Any]:
         {"name": "Ladder", "type": "string", "jsonPath": ".status.ladder.state", "priority": 1,
          "description": "The node's reclamation ladder state (Plenty, Clear, Soft, Hard, "
                         "Critical)."},
+        {"name": "Supported", "type": "string", "jsonPath": ".status.capacity.summary",
+         "priority": 1, "description": "The overcommit ratio the node supports."},
+        {"name": "Headroom", "type": "string", "jsonPath": ".status.capacity.headroom",
+         "priority": 1, "description": "More guest memory the node could be promised at that "
+                                       "ratio (negative: promised more than it supports)."},
         _reason_column("Degraded"),
     ]
     description = ("MemoryOvercommitNodeState is written by one node's agent (and named after "

@@ -33,9 +33,13 @@ from prometheus_client.process_collector import ProcessCollector
 from overcommit.api.status import (
     Condition,
     Guest,
+    HostMemory,
+    Ksmd,
     Ladder,
     LadderTransition,
+    NodeCapacity,
     NodeStateStatus,
+    PolicyCapacity,
     PolicyStatus,
     Saved,
 )
@@ -46,7 +50,13 @@ if TYPE_CHECKING:
 
 PREFIX = "overcommit"
 SAVED_KINDS = ("merged", "ballooned", "compressed", "total")  # Saved's <kind>_bytes fields
-GUEST_SIZES = ("max", "current", "target", "usable")  # Guest's <size>_bytes fields
+GUEST_SIZES = ("max", "current", "target", "usable", "resident", "floor")  # Guest's <size>_bytes
+MEMORY_KINDS = (("total", "total"), ("available", "available"), ("swap_total", "swap_total"),
+                ("swap_free", "swap_free"))  # (label, HostMemory's <field>_bytes)
+CAPACITY_KINDS = ("physical", "reserve", "non_guest", "guest_committed", "guest_resident",
+                  "guest_capacity", "counted", "headroom")  # NodeCapacity's <kind>_bytes
+POLICY_CAPACITY_KINDS = ("physical", "guest_committed", "counted", "headroom")
+LEVERS = ("merged", "ballooned", "compressed", "total")  # LeverSavings' <lever>_bytes
 GUEST_LABELS = ("domain", "vmi_namespace", "vmi_name")
 # Why a cycle (or a part of it) failed; every kind is exported from the start, at 0.
 AGENT_ERROR_KINDS = ("setting", "guest", "policy", "api", "host", "internal")
@@ -95,7 +105,34 @@ NODE_SERIES = _series(
         ("max", "The guest's maximum memory."),
         ("current", "The guest's balloon: the memory it has now."),
         ("target", "The balloon target the agent decided for the guest."),
-        ("usable", "The guest's own MemAvailable, as its balloon driver reports it."))),
+        ("usable", "The guest's own MemAvailable, as its balloon driver reports it."),
+        ("resident", "What the guest's QEMU process holds on the host (libvirt's rss)."),
+        ("floor", "The least the balloon policy would leave the guest (managed guests)."))),
+    Series(f"{PREFIX}_memory_bytes", ("kind",),
+           "Host memory: total (MemTotal), available (MemAvailable), swap_total, swap_free "
+           "(status.memory)."),
+    Series(f"{PREFIX}_memory_pressure_percent", ("kind",),
+           "Host memory PSI, avg10 in percent: some, full (status.memory.psi*Avg10)."),
+    Series(f"{PREFIX}_ksmd_cpu_percent", (),
+           "ksmd's CPU use since the last cycle, in percent of one core (status.ksmd)."),
+    Series(f"{PREFIX}_ksmd_cpu_budget_percent", (),
+           "The CPU budget the policy sets for ksmd, in percent of one core (status.ksmd)."),
+    Series(f"{PREFIX}_capacity_bytes", ("kind",),
+           "Measured capacity (status.capacity): physical, reserve, non_guest, "
+           "guest_committed, guest_resident, guest_capacity, counted (savings that count), "
+           "headroom (may be negative)."),
+    Series(f"{PREFIX}_capacity_sustained_savings_bytes", ("lever",),
+           "Each lever's sustained saving over the window: merged, ballooned, compressed, "
+           "total (status.capacity.sustained)."),
+    Series(f"{PREFIX}_capacity_supported_percent", (),
+           "The overcommit ratio the node supports, in percent (status.capacity)."),
+    Series(f"{PREFIX}_capacity_window_seconds", (),
+           "The window the savings are looked at over (status.capacity.evidence)."),
+    Series(f"{PREFIX}_capacity_observed_seconds", (),
+           "How much of the window the node has samples for (status.capacity.evidence)."),
+    Series(f"{PREFIX}_capacity_pressure_seconds", (),
+           "Time within the window in the ladder's Hard or Critical (status.capacity"
+           ".evidence)."),
     Series(f"{PREFIX}_ladder_state", ("state",),
            "The node's reclamation ladder: 1 for the state it is in (Plenty, Clear, Soft, Hard, "
            "Critical), 0 for the others (status.ladder.state)."),
@@ -127,6 +164,23 @@ POLICY_SERIES = _series(
            "compressed, total (policy status.saved)."),
     Series(f"{PREFIX}_policy_condition", ("policy", "type", "reason"),
            "The policy's conditions (Ready, Reconciling, Stalled): 1 when True, 0 when False."),
+    Series(f"{PREFIX}_policy_capacity_supported_percent", ("policy",),
+           "The least overcommit ratio (percent) the policy's nodes support "
+           "(status.capacity)."),
+    Series(f"{PREFIX}_policy_capacity_limiting_node", ("policy", "node"),
+           "Always 1; the node with the least supported ratio (status.capacity.limitingNode)."),
+    Series(f"{PREFIX}_policy_capacity_bytes", ("policy", "kind"),
+           "The policy's nodes summed: physical, guest_committed, counted, headroom "
+           "(status.capacity)."),
+    Series(f"{PREFIX}_policy_capacity_nodes", ("policy", "state"),
+           "Nodes that report capacity: reporting, settled (evidence covers the window)."),
+    Series(f"{PREFIX}_policy_kubevirt_configured_percent", ("policy",),
+           "KubeVirt's memoryOvercommit as read from the KubeVirt CR, for the policy that "
+           "covers KubeVirt's nodes (status.capacity.kubevirt)."),
+    Series(f"{PREFIX}_policy_kubevirt_target_percent", ("policy",),
+           "Where the controller takes KubeVirt's memoryOvercommit (bounds and steps applied)."),
+    Series(f"{PREFIX}_policy_kubevirt_managed", ("policy",),
+           "1 while the controller manages KubeVirt's memoryOvercommit for the policy, else 0."),
 )
 
 
@@ -215,6 +269,83 @@ def _ladder_samples(ladder: Ladder | None) -> Iterator[Sample]:
                              float(value))
 
 
+def _memory_samples(memory: HostMemory | None) -> Iterator[Sample]:
+    if memory is None:
+        return
+    for label, field in MEMORY_KINDS:
+        value = getattr(memory, f"{field}_bytes")
+        if value is not None:
+            yield Sample(f"{PREFIX}_memory_bytes", (label,), float(value))
+    for kind in ("some", "full"):
+        text = getattr(memory, f"psi_{kind}_avg10")
+        if text is not None:
+            with contextlib.suppress(ValueError):
+                yield Sample(f"{PREFIX}_memory_pressure_percent", (kind,), float(text))
+
+
+def _ksmd_samples(ksmd: Ksmd | None) -> Iterator[Sample]:
+    if ksmd is None:
+        return
+    if ksmd.cpu_percent is not None:
+        with contextlib.suppress(ValueError):
+            yield Sample(f"{PREFIX}_ksmd_cpu_percent", (), float(ksmd.cpu_percent))
+    if ksmd.budget_percent is not None:
+        yield Sample(f"{PREFIX}_ksmd_cpu_budget_percent", (), float(ksmd.budget_percent))
+
+
+def _capacity_samples(capacity: NodeCapacity | None) -> Iterator[Sample]:
+    if capacity is None:
+        return
+    for kind in CAPACITY_KINDS:
+        value = getattr(capacity, f"{kind}_bytes")
+        if value is not None:
+            yield Sample(f"{PREFIX}_capacity_bytes", (kind,), float(value))
+    if capacity.sustained is not None:
+        for lever in LEVERS:
+            value = getattr(capacity.sustained, f"{lever}_bytes")
+            yield Sample(f"{PREFIX}_capacity_sustained_savings_bytes", (lever,),
+                         float(value or 0))
+    if capacity.supported_percent is not None:
+        yield Sample(f"{PREFIX}_capacity_supported_percent", (),
+                     float(capacity.supported_percent))
+    evidence = capacity.evidence
+    if evidence is not None:
+        for name, value in (("window", evidence.window_seconds),
+                            ("observed", evidence.observed_seconds),
+                            ("pressure", evidence.pressure_seconds)):
+            if value is not None:
+                yield Sample(f"{PREFIX}_capacity_{name}_seconds", (), float(value))
+
+
+def _policy_capacity_samples(name: str, capacity: PolicyCapacity | None) -> Iterator[Sample]:
+    if capacity is None:
+        return
+    if capacity.supported_percent is not None:
+        yield Sample(f"{PREFIX}_policy_capacity_supported_percent", (name,),
+                     float(capacity.supported_percent))
+    if capacity.limiting_node:
+        yield Sample(f"{PREFIX}_policy_capacity_limiting_node", (name, capacity.limiting_node),
+                     1.0)
+    for kind in POLICY_CAPACITY_KINDS:
+        value = getattr(capacity, f"{kind}_bytes")
+        if value is not None:
+            yield Sample(f"{PREFIX}_policy_capacity_bytes", (name, kind), float(value))
+    yield Sample(f"{PREFIX}_policy_capacity_nodes", (name, "reporting"),
+                 float(capacity.nodes or 0))
+    yield Sample(f"{PREFIX}_policy_capacity_nodes", (name, "settled"),
+                 float(capacity.settled_nodes or 0))
+    kubevirt = capacity.kubevirt
+    if kubevirt is None:
+        return
+    if kubevirt.configured_percent is not None:
+        yield Sample(f"{PREFIX}_policy_kubevirt_configured_percent", (name,),
+                     float(kubevirt.configured_percent))
+    if kubevirt.target_percent is not None:
+        yield Sample(f"{PREFIX}_policy_kubevirt_target_percent", (name,),
+                     float(kubevirt.target_percent))
+    yield Sample(f"{PREFIX}_policy_kubevirt_managed", (name,), 1.0 if kubevirt.managed else 0.0)
+
+
 def node_samples(status: NodeStateStatus) -> list[Sample]:
     """Every node series' value, from a MemoryOvercommitNodeState status."""
     samples = [Sample(f"{PREFIX}_engine_present", (e.name or "",), 1.0 if e.present else 0.0)
@@ -227,6 +358,9 @@ def node_samples(status: NodeStateStatus) -> list[Sample]:
     samples.append(Sample(f"{PREFIX}_guests", (), float(status.guest_count or 0)))
     samples += _guest_samples(status.guests or ())
     samples += _ladder_samples(status.ladder)
+    samples += _memory_samples(status.memory)
+    samples += _ksmd_samples(status.ksmd)
+    samples += _capacity_samples(status.capacity)
     policy = status.policy
     if policy:
         generation = "" if policy.generation is None else str(policy.generation)
@@ -248,6 +382,7 @@ def policy_samples(statuses: Mapping[str, PolicyStatus]) -> list[Sample]:
                     for state in ("matched", "applied", "failed", "overridden")]
         samples += _saved_samples(status.saved, f"{PREFIX}_policy_saved_bytes", name)
         samples += _conditions(status.conditions, f"{PREFIX}_policy_condition", name)
+        samples += _policy_capacity_samples(name, status.capacity)
     return unique(samples)
 
 
