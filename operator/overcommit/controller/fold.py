@@ -26,9 +26,11 @@ from overcommit.api.status import (
     FALSE,
     TRUE,
     Condition,
+    NodeCapacity,
     NodeCounts,
     NodeProblem,
     NodeStateStatus,
+    PolicyCapacity,
     PolicyRef,
     PolicyStatus,
     Saved,
@@ -54,6 +56,29 @@ NO_SAVINGS = Saved(0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
+class CapacitySummary:
+    """What folding keeps of a node's capacity (bytes; the ratio in percent)."""
+
+    supported_percent: int
+    settled: bool
+    physical: int = 0
+    committed: int = 0
+    counted: int = 0
+    headroom: int = 0
+
+
+def capacity_summary(capacity: NodeCapacity | None) -> CapacitySummary | None:
+    if capacity is None or capacity.supported_percent is None:
+        return None
+    evidence = capacity.evidence
+    return CapacitySummary(
+        supported_percent=capacity.supported_percent,
+        settled=bool(evidence is not None and evidence.settled),
+        physical=capacity.physical_bytes or 0, committed=capacity.guest_committed_bytes or 0,
+        counted=capacity.counted_bytes or 0, headroom=capacity.headroom_bytes or 0)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSummary:
     """What the controller keeps of one node state, whatever that object's size."""
 
@@ -64,6 +89,7 @@ class NodeSummary:
     ready: bool | None = None  # the node's Ready condition; None: not reported (yet)
     problem: tuple[str, str] | None = None  # (reason, message) when the node has a problem
     saved: Saved = NO_SAVINGS
+    capacity: CapacitySummary | None = None
 
     def policies(self) -> set[str]:
         """Every policy whose status this summary can change."""
@@ -82,11 +108,11 @@ def node_summary(obj: Mapping[str, Any]) -> NodeSummary:
         overridden=tuple(_intern(o.name) for o in status.overridden or () if o.name),
         ready=READY.get(ready.status),
         problem=_problem(ready, condition_of(status, "Degraded")),
-        saved=status.saved or NO_SAVINGS)
+        saved=status.saved or NO_SAVINGS, capacity=capacity_summary(status.capacity))
 
 
 # The part of a node state folding reads; the rest (settings, counters, guests) can be large.
-_WIRE_FOLDED = frozenset({"policy", "overridden", "conditions", "saved"})
+_WIRE_FOLDED = frozenset({"policy", "overridden", "conditions", "saved", "capacity"})
 READY = {TRUE: True, FALSE: False}  # else: not reported (yet)
 
 
@@ -163,6 +189,7 @@ class Tally:
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # node, reason, message
     pending: list[str] = field(default_factory=list)
     saved: Saved = NO_SAVINGS
+    capacity: dict[str, CapacitySummary] = field(default_factory=dict)  # by node
 
 
 def tally(policy: PolicyView, reports: Mapping[str, NodeSummary],
@@ -176,6 +203,8 @@ def tally(policy: PolicyView, reports: Mapping[str, NodeSummary],
         if _in_force(policy, report):
             seen.add(report.node)
             result.saved += report.saved
+            if report.capacity is not None:
+                result.capacity[report.node] = report.capacity
             _classify(policy, report, result)
         elif policy.name in report.overridden:
             seen.add(report.node)
@@ -299,7 +328,25 @@ def fold(policy: PolicyView, reports: Mapping[str, NodeSummary], nodes: Mapping[
         saved=dataclasses.replace(saved, summary=human_bytes(saved.total_bytes or 0)),
         problems=[NodeProblem(node, reason, message)
                   for node, reason, message in sorted(counts.failed)],
+        capacity=fold_capacity(counts.capacity),
     ))
+
+
+def fold_capacity(nodes: Mapping[str, CapacitySummary]) -> PolicyCapacity | None:
+    """The least supported ratio of the nodes (ties: the first name), which node that is, and
+    the sums; None when no node reports its capacity."""
+    if not nodes:
+        return None
+    limiting = min(nodes, key=lambda name: (nodes[name].supported_percent, name))
+    least = nodes[limiting].supported_percent
+    return PolicyCapacity(
+        supported_percent=least, limiting_node=limiting, nodes=len(nodes),
+        settled_nodes=sum(1 for c in nodes.values() if c.settled),
+        physical_bytes=sum(c.physical for c in nodes.values()),
+        guest_committed_bytes=sum(c.committed for c in nodes.values()),
+        counted_bytes=sum(c.counted for c in nodes.values()),
+        headroom_bytes=sum(c.headroom for c in nodes.values()),
+        summary=f"{least}% ({limiting})")
 
 
 def comparable(status: PolicyStatus) -> PolicyStatus:
@@ -308,5 +355,16 @@ def comparable(status: PolicyStatus) -> PolicyStatus:
 
 
 def without_savings(status: PolicyStatus) -> PolicyStatus:
-    """A status but the savings, whose churn is written at a slower pace."""
-    return dataclasses.replace(status, saved=None)
+    """A status but what churns and is written at a slower pace: the savings' sums and the
+    capacity's figures. Which levers save anything at all, whether capacity is reported and
+    KubeVirt's ratio stay: a lever's first saving is news (the demo's SAVED column), its growth
+    is not."""
+    saved = status.saved
+    levers = None if saved is None else Saved(
+        merged_bytes=int(bool(saved.merged_bytes)),
+        ballooned_bytes=int(bool(saved.ballooned_bytes)),
+        compressed_bytes=int(bool(saved.compressed_bytes)),
+        total_bytes=int(bool(saved.total_bytes)))
+    capacity = status.capacity
+    kept = None if capacity is None else PolicyCapacity(kubevirt=capacity.kubevirt)
+    return dataclasses.replace(status, saved=levers, capacity=kept)

@@ -107,6 +107,10 @@ class Controller:
         self.due: dict[str, float] = {}  # policy -> earliest time to fold and maybe write it
         self.last_fold: dict[str, float] = {}
         self.last_write: dict[str, float] = {}
+        # Until when a policy's savings are written at the status pace: for a savings interval
+        # after it was first seen (by this leader) or its generation changed, so a new or
+        # changed policy shows what it saves at once.
+        self.fresh_until: dict[str, float] = {}
         self.to_delete: set[str] = set()  # node states to delete: their Node is gone
         self.strays_seen: set[str] = set()
         self.wake = asyncio.Event()
@@ -163,6 +167,7 @@ class Controller:
             self.due.pop(name, None)
             self.last_fold.pop(name, None)
             self.last_write.pop(name, None)
+            self.fresh_until.pop(name, None)
             self.wake.set()  # its metrics series go at the next act
             return
         old = self.policies.get(name)
@@ -171,6 +176,7 @@ class Controller:
                                                              meta.get("generation")):
             return  # a status echo (ours, or the previous leader's): nothing new to fold
         view = policy_view(obj)
+        self.fresh_until[name] = self.clock() + self.settings.savings_interval_seconds
         if old is not None and old.uid == view.uid:
             view = replace(view, status=old.status)  # keep what we wrote, not its echo
         self.policies[name] = view
@@ -208,7 +214,8 @@ class Controller:
             return
         savings_due = self.last_write.get(name, -math.inf) + \
             self.settings.savings_interval_seconds
-        if without_savings(new) == without_savings(old) and now < savings_due:
+        fresh = now < self.fresh_until.get(name, -math.inf)
+        if without_savings(new) == without_savings(old) and now < savings_due and not fresh:
             self.due[name] = savings_due  # only the sums moved: fold again when that is due
             return
         await self.write(policy, status)
@@ -278,6 +285,7 @@ class Controller:
     def _reset(self) -> None:
         self.nodes, self.reports, self.policies = {}, {}, {}
         self.due, self.last_fold, self.last_write = {}, {}, {}
+        self.fresh_until = {}
         self.to_delete, self.strays_seen = set(), set()
         self.synced = False
         self.informers = [

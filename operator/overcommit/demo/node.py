@@ -160,6 +160,15 @@ class NodeDemo:
     def merged(self) -> bool:
         return bool((self.node_state().get("saved") or {}).get("mergedBytes"))
 
+    def policy_saved(self) -> bool:
+        """The controller folded the node's saving into the policy (SAVED is not 0B)."""
+        out = self.cluster.kubectl("get", "mop", *self.policy_names, "-o", "json", check=False)
+        if not self.policy_names or out.returncode != 0:
+            return False
+        found = json.loads(out.stdout)
+        return all(((item.get("status") or {}).get("saved") or {}).get("totalBytes")
+                   for item in found.get("items", [found]))
+
     def released(self) -> bool:
         status = self.node_state()
         return bool(status) and not status.get("originals") and not status.get("policy")
@@ -175,6 +184,10 @@ class NodeDemo:
         print(f"node state {self.node}: policy={(status.get('policy') or {}).get('name')} "
               f"ready={ready.get('status')} ({ready.get('reason')}) "
               f"saved={(status.get('saved') or {}).get('summary')} ksm={ksm}")
+        capacity = status.get("capacity") or {}
+        if capacity:
+            print(f"  supports {capacity.get('summary')}, headroom {capacity.get('headroom')}: "
+                  f"{capacity.get('reason')}")
         print(f"  originals (restored on exit): {status.get('originals')}\n")
 
     # -- the end ---------------------------------------------------------------------------
@@ -264,6 +277,8 @@ def demo_phases(demo: NodeDemo, cluster: LocalCluster, workload: Any, once: bool
         wait_until(demo.policy_ready, 60, "the controller to mark the policy Ready")
     with demo.phase("KSM merging the workload"):
         wait_until(demo.merged, 90, "KSM to merge the workload")
+        # A new policy's savings are folded at the status pace (5 s), not once a minute.
+        wait_until(demo.policy_saved, 30, "the controller to show the saving on the policy")
     demo.show()
     if not once:
         print("running; Ctrl-C to restore, uninstall and stop\n")

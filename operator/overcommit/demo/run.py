@@ -181,6 +181,10 @@ class Demo:
         print(f"node state {self.node}: policy={(status.get('policy') or {}).get('name')} "
               f"ready={ready.get('status')} ({ready.get('reason')}) "
               f"saved={(status.get('saved') or {}).get('summary')} ksm={ksm}")
+        capacity = status.get("capacity") or {}
+        if capacity:
+            print(f"  supports {capacity.get('summary')}, headroom {capacity.get('headroom')}: "
+                  f"{capacity.get('reason')}")
         print(f"  originals (restored on exit): {status.get('originals')}\n")
 
     def applied(self) -> bool:

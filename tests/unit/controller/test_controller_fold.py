@@ -320,3 +320,26 @@ def test_invariants(cluster: dict[str, dict[str, Any]], labelled: set[str], exis
     assert verdict == expected
     assert (condition(status, "Ready")["status"] == "True") == (verdict == kstatus.CURRENT)
     assert validate(status, STATUS_SCHEMA, "status") == []
+
+
+def test_capacity_folds_to_the_least_supported_ratio_and_names_its_node() -> None:
+    from overcommit.api.status import CapacityEvidence, NodeCapacity
+    from overcommit.controller.fold import capacity_summary, fold_capacity
+
+    def node_capacity(percent: int, settled: bool) -> NodeCapacity:
+        return NodeCapacity(physical_bytes=100, guest_committed_bytes=50, counted_bytes=10,
+                            headroom_bytes=-5 if percent < 110 else 20,
+                            supported_percent=percent,
+                            evidence=CapacityEvidence(settled=settled))
+
+    summaries = {"a": capacity_summary(node_capacity(130, True)),
+                 "b": capacity_summary(node_capacity(108, False)),
+                 "c": capacity_summary(node_capacity(108, True))}
+    folded = fold_capacity({k: v for k, v in summaries.items() if v is not None})
+    assert folded is not None
+    assert (folded.supported_percent, folded.limiting_node) == (108, "b")  # ties: first name
+    assert (folded.nodes, folded.settled_nodes) == (3, 2)
+    assert folded.physical_bytes == 300 and folded.headroom_bytes == 20 - 5 - 5
+    assert folded.summary == "108% (b)"
+    assert fold_capacity({}) is None
+    assert capacity_summary(NodeCapacity()) is None

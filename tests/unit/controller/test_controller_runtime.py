@@ -86,12 +86,12 @@ def node(name: str) -> JSON:
     return {"metadata": {"name": name, "labels": {"pool": "virt"}}}
 
 
-def cluster(clock: Clock, api: FakeApi) -> Controller:
+def cluster(clock: Clock, api: FakeApi, merged: int = 100) -> Controller:
     ctl = Controller(cast(ControllerApi, api), settings(), clock=clock,
                      now=lambda: f"2026-01-01T00:00:{int(clock.now):02d}Z")
     for name in ("a", "b"):
         ctl.node_event("ADDED", node(name))
-        ctl.state_event("ADDED", state(name, merged=100))
+        ctl.state_event("ADDED", state(name, merged=merged))
     ctl.policy_event("ADDED", policy_obj())
     return ctl
 
@@ -133,15 +133,53 @@ def test_savings_alone_are_written_at_the_slower_pace() -> None:
     clock, api = Clock(), FakeApi()
     ctl = cluster(clock, api)
     act(ctl)
-    clock.now = 2.0
-    ctl.state_event("MODIFIED", state("a", merged=5000))
-    assert act(ctl) == pytest.approx(8.0)  # due when the savings interval has passed
-    assert len(api.writes) == 1
-    clock.now = 3.0
+    clock.now = 11.0  # past the first savings interval of the policy (see the next test)
     ctl.state_event("MODIFIED", state("b", merged=100, ready="False"))  # news: written now
     act(ctl)
     assert len(api.writes) == 2
+    clock.now = 13.0
+    ctl.state_event("MODIFIED", state("a", merged=5000))
+    assert act(ctl) == pytest.approx(8.0)  # due when the savings interval has passed
+    assert len(api.writes) == 2
+    clock.now = 14.0
+    ctl.state_event("MODIFIED", state("b", merged=100))  # news again: written now
+    act(ctl)
+    assert len(api.writes) == 3
     assert last_status(api)["saved"]["mergedBytes"] == 5100  # the sums ride along
+
+
+def test_a_new_or_changed_policy_shows_its_savings_at_once() -> None:
+    """The demo's SAVED column: for a savings interval after the policy appears (or its
+    generation changes) savings are written at the status pace, and a lever's first saving is
+    news at any time."""
+    clock, api = Clock(), FakeApi()
+    ctl = cluster(clock, api, merged=0)
+    act(ctl)
+    assert last_status(api)["saved"]["totalBytes"] == 0
+    clock.now = 2.0
+    ctl.state_event("MODIFIED", state("a", merged=5000))
+    act(ctl)
+    assert len(api.writes) == 2 and last_status(api)["saved"]["totalBytes"] == 5000
+    clock.now = 6.0  # still fresh: growth too is written at the status pace
+    ctl.state_event("MODIFIED", state("a", merged=7000))
+    act(ctl)
+    assert len(api.writes) == 3
+    clock.now = 12.0  # after the first savings interval: growth waits (written at 6)...
+    ctl.state_event("MODIFIED", state("a", merged=9000))
+    act(ctl)
+    assert len(api.writes) == 3
+    clock.now = 14.0  # ...but a lever's first saving does not
+    ctl.state_event("MODIFIED", state("a", merged=9000, ballooned=100))
+    act(ctl)
+    assert len(api.writes) == 4 and last_status(api)["saved"]["balloonedBytes"] == 100
+    clock.now = 22.0
+    ctl.policy_event("MODIFIED", policy_obj(generation=2, status=last_status(api)))
+    act(ctl)  # a changed policy: written (its generation), and fresh again
+    assert len(api.writes) == 5
+    clock.now = 27.0
+    ctl.state_event("MODIFIED", state("a", merged=9500, ballooned=100, generation=2))
+    act(ctl)
+    assert len(api.writes) == 6 and last_status(api)["saved"]["totalBytes"] == 9600
 
 
 def test_a_spec_change_is_folded_at_once_with_its_generation() -> None:
@@ -215,7 +253,9 @@ def test_events_follow_the_written_status_once_each() -> None:
         clock.now = float(step)
         ctl.state_event("MODIFIED", state("a", merged=100 + step))
         act(ctl)
-    assert len(api.writes) == 3 and api.reasons() == ["PolicyReady", "PolicyStalled",
+    # (the drifting sums are written at the status pace in the policy's first savings
+    # interval, at the savings pace after it; never as Events)
+    assert len(api.writes) >= 3 and api.reasons() == ["PolicyReady", "PolicyStalled",
                                                       "NodeProblem"]
     assert metrics.registry.get_sample_value(
         "overcommit_controller_events_total", {"type": "Warning", "reason": "NodeProblem"}) == 1
@@ -470,13 +510,15 @@ def test_churn_folds_each_policy_at_most_once_per_interval() -> None:
     act(ctl)
     folds = 0
     for step in range(1, 41):  # 40 counter changes within 4 status intervals
-        clock.now = step * 0.1
+        clock.now = 11 + step * 0.1  # after the policy's first savings interval
         ctl.state_event("MODIFIED", state("a", merged=100 + step))
         before = ctl.last_fold.get("p")
         act(ctl)
         folds += ctl.last_fold.get("p") != before
     assert folds <= 4
-    assert len(api.writes) == 1  # savings alone wait for the savings interval
+    # savings alone wait for the savings interval: written once when it allows (10 s after
+    # the first write), then not again within these 4 s
+    assert len(api.writes) == 2
 
 
 class RelistApi:

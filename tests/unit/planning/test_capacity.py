@@ -144,7 +144,7 @@ def test_old_buckets_leave_the_window_and_the_store_after_a_day() -> None:
 
 
 def test_a_clock_that_goes_back_starts_afresh() -> None:
-    history = run(steady(5) + [reading(T0 - 3600)])
+    history = run([*steady(5), reading(T0 - 3600)])
     assert len(history.buckets) == 1 and history.buckets[0].observed == 0
 
 
