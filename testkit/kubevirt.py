@@ -1,6 +1,7 @@
-"""KubeVirt stand-ins for end-to-end tests: the CRDs of VirtualMachineInstance and
-VirtualMachineInstanceMigration, VMI objects as virt-controller/virt-handler fill them in, and
-launcher pods (testkit.launcher's image) as virt-controller renders them.
+"""KubeVirt stand-ins for end-to-end tests: the CRDs of VirtualMachineInstance,
+VirtualMachineInstanceMigration and KubeVirt (the cluster configuration CR, whose
+``memoryOvercommit`` the controller may manage), VMI objects as virt-controller/virt-handler fill
+them in, and launcher pods (testkit.launcher's image) as virt-controller renders them.
 
 What the agent reads of a VMI: its labels (``kubevirt.io/nodeName`` is the server-side
 selector of its watch, the others feed ``vmSelector``), annotations, uid, and
@@ -32,12 +33,14 @@ from testkit.launcher import (
 
 __all__ = [
     "CRDS",
+    "KUBEVIRT_CRD",
     "LAUNCHER_UID",
     "ROOT_CAPABILITIES",
     "VMIM_CRD",
     "VMI_CRD",
     "Kubectl",
     "Launcher",
+    "kubevirt_cr",
     "launcher_pod",
     "migration",
     "pod_memory_mib",
@@ -88,7 +91,11 @@ VMI_CRD = _crd("VirtualMachineInstance", "virtualmachineinstances", "virtualmach
                "vmi")
 VMIM_CRD = _crd("VirtualMachineInstanceMigration", "virtualmachineinstancemigrations",
                 "virtualmachineinstancemigration", "vmim")
-CRDS = (VMI_CRD, VMIM_CRD)
+# The KubeVirt CR (kubevirt.io/v1, kind KubeVirt, namespaced; virt-operator's install is
+# kubevirt/kubevirt): the cluster's configuration, spec.configuration.developerConfiguration
+# .memoryOvercommit among it. Nothing acts on it here.
+KUBEVIRT_CRD = _crd("KubeVirt", "kubevirts", "kubevirt", "kv")
+CRDS = (VMI_CRD, VMIM_CRD, KUBEVIRT_CRD)
 
 
 class Kubectl(Protocol):
@@ -156,6 +163,21 @@ def migration(name: str, namespace: str, vmi_name: str, phase: str | None = None
     if phase is not None:
         obj["status"] = {"phase": phase}
     return obj
+
+
+def kubevirt_cr(namespace: str = "kubevirt", name: str = "kubevirt",
+                memory_overcommit: int | None = None) -> dict[str, Any]:
+    """A KubeVirt CR as an admin writes it: memoryOvercommit (percent) only when given."""
+    developer: dict[str, Any] = {}
+    if memory_overcommit is not None:
+        developer["memoryOvercommit"] = memory_overcommit
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "KubeVirt",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"configuration": {"developerConfiguration": developer},
+                 "certificateRotateStrategy": {}, "workloadUpdateStrategy": {}},
+    }
 
 
 def pod_memory_mib(guest_mib: int) -> int:

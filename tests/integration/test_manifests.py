@@ -445,3 +445,12 @@ def test_a_renamed_install_keeps_the_admission_policy_bound_and_matching(
     assert not matches_the_agent(condition["expression"],
                                  "system:serviceaccount:ops:x-overcommit-controller")
     assert not matches_the_agent(condition["expression"], "kubernetes-admin")
+
+
+def test_the_controller_may_only_get_and_patch_the_kubevirt_cr_of_kubevirt_io() -> None:
+    """The ratio manager (docs/capacity.md) reads the KubeVirt CR by name and patches
+    memoryOvercommit: no list, watch, create or delete, and nothing else of KubeVirt's."""
+    role = find(render(BASE), "ClusterRole", "memory-overcommit-controller")
+    rules = [r for r in role["rules"] if "kubevirt.io" in r.get("apiGroups", [])]
+    assert rules == [{"apiGroups": ["kubevirt.io"], "resources": ["kubevirts"],
+                      "verbs": ["get", "patch"]}]

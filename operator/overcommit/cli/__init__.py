@@ -221,7 +221,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         savings_interval_seconds=args.savings_interval,
         sweep_interval_seconds=args.sweep_interval, kubeconfig=args.kubeconfig,
         health_port=args.health_port, metrics_port=args.metrics_port,
-        metrics_address=args.metrics_address)
+        metrics_address=args.metrics_address, kubevirt_namespace=args.kubevirt_namespace,
+        kubevirt_name=args.kubevirt_name)
     asyncio.run(run(settings))
     return EXIT_OK
 
@@ -355,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
                help="how often node states of vanished nodes are looked for")
     _defaulted(controller, "--health-port", ControllerSettings, "health_port", type=int,
                metavar="PORT", help="serve /healthz and /readyz on PORT; 0: off")
+    _defaulted(controller, "--kubevirt-namespace", ControllerSettings, "kubevirt_namespace",
+               metavar="NS", help="namespace of the KubeVirt CR whose memoryOvercommit a "
+                                  "policy may manage (spec.capacity.kubevirt)")
+    _defaulted(controller, "--kubevirt-name", ControllerSettings, "kubevirt_name",
+               metavar="NAME", help="name of that KubeVirt CR")
     controller.add_argument("--kubeconfig", help="a kubeconfig (default: the pod's service "
                                                  "account, else $KUBECONFIG)")
     controller.add_argument("-v", "--verbose", action="store_true",

@@ -8,6 +8,8 @@ from typing import Any
 from overcommit.kube.client import ApiError, KubeClient
 from overcommit.kube.resources import NODE_STATES, POLICIES
 
+KUBEVIRTS = "/apis/kubevirt.io/v1/namespaces/{namespace}/kubevirts/{name}"
+
 JSON = dict[str, Any]
 
 
@@ -29,3 +31,12 @@ class ControllerApi(KubeClient):
                 return False
             raise
         return True
+
+    async def get_kubevirt(self, namespace: str, name: str) -> JSON | None:
+        """The KubeVirt CR, or None when there is none (or KubeVirt is not installed)."""
+        return await self.get_or_none(KUBEVIRTS.format(namespace=namespace, name=name))
+
+    async def patch_kubevirt(self, namespace: str, name: str, patch: JSON) -> JSON:
+        """A merge patch of the KubeVirt CR (the controller sets memoryOvercommit only)."""
+        return await self.request("PATCH", KUBEVIRTS.format(namespace=namespace, name=name),
+                                  patch, "application/merge-patch+json")

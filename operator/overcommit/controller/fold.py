@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overcommit.api.model import PolicyError, policy_from_object
-from overcommit.api.policy import LabelSelector
+from overcommit.api.policy import CapacitySpec, LabelSelector
 from overcommit.api.schema import fit, meta_of, parse
 from overcommit.api.status import (
     FALSE,
@@ -158,6 +158,7 @@ class PolicyView:
     dry_run: bool = False
     error: str | None = None  # why the spec is invalid (admission bypassed); None when valid
     status: PolicyStatus = field(default_factory=PolicyStatus)
+    capacity: CapacitySpec | None = None
 
     def matches(self, labels: Labels) -> bool:
         return self.error is None and selector_matches(self.selector, labels)
@@ -173,7 +174,7 @@ def policy_view(obj: Mapping[str, Any]) -> PolicyView:
     except PolicyError as err:
         return PolicyView(name, uid, generation, error="; ".join(err.errors), status=status)
     return PolicyView(name, uid, generation, policy.spec.node_selector, policy.spec.dry_run,
-                      status=status)
+                      status=status, capacity=policy.spec.capacity)
 
 
 # -- tally -----------------------------------------------------------------------------------

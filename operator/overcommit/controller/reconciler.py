@@ -35,8 +35,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from overcommit.api.policy import GROUP, POLICY_KIND, VERSION
-from overcommit.api.schema import to_json
-from overcommit.api.status import PolicyStatus, condition_of
+from overcommit.api.schema import fit, to_json
+from overcommit.api.status import KubeVirtRatio, PolicyCapacity, PolicyStatus, condition_of
+from overcommit.controller import kubevirt_ratio
 from overcommit.controller.api import ControllerApi
 from overcommit.controller.events import policy_news
 from overcommit.controller.fold import (
@@ -98,8 +99,10 @@ class Controller:
 
     def __init__(self, api: ControllerApi, settings: ControllerSettings,
                  clock: Clock = time.monotonic, now: Callable[[], str] = now_rfc3339,
-                 metrics: ControllerMetrics | None = None) -> None:
+                 metrics: ControllerMetrics | None = None,
+                 wall: Clock = time.time) -> None:
         self.api, self.settings, self.clock, self.now = api, settings, clock, now
+        self.wall = wall  # epoch seconds: when KubeVirt's ratio was last changed
         self.metrics = metrics or ControllerMetrics()
         self.nodes: dict[str, Labels] = {}
         self.reports: dict[str, NodeSummary] = {}
@@ -209,6 +212,7 @@ class Controller:
         with self.metrics.fold():
             status = fold(policy, self.reports, self.nodes, self.now())
         self.last_fold[name] = now
+        status = await self.kubevirt_ratio(policy, status)
         new, old = comparable(status), comparable(policy.status)
         if new == old:
             return
@@ -219,6 +223,69 @@ class Controller:
             self.due[name] = savings_due  # only the sums moved: fold again when that is due
             return
         await self.write(policy, status)
+
+    async def kubevirt_ratio(self, policy: PolicyView, status: PolicyStatus) -> PolicyStatus:
+        """KubeVirt's memoryOvercommit for a policy that covers KubeVirt's nodes: read, and
+        (``spec.capacity.kubevirt.manage``) set from what the nodes support
+        (``kubevirt_ratio``); the result goes into ``status.capacity.kubevirt``."""
+        spec = policy.capacity.kubevirt if policy.capacity is not None else None
+        views = {name: kubevirt_ratio.NodeView(
+            report.policy.name if report.policy else None,
+            report.capacity.supported_percent if report.capacity else None,
+            bool(report.capacity and report.capacity.settled))
+            for name, report in self.reports.items() if name in self.nodes}
+        vm_nodes = kubevirt_ratio.schedulable(self.nodes)
+        covered = kubevirt_ratio.covers(policy.name, vm_nodes, views) is None
+        if policy.error is not None or not (covered or (spec is not None and spec.manage)):
+            return status
+        previous = policy.status.capacity.kubevirt if policy.status.capacity else None
+        namespace, name = self.settings.kubevirt_namespace, self.settings.kubevirt_name
+        kubevirt = None
+        if covered:
+            try:
+                kubevirt = await self.api.get_kubevirt(namespace, name)
+            except API_ERRORS as exc:
+                log.warning("could not read the KubeVirt CR %s/%s: %s", namespace, name, exc)
+                self.metrics.error("api")
+                return self._with_ratio(status, replace(
+                    previous or KubeVirtRatio(),
+                    reason=f"could not read the KubeVirt CR {namespace}/{name}: {exc}"))
+        decision = kubevirt_ratio.decide(policy.name, spec, self.nodes, views, kubevirt,
+                                         previous, self.wall())
+        if decision is None:
+            return status
+        ratio = decision.status
+        if decision.set_to is not None and kubevirt is not None:
+            before = kubevirt_ratio.configured_percent(kubevirt)
+            try:
+                await self.api.patch_kubevirt(namespace, name,
+                                              kubevirt_ratio.merge_patch(decision.set_to))
+            except API_ERRORS as exc:
+                log.warning("could not set memoryOvercommit on %s/%s: %s", namespace, name, exc)
+                self.metrics.error("api")
+                ratio = replace(ratio, configured_percent=before,
+                                last_change=previous.last_change if previous else None,
+                                reason=f"could not set memoryOvercommit to "
+                                       f"{decision.set_to}%: {exc}")
+                self.due[policy.name] = self.clock() + self.settings.retry_seconds
+            else:
+                log.info("KubeVirt memoryOvercommit %d%% -> %d%% for policy %s: %s", before,
+                         decision.set_to, policy.name, ratio.reason)
+                await self.announce(policy, [EventIntent(
+                    "Normal" if decision.set_to > before else "Warning",
+                    "KubeVirtRatioChanged",
+                    f"memoryOvercommit {before}% -> {decision.set_to}% on KubeVirt "
+                    f"{namespace}/{name}: {ratio.reason}", change=True)])
+        if decision.recheck_in is not None:
+            due = self.clock() + decision.recheck_in
+            self.due[policy.name] = min(self.due.get(policy.name, math.inf), due)
+        return self._with_ratio(status, ratio)
+
+    @staticmethod
+    def _with_ratio(status: PolicyStatus,
+                    ratio: KubeVirtRatio) -> PolicyStatus:
+        capacity = status.capacity or PolicyCapacity()
+        return fit(replace(status, capacity=replace(capacity, kubevirt=ratio)))
 
     async def write(self, policy: PolicyView, status: PolicyStatus) -> None:
         try:

@@ -50,6 +50,13 @@ class ControllerSettings:
     """Namespace of the Events about the cluster-scoped policies (as the agent's about node
     states: the Kubernetes convention for cluster-scoped objects)."""
 
+    kubevirt_namespace: str = "kubevirt"
+    """Namespace of the KubeVirt CR whose memoryOvercommit a policy may manage
+    (spec.capacity.kubevirt); KubeVirt's own install uses kubevirt."""
+
+    kubevirt_name: str = "kubevirt"
+    """Name of that KubeVirt CR."""
+
     kubeconfig: str | None = None
     """A kubeconfig file; None: the pod's service account, else $KUBECONFIG or ~/.kube/config."""
 
