@@ -90,7 +90,7 @@ class Replica:
 
 @contextmanager
 def controller(kubeconfig: Path, log_dir: Path, identity: str,
-               lease: str) -> Iterator[Replica]:
+               lease: str, extra: tuple[str, ...] = ()) -> Iterator[Replica]:
     """``overcommit controller`` as its own process, so a test can kill it like a node would.
     Yields once both its HTTP servers answer: a replica still importing would refuse the
     test's first question."""
@@ -102,7 +102,8 @@ def controller(kubeconfig: Path, log_dir: Path, identity: str,
                     str(kubeconfig), "--lease-namespace", NS, "--lease-name", lease,
                     "--identity", identity, "--lease-duration", str(LEASE_SECONDS),
                     "--status-interval", "1", "--savings-interval", "1", "--sweep-interval",
-                    "1", "--health-port", str(port), "--metrics-port", str(metrics_port), "-v"]
+                    "1", "--health-port", str(port), "--metrics-port", str(metrics_port), "-v",
+                    *extra]
             start = log.tell()
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
         replica = Replica(proc, identity, port, metrics_port)
