@@ -156,10 +156,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from overcommit.reconcile.capacity import peek
+
     node = _reconciler(args)
     obs = node.observe()
-    guests = node.guests.observe(obs.time) if node.guests is not None else None
-    data = reporting.status_json(obs, node.store.load().originals, guests)
+    policies = _load(args) if args.file else []
+    _, plan, _ = node.plan(policies, args.node_labels, obs)
+    guests = node.preview_guests(plan.policy, obs, plan.ladder) \
+        if node.guests is not None else None
+    spec = plan.policy.spec if plan.policy is not None else None
+    # The savings history `overcommit run` (or the agent) kept in the state directory, plus now.
+    capacity = peek(node.capacity.loaded(), obs, plan.ladder, guests, spec)
+    data = reporting.status_json(obs, node.store.load().originals, guests, capacity)
     _emit(data, args.output, reporting.status_text(data))
     return EXIT_OK
 
@@ -310,8 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     _host_options(restore, labels=False)
     restore.set_defaults(func=cmd_restore)
 
-    status = sub.add_parser("status", help="engines, settings, counters and savings here")
-    _host_options(status, labels=False)
+    status = sub.add_parser("status", help="engines, settings, counters, savings and the "
+                                           "overcommit ratio this host supports")
+    status.add_argument("-f", "--file", help="the policy file `run` uses (its capacity window, "
+                                             "percentile and floors; default: no policy)")
+    _host_options(status, labels=True)
     status.set_defaults(func=cmd_status)
     # `demo` parses its own flags (see overcommit.demo.run); listed here for --help.
     sub.add_parser("demo", help="the whole operator on this machine (a local control plane, "

@@ -8,12 +8,18 @@ from typing import Any
 from overcommit.api.schema import json_name, to_json
 from overcommit.api.status import Guest
 from overcommit.host.base import Change
+from overcommit.planning.capacity import Capacity
 from overcommit.planning.observation import Observation
 from overcommit.planning.plan import NodePlan
 from overcommit.planning.selection import Selection
 from overcommit.reconcile.guests import GuestResult
 from overcommit.reconcile.node import CycleResult
-from overcommit.reconcile.summary import guest_entries, ladder_status, merged_bytes
+from overcommit.reconcile.summary import (
+    capacity_status,
+    guest_entries,
+    ladder_status,
+    merged_bytes,
+)
 from overcommit.units import human_bytes
 
 JSON = dict[str, Any]
@@ -80,6 +86,7 @@ def cycle_json(report: CycleResult) -> JSON:
         "balloons": [t.as_json() for t in report.guests.applied],
         "balloonedBytes": report.guests.ballooned_bytes,
         **guests_json(report.guests),
+        "capacity": capacity_json(report.capacity),
     })
     return data
 
@@ -126,13 +133,32 @@ def cycle_text(data: JSON) -> str:
     if data["restored"]:
         lines.append("restored the recorded originals")
     lines.append(f"saved by merging: {human_bytes(data['savedBytes'])}")
+    lines += _capacity_text(data)
     return "\n".join(lines)
 
 
+def capacity_json(capacity: Capacity | None) -> JSON | None:
+    """The capacity as the node state shows it (camelCase), or None."""
+    status = capacity_status(capacity)
+    return None if status is None else to_json(status)
+
+
+def _capacity_text(data: JSON) -> list[str]:
+    capacity = data.get("capacity")
+    if not capacity:
+        return []
+    evidence = capacity.get("evidence") or {}
+    settled = "" if evidence.get("settled") else ", not settled yet"
+    return [f"capacity: supports {capacity['summary']}, headroom {capacity['headroom']} "
+            f"(observed {evidence.get('observedSeconds')} s of {evidence.get('windowSeconds')} "
+            f"s{settled})", f"  {capacity['reason']}"]
+
+
 def status_json(obs: Observation, originals: dict[str, str],
-                guests: GuestResult | None = None) -> JSON:
+                guests: GuestResult | None = None, capacity: Capacity | None = None) -> JSON:
     merged = merged_bytes(obs)
     return {
+        "capacity": capacity_json(capacity),
         **guests_json(guests),
         "balloonedBytes": guests.ballooned_bytes if guests else 0,
         "engines": {name: reading.present for name, reading in sorted(obs.readings.items())},
@@ -155,6 +181,7 @@ def status_text(data: JSON) -> str:
              "settings:"]
     lines += [f"  {path} = {value}" for path, value in data["settings"].items()]
     lines += _guests_text(data)
+    lines += _capacity_text(data)
     if data["originals"]:
         lines.append("recorded originals (restore puts these back):")
         lines += [f"  {path} = {value}" for path, value in data["originals"].items()]

@@ -346,3 +346,34 @@ def test_a_corrupt_state_file_is_reported_without_a_traceback(
     assert "do not just delete it" in err and "Traceback" not in err and out == ""
     assert state.read_bytes() == content  # left for the user to inspect
     assert ksm_settings(host) == ORIGINAL  # nothing was changed without knowing the originals
+
+
+def test_status_shows_the_supported_ratio_from_the_history_run_kept(
+        host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`overcommit run` (like the agent) keeps an hour of one-minute savings in the state
+    directory; `overcommit status` assesses the host from it and from what it sees now."""
+    import time
+
+    from overcommit.planning import capacity as cap
+    from overcommit.reconcile.capacity import CapacityStore
+
+    path = write_policy(tmp_path, policy_document("p", {"ksm": {"enabled": True}}))
+    code, data = run_json(capsys, "run", "--once", "-f", path, *host_args(host, tmp_path))
+    assert code == EXIT_OK and data["capacity"]["supportedPercent"] == 100
+    now = time.time()
+    start = cap.bucket_start(now) - 3600
+    hour = tuple(cap.Bucket(start + 60 * i, 1 << 30, 0, 0, 60.0, 0.0) for i in range(61))
+    CapacityStore(tmp_path / "state").save(cap.History(hour, now - 1))
+    code, status = run_json(capsys, "status", "-f", path, *host_args(host, tmp_path))
+    assert code == EXIT_OK
+    capacity = status["capacity"]
+    assert capacity["evidence"]["settled"] is True
+    assert capacity["evidence"]["observedSeconds"] == 3600
+    # KSM merges nothing on the fake host now: the bucket of this minute drags p5 to 0 only
+    # if it is among the lowest 5 % -- it is one of 62, so the hour's 1 GiB holds.
+    assert capacity["sustained"]["mergedBytes"] == 1 << 30
+    assert capacity["countedBytes"] == (1 << 30) * 9 // 10
+    assert capacity["supportedPercent"] > 100
+    main(["status", "-f", path, *host_args(host, tmp_path)[:-2]])  # as text
+    text = capsys.readouterr().out
+    assert f"capacity: supports {capacity['supportedPercent']}%" in text
