@@ -324,3 +324,34 @@ def test_docs_document_every_served_family_with_its_type_and_labels() -> None:
     assert set(docs) <= set(served), f"documented, not served: {sorted(set(docs) - set(served))}"
     for name, (kind, labels) in served.items():
         assert (docs[name][0], tuple(sorted(docs[name][1]))) == (kind, labels), name
+
+
+def test_memory_pressure_ksmd_and_capacity_series_follow_the_status(
+        tmp_path: Path, kernel: FakeKernel) -> None:
+    kernel.merge(shared=100, sharing=1000)
+    kernel.set_memory(8 << 20, total_kib=16 << 20, some=12.5, full=1.25)
+    engine = NodeReconciler(state_dir=tmp_path / "state", fs=kernel)
+    policy = [policy_from_object(policy_document("pol", {"ksm": {"mode": "Adaptive"}}))]
+    engine.cycle(policy, {})
+    status = status_of(engine.cycle(policy, {}))  # the second cycle knows ksmd's CPU share
+    metrics = AgentMetrics("n")
+    metrics.observe_cycle(status, {})
+    series = scrape(metrics.registry)
+    assert value(series, "overcommit_memory_bytes", kind="total") == 16 << 30
+    assert value(series, "overcommit_memory_bytes", kind="available") == 8 << 30
+    assert value(series, "overcommit_memory_pressure_percent", kind="some") == 12.5
+    assert value(series, "overcommit_memory_pressure_percent", kind="full") == 1.25
+    assert value(series, "overcommit_ksmd_cpu_percent") == 0.0  # the fake ksmd's CPU holds
+    assert value(series, "overcommit_ksmd_cpu_budget_percent") == 20  # Adaptive's default
+    capacity = status.capacity
+    assert capacity is not None and capacity.sustained is not None
+    assert value(series, "overcommit_capacity_supported_percent") == \
+        capacity.supported_percent
+    assert value(series, "overcommit_capacity_bytes", kind="physical") == 16 << 30
+    assert value(series, "overcommit_capacity_bytes", kind="headroom") == \
+        capacity.headroom_bytes
+    # KSM's general_profit (net of its metadata) where the kernel reports it, not its peak
+    assert value(series, "overcommit_capacity_sustained_savings_bytes", lever="merged") == \
+        capacity.sustained.merged_bytes == status.counters["ksm.general_profit"]  # type: ignore[index]
+    assert 0 < (capacity.sustained.merged_bytes or 0) < 1000 * 4096
+    assert value(series, "overcommit_capacity_window_seconds") == 3600
