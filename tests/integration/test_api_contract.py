@@ -165,6 +165,8 @@ def test_policy_printer_columns(api: ControlPlane) -> None:
         "nodes": {"matched": 5, "applied": 3, "failed": 1, "overridden": 1, "summary": "3/5"},
         "saved": {"totalBytes": 1610612736, "summary": "1.5Gi"},
         "conditions": [ready("Applied")],
+        "capacity": {"supportedPercent": 112, "limitingNode": "node-7", "summary": "112%",
+                     "kubevirt": {"configuredPercent": 150}},
     })
     headers, rows = table(api, "mop", name)
     assert headers == ["NAME", "PRIORITY", "NODES", "SAVED", "READY", "AGE"]
@@ -174,9 +176,10 @@ def test_policy_printer_columns(api: ControlPlane) -> None:
     assert row["AGE"][-1] in "smhd"
     headers, rows = table(api, "mop", name, "-o", "wide")
     assert headers == ["NAME", "PRIORITY", "NODES", "SAVED", "READY", "AGE", "FAILED",
-                       "OVERRIDDEN", "REASON"]
-    assert (rows[name]["FAILED"], rows[name]["OVERRIDDEN"], rows[name]["REASON"]) == (
-        "1", "1", "Applied")
+                       "OVERRIDDEN", "SUPPORTED", "LIMITED-BY", "KUBEVIRT", "REASON"]
+    row = rows[name]
+    assert (row["FAILED"], row["OVERRIDDEN"], row["SUPPORTED"], row["LIMITED-BY"],
+            row["KUBEVIRT"], row["REASON"]) == ("1", "1", "112%", "node-7", "150", "Applied")
 
 
 def test_node_state_printer_columns_and_category(api: ControlPlane) -> None:
@@ -193,6 +196,14 @@ def test_node_state_printer_columns_and_category(api: ControlPlane) -> None:
     row = rows[node]
     assert (row["POLICY"], row["ENGINE"], row["SAVED"], row["GUESTS"], row["READY"]) == (
         "static-virt-nodes", "ksm", "512Mi", "3", "True")
+    patch_status(api, "mons", node, {
+        "conditions": [ready("Applied"), {"type": "Degraded", "status": "False",
+                                          "reason": "AsExpected", "message": "no problems"}],
+        "ladder": {"state": "Clear"},
+        "capacity": {"supportedPercent": 108, "summary": "108%", "headroom": "-1.5Gi"}})
+    headers, rows = table(api, "mons", node, "-o", "wide")
+    assert headers[-4:] == ["LADDER", "SUPPORTED", "HEADROOM", "REASON"]
+    assert [rows[node][h] for h in headers[-4:]] == ["Clear", "108%", "-1.5Gi", "AsExpected"]
 
     everything = api.kubectl("get", "overcommit").stdout  # the category: both kinds
     assert f"memoryovercommitpolicy.{GROUP}/{policy}" in everything

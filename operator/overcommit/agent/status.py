@@ -126,9 +126,22 @@ def news_of(status: NodeStateStatus) -> tuple[object, ...]:
 
 
 def detail_of(status: NodeStateStatus) -> NodeStateStatus:
-    """Everything else (settings, counters, savings, memory, guests), timestamps aside."""
-    return dataclasses.replace(without_timestamps(status),
-                               **dict.fromkeys(NEWS_FIELDS, None))
+    """Everything else (settings, counters, savings, memory, guests, capacity), timestamps
+    aside, and the capacity without its evidence's clock: how long the node has been watched
+    grows every cycle, which alone is no reason to write, nor is ksmd's CPU share (both ride
+    along with other changes; the metrics follow them every cycle)."""
+    bare = dataclasses.replace(without_timestamps(status), **dict.fromkeys(NEWS_FIELDS, None))
+    if bare.ksmd is not None:  # ksmd's CPU share: known from the second cycle, then noisy
+        bare = dataclasses.replace(bare, ksmd=None if bare.ksmd.budget_percent is None
+                                   else dataclasses.replace(bare.ksmd, cpu_percent=None))
+    capacity = bare.capacity
+    if capacity is None:
+        return bare
+    evidence = capacity.evidence
+    steady = dataclasses.replace(
+        capacity, reason=None, evidence=None if evidence is None else dataclasses.replace(
+            evidence, observed_seconds=None, samples=None, since=None))
+    return dataclasses.replace(bare, capacity=steady)
 
 
 def should_write(new: NodeStateStatus, last: NodeStateStatus | None, since_write_s: float,

@@ -55,7 +55,9 @@ def policy_crd() -> dict[str, Any]:
          "priority": 1, "description": "Nodes where a higher-priority policy wins."},
         {"name": "Supported", "type": "string", "jsonPath": ".status.capacity.summary",
          "priority": 1, "description": "The overcommit ratio the policy's nodes support (the "
-                                       "least of theirs) and the node that limits it."},
+                                       "least of theirs)."},
+        {"name": "Limited-By", "type": "string", "jsonPath": ".status.capacity.limitingNode",
+         "priority": 1, "description": "The node with that least ratio."},
         {"name": "KubeVirt", "type": "integer",
          "jsonPath": ".status.capacity.kubevirt.configuredPercent", "priority": 1,
          "description": "KubeVirt's memoryOvercommit (percent), when the policy covers "

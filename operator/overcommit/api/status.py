@@ -412,8 +412,7 @@ class PolicyCapacity:
     guest_committed_bytes: int | None = doc("The guests' maxima, summed.", minimum=0)
     counted_bytes: int | None = doc("The counted sustained savings, summed.", minimum=0)
     headroom_bytes: int | None = doc("The nodes' headroom, summed.")
-    summary: str | None = doc("The supported ratio and the limiting node, for kubectl get.",
-                              max_length=300)
+    summary: str | None = doc("The supported ratio, for kubectl get.", max_length=32)
     kubevirt: KubeVirtRatio | None = doc("KubeVirt's memoryOvercommit, when the policy covers "
                                          "the nodes KubeVirt schedules VMs on.")
 

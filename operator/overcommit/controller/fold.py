@@ -347,7 +347,7 @@ def fold_capacity(nodes: Mapping[str, CapacitySummary]) -> PolicyCapacity | None
         guest_committed_bytes=sum(c.committed for c in nodes.values()),
         counted_bytes=sum(c.counted for c in nodes.values()),
         headroom_bytes=sum(c.headroom for c in nodes.values()),
-        summary=f"{least}% ({limiting})")
+        summary=f"{least}%")
 
 
 def comparable(status: PolicyStatus) -> PolicyStatus:

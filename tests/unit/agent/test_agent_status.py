@@ -232,3 +232,36 @@ def test_the_first_saving_is_news_its_growth_is_not(kernel: FakeKernel, tmp_path
     more = node_status(cycle(kernel, tmp_path, spec), previous=first, now=NOW)
     assert not should_write(more, first, since_write_s=1.0, status_interval_s=60.0)
     assert should_write(more, first, since_write_s=61.0, status_interval_s=60.0)
+
+
+def test_the_capacity_evidence_clock_alone_is_no_reason_to_write() -> None:
+    """A steady host: the window's observed time grows every cycle, nothing else moves."""
+    import dataclasses
+
+    from overcommit.agent.status import should_write
+    from overcommit.api.status import CapacityEvidence, NodeCapacity, NodeStateStatus
+
+    def status(observed: int, percent: int = 100) -> NodeStateStatus:
+        return NodeStateStatus(capacity=NodeCapacity(
+            supported_percent=percent, reason=f"p5 over {observed}s",
+            evidence=CapacityEvidence(observed_seconds=observed, samples=observed // 60,
+                                      since="2026-01-01T00:00:00Z")))
+
+    first = status(60)
+    assert not should_write(status(120), first, since_write_s=999, status_interval_s=60)
+    assert should_write(status(120, 104), first, since_write_s=999, status_interval_s=60)
+    settled = dataclasses.replace(first, capacity=dataclasses.replace(
+        first.capacity, evidence=CapacityEvidence(settled=True)))  # type: ignore[arg-type]
+    assert should_write(settled, first, since_write_s=999, status_interval_s=60)
+
+
+def test_ksmds_first_cpu_share_is_no_reason_to_write() -> None:
+    from overcommit.agent.status import should_write
+    from overcommit.api.status import Ksmd, NodeStateStatus
+
+    assert not should_write(NodeStateStatus(ksmd=Ksmd(cpu_percent="0.00")), NodeStateStatus(),
+                            since_write_s=999, status_interval_s=60)
+    assert not should_write(NodeStateStatus(ksmd=Ksmd("3.10", 20)),
+                            NodeStateStatus(ksmd=Ksmd("0.40", 20)), 999, 60)
+    assert should_write(NodeStateStatus(ksmd=Ksmd("3.10", 30)),
+                        NodeStateStatus(ksmd=Ksmd("0.40", 20)), 999, 60)

@@ -340,6 +340,6 @@ def test_capacity_folds_to_the_least_supported_ratio_and_names_its_node() -> Non
     assert (folded.supported_percent, folded.limiting_node) == (108, "b")  # ties: first name
     assert (folded.nodes, folded.settled_nodes) == (3, 2)
     assert folded.physical_bytes == 300 and folded.headroom_bytes == 20 - 5 - 5
-    assert folded.summary == "108% (b)"
+    assert folded.summary == "108%"
     assert fold_capacity({}) is None
     assert capacity_summary(NodeCapacity()) is None
