@@ -1,7 +1,8 @@
 """The agent against KubeVirt-shaped launchers on a real kubelet: the shipped KubeVirt overlay
 (its DaemonSet, securityContext and mounts) finds a root and a non-root launcher's libvirt
 socket under /pods, reports both guests with their VMIs, moves their balloons (Static and
-Auto), proven inside each guest by its MemTotal, and survives a launcher deleted mid-run.
+Auto), proven inside each guest by its MemTotal, asks KubeVirt to migrate a guest under real
+memory pressure (relief), and survives a launcher deleted mid-run.
 
 KubeVirt cannot be built here: testkit.launcher's image is the launcher (its own libvirt
 daemon on ``virtqemud-sock`` in the ``libvirt-runtime`` emptyDir, one TCG guest with KubeVirt's
@@ -31,8 +32,16 @@ import pytest
 
 from overcommit.localcluster.node import LocalCluster, LocalClusterError, leftovers
 from testkit.cluster import require_parts, say, wait_for
-from testkit.kubevirt import CRDS, Launcher, pod_memory_mib, start_launcher
+from testkit.kubevirt import (
+    CRDS,
+    Launcher,
+    pod_memory_mib,
+    set_vmi_status,
+    start_launcher,
+    vmi_status,
+)
 from testkit.launcher import LauncherError, LauncherGuest, launcher_image
+from testkit.memrig import DEFAULT_FLOOR, GIB, MIB, MemoryRig, mem_available
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAY = REPO / "deploy" / "overlays" / "kubevirt"
@@ -399,6 +408,85 @@ def test_auto_mode_takes_from_the_idle_guest_down_to_its_floor_only(
         guest(cluster, launcher).wait_meminfo(
             lambda m, lr=launcher: abs(shrunk_by(lr, m)) < MIB_KB, 60,
             f"{launcher.vmi_name}'s MemTotal back to its maximum")
+
+
+def test_real_pressure_asks_kubevirt_once_to_migrate_the_guest_that_can_move(
+        pytestconfig: pytest.Config, cluster: LocalCluster,
+        launchers: dict[str, Launcher]) -> None:
+    """Relief under real pressure: the memory rig holds host memory nothing can reclaim or
+    merge until the real MemAvailable is below the policy's minimum (Critical). The agent, as
+    shipped (its RBAC, the admission policy keeping it to its node's guests, a pod-bound
+    token), creates one VirtualMachineInstanceMigration for the guest KubeVirt says can move,
+    none for the one it says cannot, none again within the cooldown; it taints its Node while
+    Critical lasts and removes the taint once the rig lets go."""
+    movable, pinned = launchers["root-vm"], launchers["nonroot-vm"]
+    set_vmi_status(cluster.kubectl, VM_NS, pinned.vmi_name,
+                   vmi_status(cluster.node_name, live_migratable=False))
+    start = mem_available()
+    need = DEFAULT_FLOOR + 3 * GIB
+    if start < need:
+        pytest.fail(f"this test needs {need >> 20} MiB MemAvailable on the host (the rig's "
+                    f"floor plus room for Critical), and has {start >> 20} MiB: stop other "
+                    "work on the machine", pytrace=False)
+    minimum = start - GIB  # Critical below it: the rig takes MemAvailable 512 MiB below
+    policy = {"apiVersion": "memoryovercommit.io/v1alpha1", "kind": "MemoryOvercommitPolicy",
+              "metadata": {"name": "relief"},
+              "spec": {"nodeSelector": {"matchLabels": {"kubevirt.io/schedulable": "true"}},
+                       # Balloons nobody: relief is the only thing under test.
+                       "balloon": {"mode": "Static", "static": {"targetPercent": 100},
+                                   "vmSelector": {"matchLabels": {"overcommit-e2e": "none"}}},
+                       "ladder": {"minimumAvailable": f"{minimum >> 20}Mi",
+                                  "relief": {"cooldownSeconds": 120, "taint": True}}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(policy))
+
+    def ladder() -> dict[str, Any]:
+        found: dict[str, Any] = node_state(cluster).get("ladder") or {}
+        return found
+
+    def ours() -> list[dict[str, Any]]:
+        taints = get(cluster, "node", cluster.node_name)["spec"].get("taints") or []
+        return [t for t in taints if t["key"] == "memoryovercommit.io/memory-pressure"]
+
+    def migrations() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = get(cluster, "vmim", "-n", VM_NS)["items"]
+        return found
+
+    try:
+        with MemoryRig() as rig:
+            reached = rig.fill_to(minimum - 512 * MIB)
+            say(pytestconfig, f"\nrelief: MemAvailable {start >> 20} -> {reached >> 20} MiB, "
+                              f"minimum {minimum >> 20} MiB")
+            poke(cluster)
+            critical_at = time.monotonic()
+            wait_for(lambda: ladder().get("state") == "Critical", 60, "Critical")
+            wait_for(migrations, 60, "relief to ask for a migration")
+            say(pytestconfig, f"\nrelief: a migration {time.monotonic() - critical_at:.1f} s "
+                              "after the rig reached its level")
+            made = migrations()
+            assert len(made) == 1, made
+            assert made[0]["spec"] == {"vmiName": movable.vmi_name}
+            assert made[0]["metadata"]["labels"]["memoryovercommit.io/node"] == \
+                cluster.node_name
+            shown = wait_for(lambda: ladder() if ladder().get("lastRelief") else None, 30,
+                             "the node state to show the request")
+            assert shown["lastRelief"]["migration"] == made[0]["metadata"]["name"]
+            assert shown["taint"] == "NoSchedule" and ours()[0]["effect"] == "NoSchedule"
+            # Still Critical, cycles every 2 s: nothing more is asked within the cooldown.
+            end = time.monotonic() + 20
+            while time.monotonic() < end:
+                assert len(migrations()) == 1
+                time.sleep(1)
+            assert ladder().get("state") == "Critical", ladder()
+            assert str(ladder().get("reliefStatus")).startswith("waiting: cooldown"), ladder()
+            assert rig.tripped is None
+        poke(cluster)
+        wait_for(lambda: not ours(), 60, "the taint to go once the pressure went")
+        assert ladder().get("state") != "Critical"
+    finally:
+        cluster.kubectl("delete", "mop", "relief", "--ignore-not-found")
+        cluster.kubectl("delete", "vmim", "-n", VM_NS, "--all")
+        set_vmi_status(cluster.kubectl, VM_NS, pinned.vmi_name,
+                       vmi_status(cluster.node_name))
 
 
 def test_a_deleted_launcher_fails_only_its_own_guest(

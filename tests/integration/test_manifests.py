@@ -261,19 +261,39 @@ def test_the_plain_libvirt_pool_reaches_the_host_daemon_and_no_pod_sockets() -> 
     assert not pod.capabilities_added(), "nothing there is owned by another user"
 
 
-@pytest.mark.parametrize(("kustomization", "reads_vmis"), [(BASE, True), (KUBEVIRT, True),
-                                                          (LIBVIRT, False)])
-def test_only_kubevirt_pools_let_the_agent_read_vmis(kustomization: str,
-                                                      reads_vmis: bool) -> None:
-    role = find(render(kustomization), "ClusterRole", "memory-overcommit-agent")
+GUESTS_POLICY = "memory-overcommit-agent-own-guests"
+
+
+@pytest.mark.parametrize(("kustomization", "kubevirt"), [(BASE, True), (KUBEVIRT, True),
+                                                         (LIBVIRT, False)])
+def test_only_kubevirt_pools_let_the_agent_read_vmis_and_ask_for_migrations(
+        kustomization: str, kubevirt: bool) -> None:
+    objects = render(kustomization)
+    role = find(objects, "ClusterRole", "memory-overcommit-agent")
     vmi_rules = [r for r in role["rules"] if "kubevirt.io" in r.get("apiGroups", [])]
-    if reads_vmis:
+    admission = {o["metadata"]["name"] for o in objects
+                 if o["kind"].startswith("ValidatingAdmissionPolicy")}
+    if kubevirt:
         assert vmi_rules == [{"apiGroups": ["kubevirt.io"],
                               "resources": ["virtualmachineinstances"],
-                              "verbs": ["get", "list", "watch"]}]
+                              "verbs": ["get", "list", "watch"]},
+                             {"apiGroups": ["kubevirt.io"],
+                              "resources": ["virtualmachineinstancemigrations"],
+                              "verbs": ["get", "list", "watch", "create"]}]
+        assert GUESTS_POLICY in admission
     else:
         assert vmi_rules == [] and len(role["rules"]) == len(
-            find(render(BASE), "ClusterRole", "memory-overcommit-agent")["rules"]) - 1
+            find(render(BASE), "ClusterRole", "memory-overcommit-agent")["rules"]) - 2
+        # Its parameters are KubeVirt's VMIs: without KubeVirt it has nothing to check.
+        assert GUESTS_POLICY not in admission
+        assert "memory-overcommit-agent-own-node-taint" in admission
+
+
+@pytest.mark.parametrize("kustomization", [BASE, KUBEVIRT, LIBVIRT])
+def test_the_agent_may_patch_nodes_and_nothing_else_of_them(kustomization: str) -> None:
+    role = find(render(kustomization), "ClusterRole", "memory-overcommit-agent")
+    node_verbs = {verb for r in role["rules"] if "nodes" in r["resources"] for verb in r["verbs"]}
+    assert node_verbs == {"get", "list", "watch", "patch"}
 
 
 @pytest.mark.parametrize("kustomization", [BASE, KUBEVIRT])
@@ -432,19 +452,22 @@ def test_a_renamed_install_keeps_the_admission_policy_bound_and_matching(
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     objects = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
-    policy = find(objects, "ValidatingAdmissionPolicy", "x-memory-overcommit-agent-own-node-state")
-    binding = find(objects, "ValidatingAdmissionPolicyBinding",
-                   "x-memory-overcommit-agent-own-node-state")
-    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    for name in ("own-node-state", "own-guests", "own-node-taint"):
+        policy = find(objects, "ValidatingAdmissionPolicy", f"x-memory-overcommit-agent-{name}")
+        binding = find(objects, "ValidatingAdmissionPolicyBinding",
+                       f"x-memory-overcommit-agent-{name}")
+        assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     account = find(objects, "ServiceAccount", "x-overcommit-agent")
     username = f"system:serviceaccount:{account['metadata']['namespace']}:x-overcommit-agent"
     daemonset = next(o for o in objects if o["kind"] == "DaemonSet")
     assert daemonset["spec"]["template"]["spec"]["serviceAccountName"] == "x-overcommit-agent"
-    condition = next(c for c in policy["spec"]["matchConditions"] if c["name"] == "is-the-agent")
-    assert matches_the_agent(condition["expression"], username)
-    assert not matches_the_agent(condition["expression"],
-                                 "system:serviceaccount:ops:x-overcommit-controller")
-    assert not matches_the_agent(condition["expression"], "kubernetes-admin")
+    for policy in (o for o in objects if o["kind"] == "ValidatingAdmissionPolicy"):
+        condition = next(c for c in policy["spec"]["matchConditions"]
+                         if c["name"] == "is-the-agent")
+        assert matches_the_agent(condition["expression"], username)
+        assert not matches_the_agent(condition["expression"],
+                                     "system:serviceaccount:ops:x-overcommit-controller")
+        assert not matches_the_agent(condition["expression"], "kubernetes-admin")
 
 
 def test_the_controller_may_only_get_and_patch_the_kubevirt_cr_of_kubevirt_io() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from overcommit.localcluster import ControlPlane
 from testkit.cases import policy_document
+from testkit.kubevirt import CRDS, vmi
 from tests.integration.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +23,11 @@ API_VERSION = f"{GROUP}/v1alpha1"
 NS = "memory-overcommit"
 AGENT_SA, CONTROLLER_SA = "overcommit-agent", "overcommit-controller"
 VAP = "memory-overcommit-agent-own-node-state"
+GUESTS_VAP = "memory-overcommit-agent-own-guests"
+TAINT_VAP = "memory-overcommit-agent-own-node-taint"
+VMS, EMPTY = "rbac-vms", "rbac-no-vms"  # namespaces: one with a guest on each node, one without
+TAINT = "memoryovercommit.io/memory-pressure"
+THEIRS = {"key": "dedicated", "value": "db", "effect": "NoSchedule"}
 NODE_A, NODE_B = "node-a", "node-b"
 AGENT_POD = "overcommit-agent-node-a"
 POLICY = "rbac-policy"
@@ -102,12 +108,20 @@ def deployed(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     """deploy/manifests applied, nodes node-a and node-b, an agent pod on node-a, a policy."""
     cp = control_plane
     cp.kubectl("apply", "--server-side", "-k", str(REPO / "deploy/manifests"))
+    apply(cp, *CRDS)  # KubeVirt's (stand-ins): relief's migrations and the VMIs they move
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-               f"crd/memoryovercommitpolicies.{GROUP}", f"crd/memoryovercommitnodestates.{GROUP}")
+               f"crd/memoryovercommitpolicies.{GROUP}", f"crd/memoryovercommitnodestates.{GROUP}",
+               "crd/virtualmachineinstances.kubevirt.io",
+               "crd/virtualmachineinstancemigrations.kubevirt.io")
     apply(
         cp,
-        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE_A}},
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE_A},
+         "spec": {"taints": [THEIRS]}},
         {"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE_B}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": VMS}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": EMPTY}},
+        vmi("vm-a", VMS, NODE_A, guest_mib=1024, request_mib=512),
+        vmi("vm-b", VMS, NODE_B, guest_mib=1024, request_mib=512),
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": AGENT_POD, "namespace": NS},
          "spec": {"nodeName": NODE_A, "serviceAccountName": AGENT_SA,
                   "containers": [{"name": "agent", "image": "overcommit-agent:test"}]}},
@@ -118,6 +132,7 @@ def deployed(control_plane: ControlPlane) -> Iterator[ControlPlane]:
     yield cp
     cp.kubectl("delete", "--ignore-not-found", "--wait=false", "mop", POLICY)
     cp.kubectl("delete", "--ignore-not-found", "--wait=false", "mons", NODE_A, NODE_B, GONE_NODE)
+    cp.kubectl("delete", "--ignore-not-found", "--wait=false", "namespace", VMS, EMPTY)
 
 
 @pytest.fixture(scope="module")
@@ -265,12 +280,17 @@ def test_agent_cannot_touch_policies(agent: Identity) -> None:
 
 
 def test_agent_has_nothing_else(agent: Identity) -> None:
-    for verb, resource in [("list", "secrets"), ("list", "pods"), ("patch", "nodes"),
+    for verb, resource in [("list", "secrets"), ("list", "pods"), ("update", "nodes"),
+                           ("delete", "nodes"),
+                           ("patch", "virtualmachineinstancemigrations.kubevirt.io"),
+                           ("delete", "virtualmachineinstancemigrations.kubevirt.io"),
+                           ("patch", "virtualmachineinstances.kubevirt.io"),
                            ("list", "namespaces"), ("get", "customresourcedefinitions"),
                            ("list", "customresourcedefinitions"),
                            ("watch", "customresourcedefinitions"),
                            ("create", "customresourcedefinitions")]:
         assert not agent.can(verb, resource, "-A"), (verb, resource)
+    assert not agent.can("patch", "nodes", "--subresource=status")
 
 
 def test_token_without_node_name_writes_no_node_state(legacy_agent: Identity) -> None:
@@ -285,6 +305,124 @@ def test_token_without_node_name_writes_no_node_state(legacy_agent: Identity) ->
                                     check=False),
                MISSING_NODE_NAME, NODE_B)
     assert legacy_agent.kubectl("get", "mop", POLICY).returncode == 0  # reading still works
+
+
+# --------------------------------------------------------------------------- relief
+
+
+def relief_migration(vmi_name: str, namespace: str = VMS,
+                     node: str | None = NODE_A) -> dict[str, Any]:
+    """A migration as relief creates it (agent/api.py create_migration)."""
+    labels = {} if node is None else {"memoryovercommit.io/node": node}
+    return {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+            "metadata": {"generateName": "overcommit-relief-", "namespace": namespace,
+                         "labels": labels},
+            "spec": {"vmiName": vmi_name}}
+
+
+def in_force(identity: Identity, policy: str, probe: list[str], because: str,
+             body: dict[str, Any] | None = None, timeout: float = 30) -> None:
+    """Wait until ``policy`` refuses the dry-run ``probe`` ``because`` (admission policies
+    reach the API server's admission plugin through informers, their parameters too; until
+    then it refuses for other reasons, such as a parameter kind it cannot resolve yet)."""
+    def refused() -> bool:
+        result = identity.kubectl(*probe, "--dry-run=server",
+                                  input=None if body is None else json.dumps(body),
+                                  check=False)
+        return result.returncode != 0 and policy in result.stderr and because in result.stderr
+    wait_for(refused, timeout, f"the ValidatingAdmissionPolicy {policy} to be in force")
+
+
+def guests_denied(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    denied(result, f"ValidatingAdmissionPolicy '{GUESTS_VAP}'", *needles)
+
+
+def test_agent_asks_to_migrate_only_its_own_nodes_guests(agent: Identity) -> None:
+    # KubeVirt's CRDs came after the policy, as when KubeVirt is installed after us: the API
+    # server resolves the policy's parameter kind once they are served.
+    in_force(agent, GUESTS_VAP, ["create", "-f", "-"], "may only migrate guests running on",
+             relief_migration("vm-b"), timeout=120)
+    made = agent.create(relief_migration("vm-a"), "-o", "json")
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    assert created["spec"]["vmiName"] == "vm-a"
+    assert created["metadata"]["name"].startswith("overcommit-relief-")
+    guests_denied(agent.create(relief_migration("vm-b")),
+                  f"agent on node {NODE_A} may only migrate guests running on {NODE_A}, and "
+                  f"{VMS}/vm-b runs on {NODE_B}")
+    guests_denied(agent.create(relief_migration("vm-a", node=NODE_B)),
+                  f"must label its migration memoryovercommit.io/node={NODE_A} (it says "
+                  f"{NODE_B})")
+    guests_denied(agent.create(relief_migration("vm-a", node=None)), "(it says nothing)")
+    # A namespace without VMIs has no guest of this node: refused.
+    empty = agent.create(relief_migration("vm-a", namespace=EMPTY))
+    assert empty.returncode != 0 and GUESTS_VAP in empty.stderr, empty.stderr
+    assert "no params found" in empty.stderr, empty.stderr
+    # It watches every migration (the per-cluster limit), and changes none.
+    for verb in ("get", "list", "watch"):
+        assert agent.can(verb, "virtualmachineinstancemigrations.kubevirt.io", "-A"), verb
+    name = created["metadata"]["name"]
+    rbac_denied(agent.kubectl("delete", "vmim", "-n", VMS, name, check=False), AGENT_SA,
+                "delete", "virtualmachineinstancemigrations")
+    agent.cp.kubectl("delete", "vmim", "-n", VMS, name)
+
+
+def test_a_token_without_node_name_asks_for_no_migration(legacy_agent: Identity) -> None:
+    guests_denied(legacy_agent.create(relief_migration("vm-a"), "--dry-run=server"),
+                  MISSING_NODE_NAME)
+
+
+def taint_patch(before: list[dict[str, str]], after: list[dict[str, str]]) -> str:
+    """The patch relief sends (agent/api.py set_taints): test the taints, replace them."""
+    return json.dumps([{"op": "test", "path": "/spec/taints", "value": before},
+                       {"op": "replace", "path": "/spec/taints", "value": after}])
+
+
+def node_taints(cp: ControlPlane, node: str) -> list[dict[str, str]]:
+    spec = json.loads(cp.kubectl("get", "node", node, "-o", "json").stdout)["spec"]
+    taints: list[dict[str, str]] = spec.get("taints", [])
+    return taints
+
+
+def test_agent_taints_only_its_own_node_and_only_with_its_taint(agent: Identity) -> None:
+    ours = {"key": TAINT, "value": "true", "effect": "NoSchedule"}
+    in_force(agent, TAINT_VAP, ["label", "node", NODE_A, "probe=1"], "not the Node's labels")
+
+    def patch(node: str, before: list[Any], after: list[Any],
+              ) -> subprocess.CompletedProcess[str]:
+        return agent.kubectl("patch", "node", node, "--type=json",
+                             "-p", taint_patch(before, after), check=False)
+
+    # The node controller taints a Node without a kubelet (not-ready, unreachable) too.
+    before = node_taints(agent.cp, NODE_A)
+    assert THEIRS in before
+    assert patch(NODE_A, before, [*before, ours]).returncode == 0
+    assert node_taints(agent.cp, NODE_A) == [*before, ours]
+    others = [t for t in before if t != THEIRS]
+    refused = patch(NODE_A, [*before, ours], [*others, ours])  # dropping someone else's taint
+    denied(refused, TAINT_VAP, f"may only change the {TAINT} taint")
+    denied(agent.kubectl("label", "node", NODE_A, "probe=1", check=False), TAINT_VAP,
+           "not the Node's labels")
+    denied(agent.kubectl("patch", "node", NODE_A, "--type=merge",
+                         "-p", '{"spec":{"unschedulable":true}}', check=False), TAINT_VAP)
+    denied(agent.kubectl("patch", "node", NODE_B, "--type=json",
+                         "-p", json.dumps([{"op": "add", "path": "/spec/taints",
+                                            "value": [ours]}]), check=False),
+           TAINT_VAP, f"agent on node {NODE_A} may only taint its own Node, not {NODE_B}")
+    # Taints someone changed meanwhile are never overwritten: the patch's test fails.
+    stale = patch(NODE_A, before, [*before, ours])
+    assert stale.returncode != 0 and "invalid" in stale.stderr, stale.stderr
+    assert patch(NODE_A, [*before, ours], before).returncode == 0
+    assert node_taints(agent.cp, NODE_A) == before
+
+
+def test_a_token_without_node_name_taints_no_node(legacy_agent: Identity) -> None:
+    ours = {"key": TAINT, "value": "true", "effect": "NoSchedule"}
+    before = node_taints(legacy_agent.cp, NODE_A)
+    denied(legacy_agent.kubectl("patch", "node", NODE_A, "--type=json",
+                                "-p", taint_patch(before, [*before, ours]),
+                                "--dry-run=server", check=False),
+           TAINT_VAP, "(missing node-name)")
 
 
 # --------------------------------------------------------------------------- the controller

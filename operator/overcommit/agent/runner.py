@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -24,8 +25,9 @@ import kopf
 from overcommit.agent.api import AgentApi
 from overcommit.agent.events import EventMemory, cycle_news, failure_news
 from overcommit.agent.health import CycleHealth, serve_health
+from overcommit.agent.relief import Relief, migration_summary
 from overcommit.agent.settings import AgentSettings
-from overcommit.agent.status import node_status, should_write
+from overcommit.agent.status import node_status, should_write, with_relief
 from overcommit.api.model import Policy, PolicyError, policy_from_object
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
 from overcommit.api.schema import plain, to_json
@@ -64,6 +66,8 @@ class Agent:
         self.policy_index: Mapping[Any, Any] | None = None
         self.node_index: Mapping[Any, Any] | None = None
         self.vmi_index: Mapping[Any, Any] | None = None
+        self.migration_index: Mapping[Any, Any] | None = None
+        self.relief = Relief(settings.node_name, self.api)
         self.state_uid: str | None = None
         self.recreate_state = True
         self.last_status: NodeStateStatus | None = None
@@ -88,9 +92,12 @@ class Agent:
         settings.watching.label_selectors["kubevirt.io", "virtualmachineinstances"] = \
             f"kubevirt.io/nodeName={node}"
 
-    def registry(self, watch_vmis: bool = True) -> kopf.OperatorRegistry:
+    def registry(self, watch_vmis: bool = True,
+                 watch_migrations: bool = False) -> kopf.OperatorRegistry:
         """kopf's handlers; the VMI index only where KubeVirt serves VMIs (``watch_vmis``),
-        so a cluster without KubeVirt gets no warning about an unresolvable resource."""
+        so a cluster without KubeVirt gets no warning about an unresolvable resource; the
+        migration index (relief counts the migrations in flight) only where this agent may
+        watch them too."""
         registry = kopf.OperatorRegistry()
         agent = self
 
@@ -107,7 +114,9 @@ class Agent:
         def node_index(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
             meta = body.get("metadata", {})
             return {name: {"uid": meta.get("uid"), "labels": dict(meta.get("labels") or {}),
-                           "annotations": dict(meta.get("annotations") or {})}}
+                           "annotations": dict(meta.get("annotations") or {}),
+                           "resourceVersion": meta.get("resourceVersion"),
+                           "taints": plain(body.get("spec", {}).get("taints"))}}
 
         def vmi_index(body: kopf.Body, name: str, namespace: str | None,
                       **_: Any) -> dict[Any, Any]:
@@ -115,15 +124,24 @@ class Agent:
             # shares and floors.
             return {(namespace, name): plain(body)}
 
+        def migration_index(body: kopf.Body, name: str, namespace: str | None,
+                            **_: Any) -> dict[Any, Any]:
+            # Every migration in the cluster (relief's per-cluster limit), only what it needs.
+            return {(namespace, name): migration_summary(body)}
+
         if watch_vmis:
             kopf.index("kubevirt.io", "v1", "virtualmachineinstances", id="vmi_index",
                        registry=registry)(vmi_index)
+        if watch_migrations:
+            kopf.index("kubevirt.io", "v1", "virtualmachineinstancemigrations",
+                       id="migration_index", registry=registry)(migration_index)
 
         @kopf.on.event("", "v1", "nodes", registry=registry)
         def node_event(**kwargs: Any) -> None:
             # kopf passes each index under its function's name: live, always complete views.
             agent.policy_index, agent.node_index = kwargs["policy_index"], kwargs["node_index"]
             agent.vmi_index = kwargs.get("vmi_index")
+            agent.migration_index = kwargs.get("migration_index")
             agent.wake.set()
 
         @kopf.on.event(GROUP, VERSION, "memoryovercommitpolicies", registry=registry)
@@ -192,11 +210,15 @@ class Agent:
         self.log.info("cycle %d: policy=%s labels=%s changes=%d errors=%d restored=%s",
                       self.health.completed, policy, node["labels"], len(report.changes),
                       len(report.errors), report.restored, extra={"policy": policy})
-        status = node_status(report, invalid, self.last_status, now=now_rfc3339())
+        relief = await self.relief.cycle(report, node, self._migrations())
+        status = with_relief(node_status(report, invalid, self.last_status, now=now_rfc3339()),
+                             relief.status, relief.last, relief.taint)
         # Metrics first: they describe the host, which is done even if the API fails below.
         self.metrics.observe_cycle(status, cycle_errors(report, len(invalid)))
+        if relief.requested:
+            self.metrics.relief_requested(relief.requested)
         await self.publish(status, node["uid"])
-        await self.emit_events(report, invalid)
+        await self.emit_events(report, invalid, relief.news)
         return self._interval(report)
 
     def _node(self) -> dict[str, Any] | None:
@@ -212,6 +234,10 @@ class Agent:
             for body in store:
                 vmis[key] = body
         return vmis
+
+    def _migrations(self) -> list[Mapping[str, Any]]:
+        return [summary for store in (self.migration_index or {}).values()
+                for summary in store]
 
     def _policies(self) -> tuple[list[Policy], list[PolicyError]]:
         policies, invalid = [], []
@@ -245,11 +271,11 @@ class Agent:
         self.last_status, self.last_write = status, time.monotonic()
         return True
 
-    async def emit_events(self, report: CycleResult,
-                          invalid: Sequence[PolicyError] = ()) -> None:
+    async def emit_events(self, report: CycleResult, invalid: Sequence[PolicyError] = (),
+                          relief: Sequence[EventIntent] = ()) -> None:
         """An Event for every change, and for every fact (policy, error, problem) once while
-        it holds (see overcommit.agent.events)."""
-        await self._post_news(self.events.to_post(cycle_news(report, invalid)))
+        it holds (see overcommit.agent.events); ``relief``: what relief had to say."""
+        await self._post_news(self.events.to_post([*cycle_news(report, invalid), *relief]))
 
     async def _post_news(self, news: Sequence[EventIntent]) -> None:
         for item in news:
@@ -295,10 +321,11 @@ async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> Non
     probes = await serve_health(agent.health, settings.health_port, log=agent.log)
     loop: asyncio.Task[None] | None = None
     try:
-        watch_vmis = await _vmis_watchable(agent, loop_stop)
-        if watch_vmis is None:
+        watches = await _kubevirt_watches(agent, loop_stop)
+        if watches is None:
             return  # stopped before the API server could be asked
-        registry = agent.registry(watch_vmis=watch_vmis)
+        registry = agent.registry(watch_vmis=watches.vmis,
+                                  watch_migrations=watches.migrations)
         loop = asyncio.create_task(agent.run_loop(loop_stop))
         await kopf.operator(registry=registry, settings=kopf_settings, standalone=True,
                             clusterwide=True, stop_flag=stop)
@@ -316,20 +343,28 @@ async def run(settings: AgentSettings, stop: asyncio.Event | None = None) -> Non
                 await probes.cleanup()
 
 
-async def _vmis_watchable(agent: Agent, stop: asyncio.Event,
-                          first_delay: float = 1.0) -> bool | None:
-    """Whether to watch KubeVirt's VMIs: only where the API serves them and this identity may
-    list and watch them (the plain-libvirt overlay's RBAC may not). kopf would warn about an
+@dataclass(frozen=True)
+class Watches:
+    """What of KubeVirt the agent watches: its node's VMIs, and every migration (relief)."""
+
+    vmis: bool
+    migrations: bool
+
+
+async def _kubevirt_watches(agent: Agent, stop: asyncio.Event,
+                            first_delay: float = 1.0) -> Watches | None:
+    """What of KubeVirt to watch: only what the API serves and this identity may list and
+    watch (the plain-libvirt overlay's RBAC grants neither). kopf would warn about an
     unserved resource, and would wait for ever for an index it may not list, so nothing
     would be applied. Decided once, as kopf resolves its resources once (scanning is off),
     so not guessed: asked again, backing off, until answered. None if stopped first."""
     delay = first_delay
     while not stop.is_set():
-        answer = await _ask_about_vmis(agent)
+        answer = await _ask_about_kubevirt(agent)
         if answer is not None:
             return answer
-        agent.log.warning("cannot ask the API server about KubeVirt's VMIs yet; again in %.1fs",
-                          delay)
+        agent.log.warning("cannot ask the API server about KubeVirt's resources yet; again "
+                          "in %.1fs", delay)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await stop.wait()
@@ -337,30 +372,47 @@ async def _vmis_watchable(agent: Agent, stop: asyncio.Event,
     return None
 
 
-async def _ask_about_vmis(agent: Agent) -> bool | None:
+async def _ask_about_kubevirt(agent: Agent) -> Watches | None:
     """Discovery, then a SelfSubjectAccessReview per verb; None when one went unanswered."""
     try:
         async with asyncio.timeout(ASK_TIMEOUT_SECONDS):
-            served = await agent.api.serves("kubevirt.io", "v1", "virtualmachineinstances")
-            if served is None:
+            vmis = await _ask_about(agent, "virtualmachineinstances", ("list", "watch"),
+                                    "no VMI labels, shares or memory floors")
+            if not vmis:
+                return None if vmis is None else Watches(False, False)
+            migrations = await _ask_about(
+                agent, "virtualmachineinstancemigrations", ("list", "watch", "create"),
+                "no relief by live migration")
+            if migrations is None:
                 return None
-            if not served:
-                agent.log.info("KubeVirt serves no VirtualMachineInstances here: no VMI "
-                               "labels, shares or memory floors (restart the agent after "
-                               "installing KubeVirt)")
-                return False
-            for verb in ("list", "watch"):
-                allowed = await agent.api.may(verb, "kubevirt.io", "virtualmachineinstances")
-                if allowed is False:
-                    agent.log.info("this agent may not %s VirtualMachineInstances (its RBAC, "
-                                   "as the plain-libvirt overlay's): no VMI labels, shares or "
-                                   "memory floors", verb)
-                    return False
-                if allowed is None:
-                    return None
-            return True
+            agent.relief.blind = None if migrations else (
+                "this agent may not list, watch and create VirtualMachineInstanceMigrations "
+                "(its RBAC), so it cannot ask for a live migration")
+            return Watches(True, migrations)
     except TimeoutError:
         return None
+
+
+async def _ask_about(agent: Agent, plural: str, verbs: Sequence[str],
+                     without: str) -> bool | None:
+    """Whether KubeVirt's ``plural`` is served and this agent may ``verbs`` it (None: not
+    answered); logs what the agent goes without when not."""
+    served = await agent.api.serves("kubevirt.io", "v1", plural)
+    if served is None:
+        return None
+    if not served:
+        agent.log.info("KubeVirt serves no %s here: %s (restart the agent after installing "
+                       "KubeVirt)", plural, without)
+        return False
+    for verb in verbs:
+        allowed = await agent.api.may(verb, "kubevirt.io", plural)
+        if allowed is False:
+            agent.log.info("this agent may not %s %s (its RBAC, as the plain-libvirt "
+                           "overlay's): %s", verb, plural, without)
+            return False
+        if allowed is None:
+            return None
+    return True
 
 
 async def _serve_metrics(agent: Agent) -> MetricsServer | None:

@@ -19,6 +19,7 @@ from overcommit.api.status import (
     NodeStateStatus,
     OverriddenPolicy,
     PolicyRef,
+    ReliefRequest,
     condition,
     without_timestamps,
 )
@@ -153,3 +154,12 @@ def should_write(new: NodeStateStatus, last: NodeStateStatus | None, since_write
     if news_of(new) != news_of(last):
         return True
     return since_write_s >= status_interval_s and detail_of(new) != detail_of(last)
+
+
+def with_relief(status: NodeStateStatus, relief_status: str, last: ReliefRequest | None,
+                taint: str | None) -> NodeStateStatus:
+    """``status`` with what relief did this cycle in its ladder (agent.relief)."""
+    if status.ladder is None:
+        return status
+    return fit(dataclasses.replace(status, ladder=dataclasses.replace(
+        status.ladder, relief_status=relief_status or None, last_relief=last, taint=taint)))

@@ -491,6 +491,42 @@ class LadderPsi:
 
 
 @dataclass(frozen=True)
+class LadderRelief:
+    """What the agent does when reclaim cannot bring the node back out of Critical: it asks
+    KubeVirt to live-migrate one guest away (a VirtualMachineInstanceMigration), the one whose
+    departure frees most for the least to copy; never a guest that cannot migrate (its VMI's
+    LiveMigratable condition is not True) or one already migrating. The kubelet's eviction
+    stays the last resort. On plain libvirt hosts (local mode) relief is reported only."""
+
+    migrate: bool = doc("Ask KubeVirt to live-migrate a guest away while Critical persists.",
+                        default=True)
+    after_cycles: int = doc(
+        "Ask only once the node has been Critical for this many cycles in a row (the first "
+        "cycles reclaim from guests down to their floors).", default=2, minimum=1, maximum=20)
+    cooldown_seconds: int = doc(
+        "After asking, wait at least this long before asking again (from this node).",
+        default=300, minimum=10, maximum=86_400)
+    max_in_flight_per_node: int = doc(
+        "Ask only while fewer migrations than this are in flight for this node's guests.",
+        default=1, minimum=1, maximum=100)
+    max_in_flight_per_cluster: int = doc(
+        "Ask only while fewer migrations than this are in flight in the whole cluster (every "
+        "VirtualMachineInstanceMigration not yet Succeeded or Failed counts).",
+        default=2, minimum=1, maximum=1000)
+    taint: bool = doc(
+        "Taint the node while under pressure so the scheduler stops adding VMs: "
+        "memoryovercommit.io/memory-pressure with effect PreferNoSchedule in Hard, NoSchedule "
+        "in Critical; removed once the node is better than Hard.", default=False)
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(cel="self.maxInFlightPerNode <= self.maxInFlightPerCluster",
+             message="relief.maxInFlightPerNode must not be greater than "
+                     "relief.maxInFlightPerCluster",
+             check=lambda s: s["maxInFlightPerNode"] <= s["maxInFlightPerCluster"]),
+    )
+
+
+@dataclass(frozen=True)
 class LadderSpec:
     """The node's reclamation ladder: one state (Plenty, Clear, Soft, Hard, Critical) computed
     every cycle from MemAvailable against a minimum M and from memory PSI, with hysteresis,
@@ -519,6 +555,8 @@ class LadderSpec:
         "threshold that entered it.", default=25, minimum=1, maximum=100)
     psi: LadderPsi | None = doc("Memory pressure (PSI) thresholds (defaults apply when "
                                 "omitted).")
+    relief: LadderRelief | None = doc("What happens when reclaim cannot bring the node out of "
+                                      "Critical (defaults apply when omitted).")
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(cel="self.criticalPercent < self.hardPercent && self.hardPercent < "
@@ -629,6 +667,6 @@ API_CLASSES: tuple[type, ...] = (
     CapacityKubeVirt, CapacitySpec,
     LabelSelectorRequirement, LabelSelector, KsmAdvisor, KsmAdaptive, KsmSpec, UksmSpec,
     SwapSpec, ZswapSpec, VmSelector, BalloonStatic, BalloonFloor, BalloonAuto, BalloonSpec,
-    LadderPsi, LadderSpec, PolicySpec,
+    LadderPsi, LadderRelief, LadderSpec, PolicySpec,
 )
 register_rules(*API_CLASSES)

@@ -205,6 +205,19 @@ class LadderTransition:
 
 
 @dataclass(frozen=True, slots=True)
+class ReliefRequest:
+    """A live migration the agent asked KubeVirt for, to relieve the node."""
+
+    vmi_namespace: str | None = doc("The VMI's namespace.", max_length=63)
+    vmi_name: str | None = doc("The VMI asked to move.", max_length=253)
+    migration: str | None = doc("The VirtualMachineInstanceMigration created.",
+                                max_length=253)
+    at: str | None = doc("When it was asked for (RFC 3339).", max_length=64)
+    reason: str | None = doc("Why this guest: what it frees against what it costs to copy.",
+                             max_length=1024)
+
+
+@dataclass(frozen=True, slots=True)
 class Ladder:
     """The node's reclamation ladder: the state that gates every lever, and why."""
 
@@ -228,6 +241,14 @@ class Ladder:
     transitions: list[LadderTransition] | None = doc(
         "The last transitions since the agent started, newest first.", max_items=16,
         list_type="atomic")
+    last_relief: ReliefRequest | None = doc("The last live migration the agent asked for.")
+    relief_status: str | None = doc(
+        "What relief is doing now: asked (and for whom), waiting (cooldown, migrations in "
+        "flight, reclaim's own cycles) or unable (no guest can migrate, local mode), and why.",
+        max_length=1024)
+    taint: str | None = doc("The pressure taint the agent keeps on its Node "
+                            "(PreferNoSchedule or NoSchedule), when ladder.relief.taint is on.",
+                            max_length=32)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from overcommit.host.base import Change
 from overcommit.planning.capacity import Capacity
 from overcommit.planning.observation import Observation
 from overcommit.planning.plan import NodePlan
+from overcommit.planning.relief import local_status
 from overcommit.planning.selection import Selection
 from overcommit.reconcile.guests import GuestResult
 from overcommit.reconcile.node import CycleResult
@@ -37,7 +38,11 @@ def _selection_json(selection: Selection) -> JSON:
 def ladder_json(plan: NodePlan) -> JSON | None:
     """The reclamation ladder as the node state shows it (camelCase), or None."""
     status = ladder_status(plan.ladder)
-    return None if status is None else to_json(status)
+    if status is None:
+        return None
+    shown: JSON = to_json(dataclasses.replace(status,
+                                              relief_status=local_status(plan.ladder) or None))
+    return shown
 
 
 def _plan_extras(plan: NodePlan) -> JSON:
@@ -114,6 +119,8 @@ def _common_text(data: JSON) -> list[str]:
     if ladder:
         relief = ", relief wanted" if ladder.get("relief") else ""
         lines.append(f"ladder: {ladder['state']}{relief} ({ladder['reason']})")
+        if ladder.get("reliefStatus"):
+            lines.append(f"relief: {ladder['reliefStatus']}")
     lines += [f"overridden: {o['name']} ({o['reason']})" for o in data["overridden"]]
     lines += [f"problem: {p['reason']}: {p['message']}" for p in data["problems"]]
     lines += [f"note: {n}" for n in data["notes"]]

@@ -20,3 +20,8 @@ def leases(namespace: str) -> str:
 
 def events(namespace: str) -> str:
     return f"/api/v1/namespaces/{namespace}/events"
+
+
+def migrations(namespace: str) -> str:
+    """KubeVirt's VirtualMachineInstanceMigrations in ``namespace`` (relief creates them)."""
+    return f"/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachineinstancemigrations"

@@ -490,6 +490,12 @@ class AgentMetrics:
                                    "since the agent started (from: \"\" for its start).",
                                    ("from", "to"), registry=r)
         self._last_transition: LadderTransition | None = None
+        self.relief = Counter(f"{PREFIX}_relief_requests_total",
+                              "Live migrations relief asked KubeVirt for (a "
+                              "VirtualMachineInstanceMigration), by result: created or failed.",
+                              ("result",), registry=r)
+        for result in ("created", "failed"):
+            self.relief.labels(result)
         self.api_write = ApiWrites(r)
         ProcessCollector(registry=r)
 
@@ -518,6 +524,9 @@ class AgentMetrics:
 
     def event_posted(self, event_type: str, reason: str) -> None:
         self.events.labels(event_type, reason).inc()
+
+    def relief_requested(self, result: str) -> None:
+        self.relief.labels(result).inc()
 
 
 class ControllerMetrics:

@@ -14,7 +14,8 @@ from typing import Any
 from overcommit.api.schema import quantity_bytes
 from overcommit.virt.model import GuestObservation
 
-__all__ = ["enrich_guests", "vmi_exclusions", "vmi_migration", "vmi_request_kib"]
+__all__ = ["enrich_guests", "vmi_exclusions", "vmi_live_migratable", "vmi_migration",
+           "vmi_request_kib"]
 
 VMIKey = tuple[str, str]
 
@@ -46,7 +47,17 @@ def _enrich(guest: GuestObservation,
         labels=_strings(meta.get("labels")), annotations=_strings(meta.get("annotations")),
         request_kib=vmi_request_kib(vmi),
         exclusions=guest.exclusions + tuple(e for e in own if e not in guest.exclusions),
-        migration=guest.migration or vmi_migration(vmi))
+        migration=guest.migration or vmi_migration(vmi),
+        live_migratable=vmi_live_migratable(vmi))
+
+
+def vmi_live_migratable(vmi: Mapping[str, Any]) -> bool:
+    """The VMI's ``LiveMigratable`` condition is True (KubeVirt sets it False, with a reason,
+    for VMIs that cannot move: host devices, non-shared storage, ...)."""
+    for condition in _mapping(vmi.get("status")).get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == "LiveMigratable":
+            return condition.get("status") == "True"
+    return False
 
 
 def vmi_exclusions(vmi: Mapping[str, Any]) -> tuple[str, ...]:

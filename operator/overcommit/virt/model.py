@@ -43,6 +43,9 @@ class GuestObservation:
     exclusions: tuple[str, ...] = ()
     # A migration (or another libvirt job) in progress, what it is; None when there is none.
     migration: str | None = None
+    # KubeVirt: whether the VMI says it can be live-migrated (its LiveMigratable condition);
+    # None when unknown (no VMI).
+    live_migratable: bool | None = None
     # PSI of the guest's own cgroup (its QEMU process's cgroup v2 memory.pressure), counters
     # as the host's psi source has them (some_avg10 in hundredths of a percent, ...); None
     # where the node has no cgroup v2 or the process was not found.

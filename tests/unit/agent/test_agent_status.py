@@ -250,8 +250,9 @@ def test_the_capacity_evidence_clock_alone_is_no_reason_to_write() -> None:
     first = status(60)
     assert not should_write(status(120), first, since_write_s=999, status_interval_s=60)
     assert should_write(status(120, 104), first, since_write_s=999, status_interval_s=60)
+    assert first.capacity is not None
     settled = dataclasses.replace(first, capacity=dataclasses.replace(
-        first.capacity, evidence=CapacityEvidence(settled=True)))  # type: ignore[arg-type]
+        first.capacity, evidence=CapacityEvidence(settled=True)))
     assert should_write(settled, first, since_write_s=999, status_interval_s=60)
 
 

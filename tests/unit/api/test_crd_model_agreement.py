@@ -381,6 +381,8 @@ def _cel_corpus() -> dict[str, list[dict[str, Any]]]:
                        for c, h, s, p in ((100, 200, 400, 800), (200, 200, 400, 800),
                                           (100, 300, 200, 800), (100, 200, 400, 400),
                                           (1, 2, 3, 4), (4, 3, 2, 1))],
+        "LadderRelief": [{"maxInFlightPerNode": a, "maxInFlightPerCluster": b}
+                         for a, b in ((1, 2), (2, 2), (3, 2))],
         "CapacityKubeVirt": [{"minPercent": a, "maxPercent": b}
                              for a, b in ((100, 150), (150, 150), (200, 150))],
         "PolicySpec": [{}, {"priority": 3}, {"ksm": {}}, {"uksm": {}}, {"swap": {}},

@@ -142,6 +142,11 @@ def test_plan_and_run_show_the_ladder(host: Path, tmp_path: Path,
         assert [t["state"] for t in ladder["thresholds"]] == ["Clear", "Soft", "Hard",
                                                               "Critical"]
         assert ladder["transitions"][0]["toState"] == "Critical"
+        # Local mode: relief is reported, never acted on.
+        assert ladder["reliefStatus"].startswith("unable: local mode: relief is reported, not "
+                                                 "acted on")
+    assert main(["plan", "-f", path, *host_args(host, tmp_path)[:-2]]) == EXIT_OK
+    assert "relief: unable: local mode" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------
