@@ -18,6 +18,7 @@ from overcommit.api.status import find_condition as condition
 from overcommit.localcluster import ControlPlane
 from overcommit.localcluster.ports import free_port
 from testkit.fakes.kernel import FakeKernel
+from testkit.kubevirt import CRDS, VMI_CRD
 from tests.integration.conftest import wait_for
 from tests.integration.kube import (
     agent_log,
@@ -338,18 +339,6 @@ def test_agent_on_the_real_ksm(cluster: ControlPlane, real_ksm: dict[str, str],
         assert value in text, (path, value, text)
 
 
-VMI_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "virtualmachineinstances.kubevirt.io"},
-    "spec": {"group": "kubevirt.io", "scope": "Namespaced",
-             "names": {"plural": "virtualmachineinstances", "singular": "virtualmachineinstance",
-                       "kind": "VirtualMachineInstance", "shortNames": ["vmi"]},
-             "versions": [{"name": "v1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {
-                               "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
-
-
 # What kopf logs when it is given a VMI index it cannot serve or may not list.
 VMI_TROUBLE = ("Unresolved resources", "Not enough permissions", "APIForbiddenError",
                "virtualmachineinstances.kubevirt.io is forbidden")
@@ -400,9 +389,10 @@ def test_kubevirt_vmi_labels_select_guests(cluster: ControlPlane, host: FakeKern
 
     cluster.kubectl("apply", "--server-side", "-k",
                     str(Path(__file__).parents[2] / "deploy/manifests"))
-    apply(cluster, VMI_CRD)
+    apply(cluster, *CRDS)  # KubeVirt serves VMIs and their migrations
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/virtualmachineinstances.kubevirt.io")
+                    "crd/virtualmachineinstances.kubevirt.io",
+                    "crd/virtualmachineinstancemigrations.kubevirt.io")
     n, p, ns = names["node"], names["policy"], f"ns-{names['node']}"
     apply(cluster, node(n, {"pool": n}), {"apiVersion": "v1", "kind": "Namespace",
                                           "metadata": {"name": ns}})

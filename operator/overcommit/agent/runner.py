@@ -376,12 +376,12 @@ async def _ask_about_kubevirt(agent: Agent) -> Watches | None:
     """Discovery, then a SelfSubjectAccessReview per verb; None when one went unanswered."""
     try:
         async with asyncio.timeout(ASK_TIMEOUT_SECONDS):
-            vmis = await _ask_about(agent, "virtualmachineinstances", ("list", "watch"),
+            vmis = await _ask_about(agent, "VirtualMachineInstances", ("list", "watch"),
                                     "no VMI labels, shares or memory floors")
             if not vmis:
                 return None if vmis is None else Watches(False, False)
             migrations = await _ask_about(
-                agent, "virtualmachineinstancemigrations", ("list", "watch", "create"),
+                agent, "VirtualMachineInstanceMigrations", ("list", "watch", "create"),
                 "no relief by live migration")
             if migrations is None:
                 return None
@@ -393,22 +393,23 @@ async def _ask_about_kubevirt(agent: Agent) -> Watches | None:
         return None
 
 
-async def _ask_about(agent: Agent, plural: str, verbs: Sequence[str],
+async def _ask_about(agent: Agent, kinds: str, verbs: Sequence[str],
                      without: str) -> bool | None:
-    """Whether KubeVirt's ``plural`` is served and this agent may ``verbs`` it (None: not
-    answered); logs what the agent goes without when not."""
+    """Whether KubeVirt's ``kinds`` (plural Kind) are served and this agent may ``verbs``
+    them (None: not answered); logs what the agent goes without when not."""
+    plural = kinds.lower()
     served = await agent.api.serves("kubevirt.io", "v1", plural)
     if served is None:
         return None
     if not served:
         agent.log.info("KubeVirt serves no %s here: %s (restart the agent after installing "
-                       "KubeVirt)", plural, without)
+                       "KubeVirt)", kinds, without)
         return False
     for verb in verbs:
         allowed = await agent.api.may(verb, "kubevirt.io", plural)
         if allowed is False:
             agent.log.info("this agent may not %s %s (its RBAC, as the plain-libvirt "
-                           "overlay's): %s", verb, plural, without)
+                           "overlay's): %s", verb, kinds, without)
             return False
         if allowed is None:
             return None
