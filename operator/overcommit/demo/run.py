@@ -101,8 +101,8 @@ class Demo:
     def install(self) -> None:
         for crd in sorted((asset("deploy/crds")).glob("memoryovercommit.io_*.yaml")):
             self.kubectl("apply", "--server-side", "-f", str(crd))
-        for crd in ("memoryovercommitpolicies", "memoryovercommitnodestates"):
-            self._wait_established(f"{crd}.memoryovercommit.io")
+        for plural in ("memoryovercommitpolicies", "memoryovercommitnodestates"):
+            self._wait_established(f"{plural}.memoryovercommit.io")
         self.kubectl("apply", "--server-side", "-k", str(asset("deploy/manifests")))
         node = {"apiVersion": "v1", "kind": "Node", "metadata": {
             "name": self.node, "labels": {"kubernetes.io/hostname": self.node}}}
