@@ -13,8 +13,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +34,6 @@ BASE_IMAGE_SCRIPT = REPO / "scripts" / "docker-base-image"
 NAMESPACE = "memory-overcommit"
 AGENT = "app.kubernetes.io/component=agent"
 CONTROLLER = "app.kubernetes.io/component=controller"
-
-
-def say(config: pytest.Config, line: str) -> None:
-    """Print past pytest's capture: timings belong in CI's log."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
 
 
 def require_parts() -> None:
@@ -69,19 +58,6 @@ def require_parts() -> None:
                     f"{proc.returncode}: {proc.stderr.strip()[-2000:]}); install Debian's "
                     "docker.io and debootstrap and run scripts/docker-base-image as root",
                     pytrace=False)
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str,
-             interval: float = 0.5) -> Any:
-    """Poll ``condition`` until it is truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}", pytrace=False)
-        time.sleep(interval)
 
 
 def host_file(path: str) -> str:

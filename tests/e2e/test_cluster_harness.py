@@ -26,59 +26,24 @@ from typing import Any
 import pytest
 
 from overcommit.localcluster.node import (
-    INSTALL_HINT,
     KUBELET_ROOT,
     LocalCluster,
     LocalClusterError,
     cleanup,
-    find_node_binaries,
     host_sysctls,
     leftovers,
-    missing_host_tools,
     sysctl_changes,
 )
+from testkit.cluster import require_parts
+from testkit.waiting import say
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_DIR = Path(__file__).parent / "probe"
 PROBE_IMAGE = "memory-overcommit/e2e-probe:1"
-BASE_IMAGE_SCRIPT = REPO / "scripts" / "docker-base-image"
 NAMESPACE = "harness-e2e"
 HOSTNET_PORT = 18080  # in the node's own network namespace: collides with nothing on the host
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
-
-
-def say(config: pytest.Config, line: str) -> None:
-    """Print past pytest's capture: the harness's timings belong in CI's log."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
-
-
-def require_parts() -> None:
-    """Root, the node's binaries and tools, and a docker engine with the local base image;
-    else fail naming what to install."""
-    if os.geteuid() != 0:
-        pytest.fail("the local cluster needs root (namespaces, mounts, cgroups): run as root",
-                    pytrace=False)
-    if missing := missing_host_tools():
-        pytest.fail(f"missing on this host: {', '.join(missing)}; {INSTALL_HINT}", pytrace=False)
-    try:
-        find_node_binaries()
-        problem = ""
-    except LocalClusterError as e:
-        problem = str(e)
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    proc = subprocess.run([str(BASE_IMAGE_SCRIPT)], capture_output=True, text=True,
-                          timeout=1200, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"docker is not available ({BASE_IMAGE_SCRIPT.name} exited "
-                    f"{proc.returncode}: {proc.stderr.strip()[-2000:]}); install Debian's "
-                    "docker.io and debootstrap and run scripts/docker-base-image as root",
-                    pytrace=False)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from overcommit.localcluster.node import LocalCluster, LocalClusterError, leftovers
-from testkit.cluster import require_parts, say, wait_for
+from testkit.cluster import require_parts
 from testkit.kubevirt import (
     CRDS,
     Launcher,
@@ -42,6 +42,7 @@ from testkit.kubevirt import (
 )
 from testkit.launcher import LauncherError, LauncherGuest, launcher_image
 from testkit.memrig import DEFAULT_FLOOR, GIB, MIB, MemoryRig, mem_available
+from testkit.waiting import say, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAY = REPO / "deploy" / "overlays" / "kubevirt"

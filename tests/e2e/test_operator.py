@@ -29,9 +29,8 @@ from testkit.cluster import (
     host_file,
     policy,
     require_parts,
-    say,
-    wait_for,
 )
+from testkit.waiting import say, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 

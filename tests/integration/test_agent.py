@@ -19,7 +19,7 @@ from overcommit.localcluster import ControlPlane
 from overcommit.localcluster.ports import free_port
 from testkit.fakes.kernel import FakeKernel
 from testkit.kubevirt import CRDS, VMI_CRD
-from tests.integration.conftest import wait_for
+from testkit.waiting import wait_for
 from tests.integration.kube import (
     agent_log,
     agent_process,

@@ -15,7 +15,7 @@ import yaml
 
 from overcommit.localcluster import ControlPlane
 from testkit.cases import invalid_policy_cases, policy_document
-from tests.integration.conftest import wait_for
+from testkit.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "deploy/crds"

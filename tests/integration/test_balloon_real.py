@@ -30,7 +30,8 @@ from overcommit.reconcile.guests import VirtSettings
 from overcommit.reconcile.node import NodeReconciler
 from testkit import guests, libvirtd
 from testkit.cases import policy_document
-from tests.integration.conftest import ksm_value, wait_for
+from testkit.waiting import wait_for
+from tests.integration.conftest import ksm_value
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -22,7 +22,7 @@ from overcommit.localcluster import ControlPlane
 from overcommit.localcluster.ports import free_ports
 from overcommit.localcluster.processes import stop_process
 from testkit.fakes.kernel import FakeKernel
-from tests.integration.conftest import wait_for
+from testkit.waiting import wait_for
 from tests.integration.kube import (
     agent_process,
     apply,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from testkit import guests, libvirtd
-from tests.integration.conftest import wait_for
+from testkit.waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -28,7 +28,7 @@ from overcommit.demo.run import simulated_host
 from overcommit.localcluster import ControlPlane
 from overcommit.localcluster.ports import free_port
 from testkit.fakes.kernel import FakeKernel
-from tests.integration.conftest import wait_for
+from testkit.waiting import say, wait_for
 from tests.integration.kube import apply, install_crds, node, policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,15 +50,6 @@ def docker(*args: str, input: str | None = None, timeout: float = 120,
         assert proc.returncode == 0, f"docker {' '.join(args)} exited {proc.returncode}:\n" \
                                      f"{proc.stdout}\n{proc.stderr}"
     return proc
-
-
-def say(config: pytest.Config, line: str) -> None:
-    """Print past pytest's capture: build time and size belong in CI's log."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
 
 
 def prepare_docker() -> None:

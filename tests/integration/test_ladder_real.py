@@ -34,7 +34,8 @@ from overcommit.virt.model import GuestObservation
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
 from testkit.memrig import GIB, MIB, MemoryRig, mem_available, memory_psi
-from tests.integration.conftest import require_root, wait_for
+from testkit.waiting import wait_for
+from tests.integration.conftest import require_root
 
 ZSWAP = "sys/module/zswap/parameters"
 REAL = ("proc/meminfo", "proc/pressure/memory")

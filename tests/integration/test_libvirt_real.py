@@ -19,7 +19,7 @@ import pytest
 from overcommit.virt.libvirt_source import LibvirtEndpoint
 from overcommit.virt.model import GuestObservation
 from testkit import guests, libvirtd
-from tests.integration.conftest import wait_for
+from testkit.waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from overcommit.localcluster import ControlPlane
 from overcommit.localcluster.ports import free_port
 from testkit.fakes.kernel import FakeKernel
-from tests.integration.conftest import wait_for
+from testkit.waiting import wait_for
 from tests.integration.kube import (
     agent_log,
     agent_process,

@@ -36,7 +36,8 @@ from testkit import guests
 from testkit.fakes.kernel import FakeKernel
 from testkit.kubevirt import KUBEVIRT_CRD, kubevirt_cr
 from testkit.libvirtd import URI
-from tests.integration.conftest import require_root, wait_for
+from testkit.waiting import wait_for
+from tests.integration.conftest import require_root
 from tests.integration.kube import agent_process, apply, fetch, get_json, install_crds, node
 from tests.integration.kube import policy as policy_object
 from tests.integration.test_controller import controller

@@ -15,7 +15,7 @@ import pytest
 from overcommit.localcluster import ControlPlane
 from testkit.cases import policy_document
 from testkit.kubevirt import CRDS, vmi
-from tests.integration.conftest import wait_for
+from testkit.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP = "memoryovercommit.io"

@@ -17,7 +17,8 @@ from overcommit.api.policy import KsmAdaptive
 from overcommit.demo.workload import MergeWorkload
 from overcommit.localcluster.processes import stop_process
 from testkit.cases import policy_document
-from tests.integration.conftest import ksm_value, wait_for
+from testkit.waiting import wait_for
+from tests.integration.conftest import ksm_value
 
 KSM = "sys/kernel/mm/ksm"
 

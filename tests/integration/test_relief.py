@@ -20,7 +20,7 @@ from overcommit.localcluster import ControlPlane
 from testkit.fakes.kernel import FakeKernel
 from testkit.fakes.libvirt_xml import FakeDomain, write_node
 from testkit.kubevirt import CRDS, set_vmi_status, vmi, vmi_status
-from tests.integration.conftest import wait_for
+from testkit.waiting import wait_for
 from tests.integration.kube import (
     REPO,
     agent_log,

@@ -22,7 +22,7 @@ from overcommit.api.model import PolicyError
 from overcommit.kube.events import NORMAL, WARNING, EventIntent
 from overcommit.planning.ladder import State
 from overcommit.reconcile.node import CycleResult
-from overcommit.reconcile.summary import rfc3339
+from overcommit.units import rfc3339
 
 
 def cycle_news(report: CycleResult, invalid: Sequence[PolicyError] = ()) -> list[EventIntent]:

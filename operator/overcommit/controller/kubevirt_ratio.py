@@ -21,13 +21,13 @@ ratio when a VMI migrates (kubevirt/kubevirt#15681), new VMIs take it at once.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from overcommit.api.policy import CapacityKubeVirt
 from overcommit.api.status import KubeVirtRatio
+from overcommit.units import epoch_of, rfc3339
 
 SCHEDULABLE = "kubevirt.io/schedulable"
 DEFAULT_PERCENT = 100  # KubeVirt's default memoryOvercommit
@@ -115,13 +115,13 @@ def decide(policy: str, spec: CapacityKubeVirt | None, nodes: Mapping[str, Mappi
     changed = target != configured
     recheck = None
     if target < bounded:  # held below what the nodes support: a raise may come later
-        since = _epoch(_rfc3339(now) if changed else last_change)
+        since = epoch_of(rfc3339(now) if changed else last_change)
         recheck = float(spec.step_up_interval_seconds) if since is None else \
             max(1.0, since + spec.step_up_interval_seconds - now)
         recheck = min(recheck, RECHECK_SECONDS)
     return Decision(KubeVirtRatio(managed=True, configured_percent=target if changed
                                   else configured, target_percent=target, reason=why,
-                                  last_change=_rfc3339(now) if changed else last_change),
+                                  last_change=rfc3339(now) if changed else last_change),
                     set_to=target if changed else None, recheck_in=recheck)
 
 
@@ -137,23 +137,10 @@ def _step(spec: CapacityKubeVirt, configured: int, bounded: int, supported: int,
     if not settled:
         return configured, f"{basis}; held at {configured}% until every node's evidence " \
                            f"covers its window"
-    since = _epoch(last_change)
+    since = epoch_of(last_change)
     if since is not None and now - since < spec.step_up_interval_seconds:
-        until = _rfc3339(since + spec.step_up_interval_seconds)
+        until = rfc3339(since + spec.step_up_interval_seconds)
         return configured, f"{basis}; held at {configured}% until {until} (raised at most " \
                            f"every {spec.step_up_interval_seconds}s)"
     raised = min(bounded, configured + spec.step_up_percent)
     return raised, f"{basis}; raised from {configured}% by at most {spec.step_up_percent} points"
-
-
-def _rfc3339(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from overcommit.api.status import find_condition
+from overcommit.demo.report import describe_node_state
 from overcommit.localcluster.controlplane import ControlPlane, ControlPlaneError, find_binaries
 from overcommit.localcluster.processes import dies_with_this_process, stop_process
 
@@ -183,19 +184,7 @@ class Demo:
 
     def show(self) -> None:
         print(self.kubectl("get", "overcommit"))
-        status = self.status()
-        settings = status.get("settings", {})
-        ksm = {k.rsplit("/", 1)[1]: v for k, v in settings.items() if "/ksm/" in k and
-               k.rsplit("/", 1)[1] in ("run", "pages_to_scan", "sleep_millisecs")}
-        ready = find_condition(status, "Ready")
-        print(f"node state {self.node}: policy={(status.get('policy') or {}).get('name')} "
-              f"ready={ready.get('status')} ({ready.get('reason')}) "
-              f"saved={(status.get('saved') or {}).get('summary')} ksm={ksm}")
-        capacity = status.get("capacity") or {}
-        if capacity:
-            print(f"  supports {capacity.get('summary')}, headroom {capacity.get('headroom')}: "
-                  f"{capacity.get('reason')}")
-        print(f"  originals (restored on exit): {status.get('originals')}\n")
+        print(describe_node_state(self.node, self.status()))
 
     def applied(self) -> bool:
         status = self.status()

@@ -17,7 +17,6 @@ loaded by kopf, so the endpoint costs no thread and ~1 MiB of imports).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import itertools
 import logging
 import time
@@ -44,6 +43,7 @@ from overcommit.api.status import (
     Saved,
 )
 from overcommit.host import catalog
+from overcommit.units import epoch_of
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -242,21 +242,12 @@ def _conditions(conditions: Sequence[Condition] | None, name: str,
 LADDER_STATES = ("Plenty", "Clear", "Soft", "Hard", "Critical")
 
 
-def _epoch(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def _ladder_samples(ladder: Ladder | None) -> Iterator[Sample]:
     if ladder is None:
         return
     for state in LADDER_STATES:
         yield Sample(f"{PREFIX}_ladder_state", (state,), 1.0 if ladder.state == state else 0.0)
-    since = _epoch(ladder.since)
+    since = epoch_of(ladder.since)
     if since is not None:
         yield Sample(f"{PREFIX}_ladder_since_timestamp_seconds", (), since)
     yield Sample(f"{PREFIX}_ladder_relief_wanted", (), 1.0 if ladder.relief else 0.0)

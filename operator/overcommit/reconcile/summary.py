@@ -5,8 +5,6 @@ here."""
 
 from __future__ import annotations
 
-import datetime
-
 from overcommit.api.status import (
     CapacityEvidence,
     Guest,
@@ -24,7 +22,7 @@ from overcommit.planning import capacity as cap
 from overcommit.planning import ladder as node_ladder
 from overcommit.planning.observation import Observation
 from overcommit.reconcile.guests import GuestResult
-from overcommit.units import human_bytes
+from overcommit.units import human_bytes, rfc3339
 
 KIB = 1024
 
@@ -89,13 +87,6 @@ def guest_entries(guests: GuestResult | None) -> list[tuple[str, Guest]]:
             reason=decision.reason if decision else (g.problem or ""))))
     return entries
 
-
-def rfc3339(epoch: float | None) -> str | None:
-    """Epoch seconds as a Kubernetes Time (RFC 3339, seconds, UTC)."""
-    if epoch is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def ladder_status(ladder: node_ladder.Ladder | None) -> Ladder | None:
