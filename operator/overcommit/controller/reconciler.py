@@ -212,7 +212,7 @@ class Controller:
         with self.metrics.fold():
             status = fold(policy, self.reports, self.nodes, self.now())
         self.last_fold[name] = now
-        status = await self.kubevirt_ratio(policy, status)
+        status = await self.with_kubevirt_ratio(policy, status)
         new, old = comparable(status), comparable(policy.status)
         if new == old:
             return
@@ -224,62 +224,75 @@ class Controller:
             return
         await self.write(policy, status)
 
-    async def kubevirt_ratio(self, policy: PolicyView, status: PolicyStatus) -> PolicyStatus:
+    async def with_kubevirt_ratio(self, policy: PolicyView, status: PolicyStatus) -> PolicyStatus:
         """KubeVirt's memoryOvercommit for a policy that covers KubeVirt's nodes: read, and
         (``spec.capacity.kubevirt.manage``) set from what the nodes support
         (``kubevirt_ratio``); the result goes into ``status.capacity.kubevirt``."""
         spec = policy.capacity.kubevirt if policy.capacity is not None else None
-        views = {name: kubevirt_ratio.NodeView(
-            report.policy.name if report.policy else None,
-            report.capacity.supported_percent if report.capacity else None,
-            bool(report.capacity and report.capacity.settled))
-            for name, report in self.reports.items() if name in self.nodes}
+        views = self._ratio_views()
         vm_nodes = kubevirt_ratio.schedulable(self.nodes)
         covered = kubevirt_ratio.covers(policy.name, vm_nodes, views) is None
         if policy.error is not None or not (covered or (spec is not None and spec.manage)):
             return status
         previous = policy.status.capacity.kubevirt if policy.status.capacity else None
-        namespace, name = self.settings.kubevirt_namespace, self.settings.kubevirt_name
         kubevirt = None
         if covered:
-            try:
-                kubevirt = await self.api.get_kubevirt(namespace, name)
-            except API_ERRORS as exc:
-                log.warning("could not read the KubeVirt CR %s/%s: %s", namespace, name, exc)
-                self.metrics.error("api")
-                return self._with_ratio(status, replace(
-                    previous or KubeVirtRatio(),
-                    reason=f"could not read the KubeVirt CR {namespace}/{name}: {exc}"))
+            kubevirt, problem = await self._read_kubevirt()
+            if problem:
+                return self._with_ratio(status, replace(previous or KubeVirtRatio(),
+                                                        reason=problem))
         decision = kubevirt_ratio.decide(policy.name, spec, self.nodes, views, kubevirt,
                                          previous, self.wall())
         if decision is None:
             return status
         ratio = decision.status
         if decision.set_to is not None and kubevirt is not None:
-            before = kubevirt_ratio.configured_percent(kubevirt)
-            try:
-                await self.api.patch_kubevirt(namespace, name,
-                                              kubevirt_ratio.merge_patch(decision.set_to))
-            except API_ERRORS as exc:
-                log.warning("could not set memoryOvercommit on %s/%s: %s", namespace, name, exc)
-                self.metrics.error("api")
-                ratio = replace(ratio, configured_percent=before,
-                                last_change=previous.last_change if previous else None,
-                                reason=f"could not set memoryOvercommit to "
-                                       f"{decision.set_to}%: {exc}")
-                self.due[policy.name] = self.clock() + self.settings.retry_seconds
-            else:
-                log.info("KubeVirt memoryOvercommit %d%% -> %d%% for policy %s: %s", before,
-                         decision.set_to, policy.name, ratio.reason)
-                await self.announce(policy, [EventIntent(
-                    "Normal" if decision.set_to > before else "Warning",
-                    "KubeVirtRatioChanged",
-                    f"memoryOvercommit {before}% -> {decision.set_to}% on KubeVirt "
-                    f"{namespace}/{name}: {ratio.reason}", change=True)])
+            ratio = await self._set_ratio(policy, kubevirt, decision.set_to, ratio, previous)
         if decision.recheck_in is not None:
             due = self.clock() + decision.recheck_in
             self.due[policy.name] = min(self.due.get(policy.name, math.inf), due)
         return self._with_ratio(status, ratio)
+
+    def _ratio_views(self) -> dict[str, kubevirt_ratio.NodeView]:
+        """What the ratio manager needs of each known node's report."""
+        return {name: kubevirt_ratio.NodeView(
+            report.policy.name if report.policy else None,
+            report.capacity.supported_percent if report.capacity else None,
+            bool(report.capacity and report.capacity.settled))
+            for name, report in self.reports.items() if name in self.nodes}
+
+    async def _read_kubevirt(self) -> tuple[dict[str, Any] | None, str]:
+        """The KubeVirt CR, or why it could not be read."""
+        namespace, name = self.settings.kubevirt_namespace, self.settings.kubevirt_name
+        try:
+            return await self.api.get_kubevirt(namespace, name), ""
+        except API_ERRORS as exc:
+            log.warning("could not read the KubeVirt CR %s/%s: %s", namespace, name, exc)
+            self.metrics.error("api")
+            return None, f"could not read the KubeVirt CR {namespace}/{name}: {exc}"
+
+    async def _set_ratio(self, policy: PolicyView, kubevirt: Mapping[str, Any], percent: int,
+                         ratio: KubeVirtRatio, previous: KubeVirtRatio | None) -> KubeVirtRatio:
+        """Patch KubeVirt's memoryOvercommit to ``percent`` and announce it; on failure, the
+        ratio as it stays, with the reason, and a retry."""
+        namespace, name = self.settings.kubevirt_namespace, self.settings.kubevirt_name
+        before = kubevirt_ratio.configured_percent(kubevirt)
+        try:
+            await self.api.patch_kubevirt(namespace, name, kubevirt_ratio.merge_patch(percent))
+        except API_ERRORS as exc:
+            log.warning("could not set memoryOvercommit on %s/%s: %s", namespace, name, exc)
+            self.metrics.error("api")
+            self.due[policy.name] = self.clock() + self.settings.retry_seconds
+            return replace(ratio, configured_percent=before,
+                           last_change=previous.last_change if previous else None,
+                           reason=f"could not set memoryOvercommit to {percent}%: {exc}")
+        log.info("KubeVirt memoryOvercommit %d%% -> %d%% for policy %s: %s", before, percent,
+                 policy.name, ratio.reason)
+        await self.announce(policy, [EventIntent(
+            "Normal" if percent > before else "Warning", "KubeVirtRatioChanged",
+            f"memoryOvercommit {before}% -> {percent}% on KubeVirt {namespace}/{name}: "
+            f"{ratio.reason}", change=True)])
+        return ratio
 
     @staticmethod
     def _with_ratio(status: PolicyStatus,
