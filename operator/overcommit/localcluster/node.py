@@ -470,12 +470,20 @@ def cleanup(state_dir: Path = DEFAULT_STATE_DIR, *, purge_images: bool = False) 
 
 
 def _cleanup(state_dir: Path, *, purge_images: bool = False) -> list[str]:
-    done: list[str] = []
     run_dir = state_dir / "run"
     baseline = _Baseline.load(state_dir)
+    done = _kill_processes(state_dir, run_dir)
+    done += _unmount(state_dir, baseline)
+    done += _remove_cgroups()
+    done += _remove_network()
+    done += _remove_files(state_dir, run_dir, baseline, purge_images)
+    return done
 
-    # 1. Our daemons and shims, by the run directory in their command lines, then the pods'
-    #    processes, by the kubelet's cgroups: SIGKILL, until none is left.
+
+def _kill_processes(state_dir: Path, run_dir: Path) -> list[str]:
+    """Our daemons and shims, by the run directory in their command lines, then the pods'
+    processes, by the kubelet's cgroups: SIGKILL, until none is left."""
+    done: list[str] = []
     procs = _our_processes(run_dir)
     pids = {p.pid for p in procs} | _recorded_pids(run_dir)
     if pids:
@@ -494,9 +502,13 @@ def _cleanup(state_dir: Path, *, purge_images: bool = False) -> list[str]:
     if killed:
         done.append(f"killed {len(killed)} pod processes")
     _save_logs(state_dir)
+    return done
 
-    # 2. Mounts: the pods' volumes, rootfs, netns and shm, the shared /var/lib/kubelet, the
-    #    node's namespace; deepest first, again while unmounting one uncovers another.
+
+def _unmount(state_dir: Path, baseline: _Baseline | None) -> list[str]:
+    """Mounts: the pods' volumes, rootfs, netns and shm, the shared /var/lib/kubelet, the node's
+    namespace; deepest first, again while unmounting one uncovers another."""
+    done: list[str] = []
     for _ in range(10):
         mounts = _our_mounts(state_dir, baseline)
         if not mounts:
@@ -504,8 +516,12 @@ def _cleanup(state_dir: Path, *, purge_images: bool = False) -> list[str]:
         for m in sorted(mounts, key=lambda m: (len(m.point.parts), m.id), reverse=True):
             _umount(m.point)
         done.append(f"unmounted {len(mounts)} mounts")
+    return done
 
-    # 3. The kubelet's cgroups, deepest first (a cgroup goes once its processes are reaped).
+
+def _remove_cgroups() -> list[str]:
+    """The kubelet's cgroups, deepest first (a cgroup goes once its processes are reaped)."""
+    done: list[str] = []
     for tree in _kubepods_cgroups():
         def remove(tree: Path = tree) -> bool:
             for dirpath, _, _ in os.walk(tree, topdown=False):
@@ -516,8 +532,12 @@ def _cleanup(state_dir: Path, *, purge_images: bool = False) -> list[str]:
         if not _wait_until(remove, 10, 0.1):
             raise LocalClusterError(f"cannot remove cgroup {tree}: {_cgroup_pids(tree)} in it")
         done.append(f"removed cgroup {tree}")
+    return done
 
-    # 4. The network: the veth pair (deleting one end deletes both), then the namespace.
+
+def _remove_network() -> list[str]:
+    """The network: the veth pair (deleting one end deletes both), then the namespace."""
+    done: list[str] = []
     if HOST_LINK in _links():
         _run(["ip", "link", "delete", HOST_LINK])
         done.append(f"deleted link {HOST_LINK}")
@@ -526,9 +546,14 @@ def _cleanup(state_dir: Path, *, purge_images: bool = False) -> list[str]:
         _umount(netns)
         netns.unlink()
         done.append(f"deleted network namespace {netns}")
+    return done
 
-    # 5. Files: the shims' sockets, the run directory, and what kubelet and containerd made
-    #    outside it (unless it was there before the harness first ran).
+
+def _remove_files(state_dir: Path, run_dir: Path, baseline: _Baseline | None,
+                  purge_images: bool) -> list[str]:
+    """Files: the shims' sockets, the run directory, and what kubelet and containerd made
+    outside it (unless it was there before the harness first ran)."""
+    done: list[str] = []
     for sock in _shim_sockets(run_dir):
         if sock.exists() or sock.is_symlink():
             sock.unlink()
@@ -545,21 +570,29 @@ def _cleanup(state_dir: Path, *, purge_images: bool = False) -> list[str]:
         _remove_tree(run_dir)
         done.append(f"removed {run_dir}")
     if baseline is not None:
-        for path in HOST_PATHS:
-            if path == KUBELET_ROOT and baseline.existed(path):
-                for entry in sorted(KUBELET_ROOT.iterdir()) if path.is_dir() else []:
-                    if entry.name not in baseline.kubelet_entries:
-                        _remove_tree(entry)
-                        done.append(f"removed {entry}")
-            elif path in _SHARED_DIRS and not baseline.existed(path) and path.is_dir():
-                for dirpath, _, _ in os.walk(path, topdown=False):
-                    with contextlib.suppress(OSError):  # not empty: someone else's too
-                        os.rmdir(dirpath)
-                if not path.exists():
-                    done.append(f"removed {path}")
-            elif not baseline.existed(path) and (path.exists() or path.is_symlink()):
-                _remove_tree(path)
+        done += _remove_host_paths(baseline)
+    return done
+
+
+def _remove_host_paths(baseline: _Baseline) -> list[str]:
+    """What kubelet and containerd made outside the state directory, unless it was there
+    before the harness first ran."""
+    done: list[str] = []
+    for path in HOST_PATHS:
+        if path == KUBELET_ROOT and baseline.existed(path):
+            for entry in sorted(KUBELET_ROOT.iterdir()) if path.is_dir() else []:
+                if entry.name not in baseline.kubelet_entries:
+                    _remove_tree(entry)
+                    done.append(f"removed {entry}")
+        elif path in _SHARED_DIRS and not baseline.existed(path) and path.is_dir():
+            for dirpath, _, _ in os.walk(path, topdown=False):
+                with contextlib.suppress(OSError):  # not empty: someone else's too
+                    os.rmdir(dirpath)
+            if not path.exists():
                 done.append(f"removed {path}")
+        elif not baseline.existed(path) and (path.exists() or path.is_symlink()):
+            _remove_tree(path)
+            done.append(f"removed {path}")
     return done
 
 
