@@ -132,6 +132,12 @@ def mem_available() -> int:
     raise RuntimeError("/proc/meminfo has no MemAvailable")
 
 
+def resident(pid: int) -> int:
+    """Bytes process ``pid`` holds in RAM now (its VmRSS)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+
 def memory_psi() -> dict[str, float]:
     """``/proc/pressure/memory`` avg10 figures in percent: {"some": .., "full": ..}."""
     out = {}
