@@ -51,6 +51,7 @@ from bench.pressure_model import (
     bench_policy,
     levels_for,
     must_show,
+    node_view,
     pressured_seconds,
     scenario,
     versus,
@@ -89,16 +90,19 @@ QUICK = Settings(cycles=8, repeat=1)
 # The real host
 
 
-class RealHost(bb.HostView):
-    """The real /proc/meminfo and /proc/pressure/memory, as the agent reads them."""
+class NodeHost(bb.HostView):
+    """The real /proc/meminfo, read as the agent reads it, with the reserve taken out
+    (pressure_model.node_view), and the real /proc/pressure/memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserve: int) -> None:
         super().__init__(0.0)
+        self.reserve = reserve
         self.psi = PressureSource(HostFS("/"))
 
     def __call__(self, now: float) -> Observation:
-        return Observation(time=now, readings={"meminfo": self.source.read(),
-                                               "psi": self.psi.read()},
+        reading = self.source.read()
+        reading = replace(reading, counters=node_view(reading.counters, self.reserve))
+        return Observation(time=now, readings={"meminfo": reading, "psi": self.psi.read()},
                            wall_time=time.time())
 
 
@@ -166,7 +170,7 @@ class Bench:
     levels: Levels
     thresholds: Thresholds
     log: Callable[[str], None]
-    host: RealHost
+    host: NodeHost
 
     @property
     def spec(self) -> BalloonSpec:
@@ -194,7 +198,8 @@ class Bench:
             eat_counted(domain, touch, self.log)
             guests.stop_eating(domain)
         eat_counted(self.busy, sc.base_mib, self.log)
-        self.rig.fill_to(self.levels.of(sc.start), tolerance=memrig.CHUNK)
+        self.rig.fill_to(self.levels.of(sc.start) + self.settings.reserve,
+                         tolerance=memrig.CHUNK)
         self.fleet.wait_fresh(time.time())
 
     def take(self, amount: int) -> int:
@@ -327,7 +332,7 @@ def rig_of(floor: int) -> Iterator[memrig.MemoryRig]:
 def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, total: int
             ) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], Thresholds, Levels]:
     log = _log if args.verbose else _quiet
-    th, lv = levels_for(policy, total, settings.reserve)
+    th, lv = levels_for(policy, total - settings.reserve)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         s: {n: [] for n in args.strategy_list} for s in args.scenario_list}
     assert policy.balloon is not None
@@ -336,7 +341,7 @@ def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, to
     with bb.fleet_of(bset, policy.balloon, _log) as fleet, rig_of(settings.reserve) as rig:
         if rig.leftovers:
             print(f"removed an earlier rig's leftovers: {rig.leftovers}", flush=True)
-        bench = Bench(settings, policy, fleet, rig, lv, th, log, RealHost())
+        bench = Bench(settings, policy, fleet, rig, lv, th, log, NodeHost(settings.reserve))
         try:
             run_repeats(args, settings, bench, runs)
         finally:
@@ -439,23 +444,27 @@ def verdict_lines(results: Mapping[str, Mapping[str, Mapping[str, Any]]],
     return lines
 
 
-def header(settings: Settings, policy: PolicySpec, th: Thresholds, lv: Levels, total: int,
+def header(settings: Settings, th: Thresholds, lv: Levels, total: int,
            args: argparse.Namespace) -> str:
-    below = th.below
+    below, r = th.below, settings.reserve
+    node = total - r
     return (
         f"Pressure: {settings.guests} TCG guests x {settings.max_mib} MiB (virtio balloon, "
         f"stats every {settings.stats_period_s} s), scenarios {','.join(args.scenario_list)}, "
         f"strategies {','.join(args.strategy_list)}, {settings.repeat} run(s) "
-        f"{'(--quick: ONE run, no median)' if settings.repeat == 1 else '(medians)'}, "
+        f"{'(ONE run, no median)' if settings.repeat == 1 else '(medians)'}, "
         f"{settings.cycles} cycles of {settings.interval_s} s per trial\n"
-        f"REAL host: MemTotal {total >> 20} MiB; {settings.reserve >> 20} MiB of MemAvailable "
-        f"kept for others (the rig's floor). Ladder (the default one moved up by that reserve, "
-        f"M {th.minimum >> 20} MiB): Critical < {below[State.CRITICAL] >> 20}, Hard < "
-        f"{below[State.HARD] >> 20}, Soft < {below[State.SOFT] >> 20}, Plenty >= "
-        f"{below[State.CLEAR] >> 20} MiB, exit margin {th.exit_margin_percent}%. The rig "
-        f"aims at Soft {lv.soft >> 20}, Hard {lv.hard >> 20}, Critical {lv.critical >> 20} MiB."
-        f" MOM and Proxmox read the same real host (their thresholds: 20% of MemTotal = "
-        f"{total // 5 >> 20} MiB).")
+        f"REAL host memory and PSI. The machine has MemTotal {total >> 20} MiB; "
+        f"{r >> 20} MiB of MemAvailable are always left to others (the rig's floor), so "
+        f"EVERY strategy reads the real /proc/meminfo with those {r >> 20} MiB taken out: "
+        f"a node of {node >> 20} MiB. Ladder for it (defaults, M {th.minimum >> 20} MiB): "
+        f"Critical < {below[State.CRITICAL] >> 20}, Hard < {below[State.HARD] >> 20}, Soft < "
+        f"{below[State.SOFT] >> 20} ({th.why[State.SOFT]}), Plenty >= "
+        f"{below[State.CLEAR] >> 20} MiB; MOM's and Proxmox's 20% of MemTotal: "
+        f"{node // 5 >> 20} MiB. The rig aims the node's MemAvailable at Soft "
+        f"{lv.soft >> 20}, Hard {lv.hard >> 20}, Critical {lv.critical >> 20} MiB (the "
+        f"machine's at {(lv.soft + r) >> 20}, {(lv.hard + r) >> 20}, "
+        f"{(lv.critical + r) >> 20} MiB).")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -504,12 +513,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     settings = settings_from(args)
     total = mem_total()
-    policy = bench_policy(total, settings.reserve, f"{PREFIX}{os.getpid()}-*",
-                          settings.stats_period_s, settings.interval_s)
-    th, lv = levels_for(policy, total, settings.reserve)
+    policy = bench_policy(f"{PREFIX}{os.getpid()}-*", settings.stats_period_s,
+                          settings.interval_s)
+    th, lv = levels_for(policy, total - settings.reserve)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    print(header(settings, policy, th, lv, total, args), flush=True)
+    print(header(settings, th, lv, total, args), flush=True)
     started = time.monotonic()
     try:
         runs, th, lv = run_all(args, settings, policy, total)
@@ -532,7 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "thresholds_mib": {s.value: th.below[s] >> 20 for s in th.below},
                       "levels_mib": {"soft": lv.soft >> 20, "hard": lv.hard >> 20,
                                      "critical": lv.critical >> 20},
-                      "reserve_mib": settings.reserve >> 20}))
+                      "reserve_mib": settings.reserve >> 20,
+                      "node_mem_total_mib": (total - settings.reserve) >> 20}))
     return 0
 
 

@@ -1,15 +1,17 @@
-"""The pure parts of ``bench.pressure``: the bench's policy and ladder thresholds, the host
-levels the rig aims at, the scenarios' schedules, and what a trial's record adds up to. No I/O,
-so the unit tests cover it without a guest or a rig.
+"""The pure parts of ``bench.pressure``: the node's view of the machine, the bench's policy,
+the host levels the rig aims at, the scenarios' schedules, and what a trial's record adds up
+to. No I/O, so the unit tests cover it without a guest or a rig.
 
-The reserve. The benchmark shares its machine: it must leave ``reserve`` bytes of MemAvailable
-to others at all times (the rig's safety floor). The ladder's default thresholds for this
-MemTotal (VMware's minFree rule, ~756 MiB for 23.5 GiB) all lie below such a reserve, so the
-bench's policy moves the whole default ladder up by the reserve: every threshold is
-``reserve + its default share of M``, M from the real MemTotal (``shifted_ladder``). The bands
-keep their default widths; the exit margin is scaled so the hysteresis keeps its default width
-in bytes too. MOM's and Proxmox's rules are not shifted: they read the real host figures
-against their own shares of MemTotal (20 %), as they would on this machine.
+The node is the machine minus a reserve. The benchmark shares its machine: it must leave
+``reserve`` bytes of MemAvailable to others at all times (the rig's safety floor), and the
+ladder's thresholds for this machine's MemTotal (VMware's minFree rule: Critical below ~756 MiB
+of 23.5 GiB) all lie below such a reserve. So every strategy -- ours, MOM's, Proxmox's -- reads
+the real ``/proc/meminfo`` with the reserve taken out of it (``node_view``): MemTotal and
+MemAvailable less the reserve, and MemFree less the reserve (what MemFree cannot cover comes
+out of Cached, then Buffers, so MOM's MemFree + Buffers + Cached is less the reserve too). That
+is the node a dedicated machine of MemTotal - reserve would be, judged by every rule alike; the
+ladder's thresholds are the product's defaults for that MemTotal (the policy names no ladder
+settings). PSI is the machine's own, unchanged.
 """
 
 from __future__ import annotations
@@ -22,13 +24,11 @@ from typing import Any
 
 from overcommit.api.model import policy_from_object
 from overcommit.api.policy import GROUP, POLICY_KIND, VERSION, PolicySpec
-from overcommit.planning.ladder import ORDER, State, Thresholds, thresholds, vmware_minimum
+from overcommit.planning.ladder import ORDER, State, Thresholds, thresholds
 
 MIB = 1 << 20
 GIB = 1 << 30
 CHUNK = 64 * MIB  # the rig's unit (testkit.memrig.CHUNK)
-# The default ladder: thresholds in percent of M (api.policy.LadderSpec's defaults).
-DEFAULT_HARD, DEFAULT_SOFT, DEFAULT_PLENTY, DEFAULT_EXIT = 200, 400, 800, 25
 # The deepest level the rig aims at stays this far above its floor (its own refusal is at
 # two chunks; one more chunk for the guests' and others' noise).
 FLOOR_MARGIN = 3 * CHUNK
@@ -38,28 +38,27 @@ SCENARIOS = ("step", "burst", "leak")
 
 
 # ------------------------------------------------------------------------------------------------
-# The policy and the ladder
+# The node and the policy
 
 
-def shifted_ladder(total: int, reserve: int) -> dict[str, Any]:
-    """The ``ladder`` section of the bench's policy: the default ladder for ``total`` bytes of
-    MemTotal moved up by ``reserve`` bytes (module doc)."""
-    vm = vmware_minimum(total)
-    m = reserve + vm
+def node_view(counters: Mapping[str, int], reserve: int) -> dict[str, int]:
+    """/proc/meminfo counters (KiB, as ``MeminfoSource`` reads them) with ``reserve`` bytes
+    taken out (module doc)."""
+    out = dict(counters)
+    kib = reserve // 1024
+    out["MemTotal"] = max(0, out.get("MemTotal", 0) - kib)
+    out["MemAvailable"] = max(0, out.get("MemAvailable", 0) - kib)
+    rest = kib
+    for name in ("MemFree", "Cached", "Buffers"):
+        taken = min(rest, out.get(name, 0))
+        out[name] = out.get(name, 0) - taken
+        rest -= taken
+    return out
 
-    def percent(share: int) -> int:  # reserve + share% of vm, in percent of M (rounded up)
-        return math.ceil(100 * (reserve + vm * share // 100) / m)
 
-    return {"minimumAvailable": f"{math.ceil(m / MIB)}Mi", "criticalPercent": 100,
-            "hardPercent": percent(DEFAULT_HARD), "softPercent": percent(DEFAULT_SOFT),
-            "plentyPercent": percent(DEFAULT_PLENTY),
-            "exitMarginPercent": max(1, round(DEFAULT_EXIT * vm / m))}
-
-
-def bench_policy(total: int, reserve: int, pattern: str, stats_period_s: int,
-                 interval_s: int) -> PolicySpec:
-    """Auto ballooning of our guests only, validated like any policy, with the shifted
-    ladder; everything else at its default."""
+def bench_policy(pattern: str, stats_period_s: int, interval_s: int) -> PolicySpec:
+    """Auto ballooning of our guests only, validated like any policy; everything else --
+    the ladder and relief included -- at its default."""
     policy = policy_from_object({
         "apiVersion": f"{GROUP}/{VERSION}", "kind": POLICY_KIND,
         "metadata": {"name": "bench-pressure", "uid": "bench-pressure", "generation": 1},
@@ -67,7 +66,6 @@ def bench_policy(total: int, reserve: int, pattern: str, stats_period_s: int,
             "balloon": {"mode": "Auto", "statsPeriodSeconds": stats_period_s,
                         "vmSelector": {"domainNamePattern": pattern},
                         "auto": {"intervalSeconds": interval_s}},
-            "ladder": shifted_ladder(total, reserve),
         },
     })
     return policy.spec
@@ -75,8 +73,9 @@ def bench_policy(total: int, reserve: int, pattern: str, stats_period_s: int,
 
 @dataclass(frozen=True)
 class Levels:
-    """The MemAvailable the rig aims at (bytes), one per band: the middle of Soft and Hard, and
-    half-way into Critical (never closer than FLOOR_MARGIN to the rig's floor)."""
+    """The node's MemAvailable the rig aims at (bytes, reserve out), one per band: the middle
+    of Soft and Hard, and half-way into Critical (never closer than FLOOR_MARGIN to the rig's
+    floor, which is the reserve: 0 in the node's terms)."""
 
     soft: int
     hard: int
@@ -86,7 +85,7 @@ class Levels:
         return {"soft": self.soft, "hard": self.hard, "critical": self.critical}[name]
 
 
-def levels(th: Thresholds, floor: int) -> Levels:
+def levels(th: Thresholds, floor: int = 0) -> Levels:
     below = th.below
     critical = max(floor + FLOOR_MARGIN,
                    below[State.CRITICAL] - (below[State.HARD] - below[State.CRITICAL]) // 2)
@@ -97,9 +96,10 @@ def levels(th: Thresholds, floor: int) -> Levels:
                   hard=(below[State.CRITICAL] + below[State.HARD]) // 2, critical=critical)
 
 
-def levels_for(spec: PolicySpec, total: int, floor: int) -> tuple[Thresholds, Levels]:
-    th = thresholds(spec, total)
-    return th, levels(th, floor)
+def levels_for(spec: PolicySpec, node_total: int) -> tuple[Thresholds, Levels]:
+    """The ladder's thresholds for the node (MemTotal less the reserve) and the levels."""
+    th = thresholds(spec, node_total)
+    return th, levels(th)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,64 +15,66 @@ from bench.pressure_model import (
     Record,
     aggregate,
     bench_policy,
+    levels,
     levels_for,
     median_cycles,
     must_show,
+    node_view,
     scenario,
-    shifted_ladder,
     versus,
 )
-from overcommit.planning.ladder import State, thresholds, vmware_minimum
+from overcommit.planning.ladder import State, thresholds
 
 TOTAL = 24683664 * 1024  # this machine's MemTotal
 RESERVE = 4 * GIB
+NODE = TOTAL - RESERVE
 
 
-def _policy(total: int = TOTAL, reserve: int = RESERVE) -> Any:
-    return bench_policy(total, reserve, "oc-bench-balloon-1-*", 1, 2)
+def _policy() -> Any:
+    return bench_policy("oc-bench-balloon-1-*", 1, 2)
 
 
-# Up to ~28 GiB: above that Auto ballooning's own band (Soft below 20 % of MemTotal) raises
-# the shifted Soft threshold, as it raises the default one (planning.ladder._raises).
-@pytest.mark.parametrize("total", [TOTAL, 8 * GIB, 16 * GIB])
-def test_shifted_ladder_is_the_default_one_moved_up_by_the_reserve(total: int) -> None:
-    default = thresholds(None, total)
-    th = thresholds(_policy(total), total)
-    for state in (State.CRITICAL, State.HARD, State.SOFT, State.CLEAR):
-        # Rounding up to whole percent of M (and M to whole MiB) moves a threshold by at most
-        # about 1 % of M.
-        assert 0 <= th.below[state] - (RESERVE + default.below[state]) <= th.minimum // 50
-    # The hysteresis keeps about its default width in bytes.
-    vm = vmware_minimum(total)
-    width = th.leave_above(State.CRITICAL) - th.below[State.CRITICAL]
-    assert abs(width - vm * 25 // 100) <= th.minimum // 100
+def test_node_view_takes_the_reserve_out_of_every_figure() -> None:
+    kib = {"MemTotal": 24_000_000, "MemAvailable": 5_000_000, "MemFree": 3_000_000,
+           "Buffers": 100_000, "Cached": 2_000_000, "SwapTotal": 0}
+    out = node_view(kib, RESERVE)
+    r = RESERVE // 1024
+    assert out["MemTotal"] == kib["MemTotal"] - r
+    assert out["MemAvailable"] == kib["MemAvailable"] - r
+    # MemFree covers 3 GB of the 4 GiB, Cached the rest: MOM's sum is less the reserve too.
+    assert out["MemFree"] == 0 and out["Buffers"] == kib["Buffers"]
+    assert sum(out[k] for k in ("MemFree", "Buffers", "Cached")) == \
+        sum(kib[k] for k in ("MemFree", "Buffers", "Cached")) - r
+    assert out["SwapTotal"] == 0
+    assert node_view({"MemAvailable": 1000}, RESERVE)["MemAvailable"] == 0  # never negative
 
 
-def test_shifted_ladder_is_a_valid_policy_section() -> None:
-    section = shifted_ladder(TOTAL, RESERVE)
-    assert section["criticalPercent"] < section["hardPercent"] < section["softPercent"] \
-        < section["plentyPercent"]
+def test_bench_policy_names_no_ladder_settings() -> None:
     spec = _policy()
-    assert spec.ladder is not None and spec.balloon is not None
+    assert spec.ladder is None and spec.balloon is not None
+    th, _ = levels_for(spec, NODE)
+    # The defaults for the node's MemTotal, Soft raised by Auto ballooning's 20 % band.
+    assert th.below[State.CRITICAL] == th.minimum
+    assert th.below[State.SOFT] == NODE * 20 // 100
 
 
 def test_levels_sit_in_their_bands_and_above_the_floor() -> None:
-    th, lv = levels_for(_policy(), TOTAL, RESERVE)
+    th, lv = levels_for(_policy(), NODE)
     below = th.below
     assert below[State.HARD] <= lv.soft < below[State.SOFT]
     assert below[State.CRITICAL] <= lv.hard < below[State.HARD]
-    assert RESERVE + FLOOR_MARGIN <= lv.critical < below[State.CRITICAL]
+    assert FLOOR_MARGIN <= lv.critical < below[State.CRITICAL]
 
 
 def test_levels_refuse_a_critical_threshold_at_the_floor() -> None:
-    spec = bench_policy(TOTAL, RESERVE, "x-*", 1, 2)
+    th = thresholds(_policy(), NODE)
     with pytest.raises(ValueError, match="too close"):
-        levels_for(spec, TOTAL, RESERVE + GIB)
+        levels(th, floor=th.below[State.CRITICAL])
 
 
 @pytest.mark.parametrize("cycles", [6, 8, 12])
 def test_scenarios_reach_critical_and_come_back_as_described(cycles: int) -> None:
-    _, lv = levels_for(_policy(), TOTAL, RESERVE)
+    _, lv = levels_for(_policy(), NODE)
     step = scenario("step", cycles, lv, 512)
     assert step.start == "soft" and step.cycles == cycles
     assert sum(e.take for e in step.events) == lv.soft - lv.critical
@@ -89,7 +91,7 @@ def test_scenarios_reach_critical_and_come_back_as_described(cycles: int) -> Non
 
 
 def test_unknown_or_too_short_scenario() -> None:
-    _, lv = levels_for(_policy(), TOTAL, RESERVE)
+    _, lv = levels_for(_policy(), NODE)
     with pytest.raises(ValueError):
         scenario("spike", 8, lv, 512)
     with pytest.raises(ValueError):
