@@ -269,6 +269,8 @@ class Bench:
                         record.reclaimed_kib -= moved
                     else:
                         record.returned_kib += moved
+                if self.rig.tripped:  # others took memory: the host no longer follows the plan
+                    raise memrig.RigTripped(self.rig.tripped)
                 bb.pace(start, self.settings.interval_s)
             record.end = time.monotonic()
         for domain in fleet.domains.values():
