@@ -58,7 +58,6 @@ from bench.pressure_model import (
 )
 from overcommit.api.policy import BalloonSpec, LadderRelief, LadderSpec, PolicySpec
 from overcommit.host.base import HostFS
-from overcommit.host.meminfo import MeminfoSource
 from overcommit.host.pressure import PressureSource
 from overcommit.planning import ladder as node_ladder
 from overcommit.planning import relief
