@@ -330,8 +330,8 @@ def rig_of(floor: int) -> Iterator[memrig.MemoryRig]:
         print("memory rig closed (every filler and thrasher killed)", flush=True)
 
 
-def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, total: int
-            ) -> tuple[dict[str, dict[str, list[dict[str, Any]]]], Thresholds, Levels]:
+def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, total: int,
+            voids: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
     log = _log if args.verbose else _quiet
     th, lv = levels_for(policy, total - settings.reserve)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -344,15 +344,15 @@ def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, to
             print(f"removed an earlier rig's leftovers: {rig.leftovers}", flush=True)
         bench = Bench(settings, policy, fleet, rig, lv, th, log, NodeHost(settings.reserve))
         try:
-            run_repeats(args, settings, bench, runs)
+            run_repeats(args, settings, bench, runs, voids)
         finally:
             if bench.rig is not rig:  # a replacement after a safety stop
                 bench.rig.close()
-    return runs, th, lv
+    return runs
 
 
 def run_repeats(args: argparse.Namespace, settings: Settings, bench: Bench,
-                runs: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+                runs: dict[str, dict[str, list[dict[str, Any]]]], voids: list[str]) -> None:
     for repeat in range(settings.repeat):
         for sc_name in args.scenario_list:
             sc = scenario(sc_name, settings.cycles, bench.levels, settings.max_mib)
@@ -361,6 +361,9 @@ def run_repeats(args: argparse.Namespace, settings: Settings, bench: Bench,
                 print(f"[repeat {repeat + 1}/{settings.repeat}] {sc_name} {name} ...",
                       flush=True)
                 record = run_trial(bench, name, sc)
+                if record is None:
+                    voids.append(f"run {repeat + 1} {sc_name} {name}")
+                    continue
                 summary = record.summary()
                 runs[sc_name][name].append(summary)
                 print(f"  {summary['guest_oom_kills']} guest / {summary['host_oom_kills']}"
@@ -371,20 +374,18 @@ def run_repeats(args: argparse.Namespace, settings: Settings, bench: Bench,
                       f"{(summary['lowest_available_bytes'] or 0) >> 20} MiB", flush=True)
 
 
-def run_trial(bench: Bench, name: str, sc: Scenario) -> Record:
-    """One trial; the rig's safety stop (others took memory meanwhile) voids it: it is run
-    again once with a new rig, and a second stop is reported as such."""
+def run_trial(bench: Bench, name: str, sc: Scenario) -> Record | None:
+    """One trial; the rig's safety stop (others took memory meanwhile, or the guests did) voids
+    it: it is run again once with a new rig; None when that stopped too."""
     for attempt in (1, 2):
         try:
             return bench.trial(name, sc)
         except memrig.RigTripped as e:
             bb.warn(f"{name} {sc.name}: the rig's safety stop fired ({e}); "
-                    f"{'running it again' if attempt == 1 else 'giving up on this trial'}")
+                    f"{'running it again' if attempt == 1 else 'trial void'}")
             bench.rig.close()
             bench.rig = memrig.MemoryRig(floor=bench.settings.reserve)
-    record = Record()
-    record.disturbed.append("the rig's safety stop fired twice: trial void")
-    return record
+    return None
 
 
 def compact(seconds: Mapping[str, float]) -> str:
@@ -520,9 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     print(header(settings, th, lv, total, args), flush=True)
-    started = time.monotonic()
+    started, voids = time.monotonic(), list[str]()
     try:
-        runs, th, lv = run_all(args, settings, policy, total)
+        runs = run_all(args, settings, policy, total, voids)
     except KeyboardInterrupt:  # guests and rig are gone already (their finally blocks)
         print("interrupted", file=sys.stderr)
         return 130
@@ -538,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in verdict_lines(results, cmp, claims):
         print(line)
     print(json.dumps({"scenarios": results, "comparison": cmp, "must_show": claims,
-                      "runs": settings.repeat, "quick": bool(args.quick),
+                      "runs": settings.repeat, "quick": bool(args.quick), "void_trials": voids,
                       "thresholds_mib": {s.value: th.below[s] >> 20 for s in th.below},
                       "levels_mib": {"soft": lv.soft >> 20, "hard": lv.hard >> 20,
                                      "critical": lv.critical >> 20},

@@ -193,6 +193,8 @@ class Record:
         """Seconds spent in each state: each cycle's state counts from its observation to the
         next one's (the last one's to the end of the trial)."""
         out = {s.value: 0.0 for s in ORDER}
+        if not self.states:
+            return out
         ends = [t for t, _ in self.states[1:]] + [self.end if self.end is not None else
                                                   (self.states[-1][0] if self.states else 0)]
         for (t, state), until in zip(self.states, ends, strict=True):
