@@ -42,13 +42,12 @@ SCENARIOS = ("step", "burst", "leak")
 
 
 def node_view(counters: Mapping[str, int], reserve: int) -> dict[str, int]:
-    """/proc/meminfo counters (KiB, as ``MeminfoSource`` reads them) with ``reserve`` bytes
+    """/proc/meminfo counters (bytes, as ``MeminfoSource`` reads them) with ``reserve`` bytes
     taken out (module doc)."""
     out = dict(counters)
-    kib = reserve // 1024
-    out["MemTotal"] = max(0, out.get("MemTotal", 0) - kib)
-    out["MemAvailable"] = max(0, out.get("MemAvailable", 0) - kib)
-    rest = kib
+    out["MemTotal"] = max(0, out.get("MemTotal", 0) - reserve)
+    out["MemAvailable"] = max(0, out.get("MemAvailable", 0) - reserve)
+    rest = reserve
     for name in ("MemFree", "Cached", "Buffers"):
         taken = min(rest, out.get(name, 0))
         out[name] = out.get(name, 0) - taken

@@ -35,16 +35,14 @@ def _policy() -> Any:
 
 
 def test_node_view_takes_the_reserve_out_of_every_figure() -> None:
-    kib = {"MemTotal": 24_000_000, "MemAvailable": 5_000_000, "MemFree": 3_000_000,
-           "Buffers": 100_000, "Cached": 2_000_000, "SwapTotal": 0}
-    out = node_view(kib, RESERVE)
-    r = RESERVE // 1024
-    assert out["MemTotal"] == kib["MemTotal"] - r
-    assert out["MemAvailable"] == kib["MemAvailable"] - r
-    # MemFree covers 3 GB of the 4 GiB, Cached the rest: MOM's sum is less the reserve too.
-    assert out["MemFree"] == 0 and out["Buffers"] == kib["Buffers"]
+    raw = {"MemTotal": 24 * GIB, "MemAvailable": 5 * GIB, "MemFree": 3 * GIB,
+           "Buffers": 100 * MIB, "Cached": 2 * GIB, "SwapTotal": 0}  # bytes, as MeminfoSource
+    out = node_view(raw, RESERVE)
+    assert out["MemTotal"] == 20 * GIB and out["MemAvailable"] == GIB
+    # MemFree covers 3 GiB of the 4, Cached the rest: MOM's sum is less the reserve too.
+    assert out["MemFree"] == 0 and out["Cached"] == GIB and out["Buffers"] == 100 * MIB
     assert sum(out[k] for k in ("MemFree", "Buffers", "Cached")) == \
-        sum(kib[k] for k in ("MemFree", "Buffers", "Cached")) - r
+        sum(raw[k] for k in ("MemFree", "Buffers", "Cached")) - RESERVE
     assert out["SwapTotal"] == 0
     assert node_view({"MemAvailable": 1000}, RESERVE)["MemAvailable"] == 0  # never negative
 
