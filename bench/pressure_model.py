@@ -141,8 +141,9 @@ def scenario(name: str, cycles: int, lv: Levels, max_mib: int) -> Scenario:
     * burst: the host at Hard; at a third of the run, for two cycles, the host drops to
       Critical with real memory stalls (PSI, the rig's thrashers) and the busy guest bursts by
       45 % of its maximum; then both go back (the guest restarts its base load);
-    * leak: the host at Soft loses memory every cycle until it is in Critical at the end, and
-      the busy guest's use grows a little every cycle, by 50 % of its maximum in all.
+    * leak: the host at Soft loses memory every cycle until it is in Critical three quarters
+      into the run (and stays there), and the busy guest's use grows a little every cycle, by
+      50 % of its maximum in all.
     """
     if cycles < 6:
         raise ValueError("a scenario needs at least 6 cycles")
@@ -159,10 +160,13 @@ def scenario(name: str, cycles: int, lv: Levels, max_mib: int) -> Scenario:
         events[at + 2] = Event(take=-drop, thrash=False, stop=True, eat_mib=base)
         return Scenario(name, "hard", base, tuple(events))
     if name == "leak":
-        steps = cycles - 1  # cycles 2..N each lose a share; the last one is in Critical
-        per_take = (lv.soft - lv.critical) // steps
-        per_eat = max(1, max_mib * 50 // 100 // steps)
-        events = [Event(), *(Event(take=per_take, eat_mib=per_eat) for _ in range(steps))]
+        # The host loses an equal share in cycles 2..L and is in Critical from cycle L + 1
+        # (three quarters into the run) to the end; the guest's use grows every cycle.
+        leaking = cycles * 3 // 4 - 1
+        per_take = (lv.soft - lv.critical) // leaking
+        per_eat = max(1, max_mib * 50 // 100 // (cycles - 1))
+        events = [Event(), *(Event(take=per_take if k <= leaking else 0, eat_mib=per_eat)
+                             for k in range(1, cycles))]
         return Scenario(name, "soft", base, tuple(events))
     raise ValueError(f"unknown scenario {name!r}")
 
