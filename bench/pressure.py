@@ -202,15 +202,13 @@ class Bench:
         self.fleet.wait_fresh(time.time())
 
     def take(self, amount: int) -> int:
-        """The rig takes ``amount`` more bytes (gives back, negative), never closer to its
-        floor than pressure_model.FLOOR_MARGIN allows; what it did."""
-        if not amount:
-            return 0
-        now = memrig.mem_available()
-        target = max(now - amount, self.rig.floor + 3 * memrig.CHUNK)
-        held = self.rig.held
-        self.rig.fill_to(target, tolerance=memrig.CHUNK // 2)
-        return self.rig.held - held
+        """The rig holds ``amount`` bytes more (less, negative), in whole chunks and whatever
+        the guests' balloons do meanwhile, so every strategy meets the same host; never closer
+        to the rig's floor than two chunks (the fillers stop at the floor themselves). What it
+        did."""
+        if amount > 0:
+            amount = min(amount, memrig.mem_available() - self.rig.floor - 2 * memrig.CHUNK)
+        return self.rig.adjust(amount) if amount else 0
 
     def trial(self, name: str, sc: Scenario) -> Record:
         fleet, record = self.fleet, Record()
