@@ -329,11 +329,11 @@ def rig_of(floor: int) -> Iterator[memrig.MemoryRig]:
 
 
 def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, total: int,
-            voids: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+            runs: dict[str, dict[str, list[dict[str, Any]]]], voids: list[str]) -> None:
+    """Every trial; ``runs`` (scenario -> strategy -> trial summaries) fills as they end, so an
+    interrupted run still reports what it measured."""
     log = _log if args.verbose else _quiet
     th, lv = levels_for(policy, total - settings.reserve)
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        s: {n: [] for n in args.strategy_list} for s in args.scenario_list}
     assert policy.balloon is not None
     bset = bb.Settings(guests=settings.guests, max_mib=settings.max_mib,
                        stats_period_s=settings.stats_period_s, interval_s=settings.interval_s)
@@ -346,7 +346,6 @@ def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, to
         finally:
             if bench.rig is not rig:  # a replacement after a safety stop
                 bench.rig.close()
-    return runs
 
 
 def run_repeats(args: argparse.Namespace, settings: Settings, bench: Bench,
@@ -419,7 +418,10 @@ def comparisons(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[
     for sc_name, by in results.items():
         if "ladder" not in by:
             continue
-        out[sc_name] = {b: versus(by["ladder"], by[b]) for b in BASELINES if b in by}
+        if by["ladder"].get("not_run"):
+            continue
+        out[sc_name] = {b: versus(by["ladder"], by[b]) for b in BASELINES
+                        if b in by and not by[b].get("not_run")}
     return out
 
 
@@ -520,11 +522,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     print(header(settings, th, lv, total, args), flush=True)
     started, voids = time.monotonic(), list[str]()
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        s: {n: [] for n in args.strategy_list} for s in args.scenario_list}
+    interrupted = False
     try:
-        runs = run_all(args, settings, policy, total, voids)
+        run_all(args, settings, policy, total, runs, voids)
     except KeyboardInterrupt:  # guests and rig are gone already (their finally blocks)
-        print("interrupted", file=sys.stderr)
-        return 130
+        interrupted = True
+        print("INTERRUPTED: what follows is only the trials that ended", flush=True)
     results = {sc: {name: aggregate(found, name) for name, found in by.items()}
                for sc, by in runs.items()}
     cmp, claims = comparisons(results), must_show(results)
@@ -541,9 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "thresholds_mib": {s.value: th.below[s] >> 20 for s in th.below},
                       "levels_mib": {"soft": lv.soft >> 20, "hard": lv.hard >> 20,
                                      "critical": lv.critical >> 20},
-                      "reserve_mib": settings.reserve >> 20,
+                      "reserve_mib": settings.reserve >> 20, "interrupted": interrupted,
                       "node_mem_total_mib": (total - settings.reserve) >> 20}))
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":
