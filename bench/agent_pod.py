@@ -29,7 +29,8 @@ from typing import Any
 
 from overcommit.demo.workload import MergeWorkload
 from overcommit.localcluster.node import LocalCluster
-from testkit.cluster import Installation, policy, wait_for
+from testkit.cluster import Installation, policy
+from testkit.waiting import wait_for
 
 MIB = 2**20
 TARGETS = {"steady_mib": 64.0, "idle_cpu_percent": 0.5}

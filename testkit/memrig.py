@@ -258,6 +258,29 @@ class MemoryRig:
             ok = ok and answer[0] == "ok"
         return ok
 
+    def adjust(self, amount: int) -> int:
+        """Hold ``amount`` bytes more (free as much, negative), in whole chunks over the
+        fillers, whatever MemAvailable does meanwhile (``fill_to`` aims at a MemAvailable
+        instead); the floor still stops a filler. The change in bytes held."""
+        self._check()
+        if not self._fillers:
+            self._fillers = [_Filler(self.floor, self.mlock) for _ in range(self._workers)]
+        before, count = self.held, round(amount / CHUNK)
+        if count > 0:
+            per, extra = divmod(count, len(self._fillers))
+            for i, filler in enumerate(self._fillers):
+                if per + (i < extra):
+                    filler.ask(per + (i < extra))
+        else:
+            count = -count
+            for filler in sorted(self._fillers, key=lambda f: -f.chunks):
+                give = min(count, filler.chunks)
+                if give:
+                    filler.ask(-give)
+                    count -= give
+        self._check()
+        return self.held - before
+
     def release(self) -> None:
         """Free everything the fillers hold (they stay, empty)."""
         for filler in self._fillers:

@@ -33,7 +33,7 @@ from overcommit.reconcile.node import CycleResult, NodeReconciler
 from overcommit.virt.model import GuestObservation
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
-from testkit.memrig import GIB, MIB, MemoryRig, mem_available, memory_psi, resident
+from testkit.memrig import CHUNK, GIB, MIB, MemoryRig, mem_available, memory_psi, resident
 from testkit.waiting import wait_for
 from tests.integration.conftest import require_root
 
@@ -282,6 +282,15 @@ def test_the_safety_stop_frees_everything_at_the_floor(rig: MemoryRig) -> None:
         wait_for(lambda: max(map(resident, rig.children)) < 64 * MIB, 10,
                  "the other rig's fillers to hold nothing")
     assert "fell below the floor" in (guarded.tripped or "")
+
+
+def test_adjust_holds_a_fixed_amount(rig: MemoryRig) -> None:
+    """``adjust`` moves what the rig holds by whole chunks, whatever MemAvailable does
+    (bench.pressure's host events), and frees no more than it holds."""
+    assert rig.adjust(4 * CHUNK) == 4 * CHUNK and rig.held == 4 * CHUNK
+    assert rig.adjust(-CHUNK) == -CHUNK and rig.held == 3 * CHUNK
+    assert rig.adjust(-10 * CHUNK) == -3 * CHUNK and rig.held == 0
+    assert rig.adjust(CHUNK // 3) == 0  # less than half a chunk: nothing
 
 
 def test_the_fillers_die_with_a_killed_test_process(rig: MemoryRig, tmp_path: Path) -> None:
