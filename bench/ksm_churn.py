@@ -20,6 +20,7 @@ The worker is this module run with ``python -m bench.ksm_churn``; the schedule i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
@@ -143,10 +144,8 @@ class ChurnWorkload:
     def stop(self) -> None:
         for proc in self.processes:
             if proc.stdin:
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     proc.stdin.close()
-                except BrokenPipeError:
-                    pass
         for proc in self.processes:
             try:
                 proc.wait(timeout=10)

@@ -3,6 +3,7 @@ spreads, and the PASS/MISS/TIE verdict of one figure against one baseline. No I/
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -21,7 +22,7 @@ def integrate(samples: Sequence[tuple[float, float]], window_s: float) -> float:
     if not points or window_s <= 0:
         return 0.0
     total = points[0][0] * points[0][1]
-    for (t0, v0), (t1, v1) in zip(points, points[1:], strict=False):
+    for (t0, v0), (t1, v1) in itertools.pairwise(points):
         total += (t1 - t0) * (v0 + v1) / 2.0
     total += (window_s - points[-1][0]) * points[-1][1]
     return total
