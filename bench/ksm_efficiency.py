@@ -434,6 +434,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also run the grid of fixed scan rates on the first workload and "
                              "plot bench/ksm_frontier.png (the full run always does)")
     parser.add_argument("--frontier-png", default="bench/ksm_frontier.png")
+    parser.add_argument("--frontier-repeat", type=int, default=1, metavar="N",
+                        help="repeats of each fixed rate (default 1)")
     parser.add_argument("--verbose", action="store_true",
                         help="print every control cycle (adaptive: phase, pages, sleep, ...)")
     args = parser.parse_args(argv)
@@ -504,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     original = ksm_host.snapshot()
     started = time.monotonic()
     pressure = Pressure(args.pressure, settings.available_percent)
+    pressure_word = "real" if pressure.real else "simulated"
     print(header(settings, pressure, args), flush=True)
     per_workload: dict[str, dict[str, Any]] = {}
     frontier: dict[str, dict[str, Any]] = {}
@@ -512,8 +515,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for kind in args.workload_list:
             per_workload[kind] = run_set(names, kind, args, settings, pressure, clock)
         if args.frontier:
-            frontier = run_set(frontier_names(), args.workload_list[0], args, settings,
-                               pressure, clock)
+            frontier = run_set(frontier_names(), args.workload_list[0],
+                               argparse.Namespace(**{**vars(args),
+                                                     "repeat": args.frontier_repeat}),
+                               settings, pressure, clock)
     finally:
         pressure.close()
         left = ksm_host.restore(original)
@@ -537,7 +542,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                    args.frontier_png, quick=args.quick)
         print(f"frontier plot: {png}" if png else "frontier plot not written "
               "(matplotlib missing: pip install '.[bench]' in a venv of your own)")
-    pressure_word = "real" if pressure.real else "simulated"
     print(f"({pressure_word} memory pressure; window {settings.window_s:g} s for every "
           f"strategy; median of {args.repeat} run(s); whole run {elapsed:.0f} s)")
     first = args.workload_list[0]
@@ -547,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workloads": report,  # ... and every workload in full
         "window_s": settings.window_s,
         "pressure": pressure_word,
-        "pressure_target_mib": pressure.target >> 20 if pressure.real else None,
+        "pressure_target_mib": pressure.target >> 20 if pressure_word == "real" else None,
         "mem_total_mib": pressure.total_kib >> 10,
         "mergeable_mib": settings.workers * settings.size_mib,
         "settings": asdict(settings),
@@ -566,7 +570,7 @@ def plot(frontier: dict[str, dict[str, Any]], strategies: dict[str, dict[str, An
 
     scale = "quick scale (reduced)" if quick else "full scale"
     title = (f"KSM: {settings.workers} x {settings.size_mib} MiB, {settings.window_s:g} s "
-             f"window, {'real' if pressure.real else 'simulated'} pressure, {scale}")
+             f"window, {pressure.mode} pressure, {scale}")
     return frontier_png(frontier, strategies, title, settings.window_s, path)
 
 
