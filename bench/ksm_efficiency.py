@@ -72,7 +72,11 @@ FRONTIER_PAGES = (100, 300, 1000, 3000)
 FRONTIER_SLEEP_MS = (10, 20, 50)
 
 
-def frontier_names() -> list[str]:
+def frontier_names(grid: str | None = None) -> list[str]:
+    """The fixed rates: the full grid, or ``grid`` as "PAGESxSLEEP_MS,..." (a reduced one)."""
+    if grid:
+        pairs = [item.lower().split("x") for item in grid.split(",") if item.strip()]
+        return [static_name(int(p), int(s)) for p, s in pairs]
     return [static_name(p, s) for p in FRONTIER_PAGES for s in FRONTIER_SLEEP_MS]
 
 
@@ -434,6 +438,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also run the grid of fixed scan rates on the first workload and "
                              "plot bench/ksm_frontier.png (the full run always does)")
     parser.add_argument("--frontier-png", default="bench/ksm_frontier.png")
+    parser.add_argument("--frontier-grid", default=None, metavar="PxS,...",
+                        help="a reduced grid, e.g. 300x20,1000x20 (default: pages "
+                             f"{FRONTIER_PAGES} x sleep_millisecs {FRONTIER_SLEEP_MS})")
     parser.add_argument("--frontier-repeat", type=int, default=1, metavar="N",
                         help="repeats of each fixed rate (default 1)")
     parser.add_argument("--verbose", action="store_true",
@@ -515,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for kind in args.workload_list:
             per_workload[kind] = run_set(names, kind, args, settings, pressure, clock)
         if args.frontier:
-            frontier = run_set(frontier_names(), args.workload_list[0],
+            frontier = run_set(frontier_names(args.frontier_grid), args.workload_list[0],
                                argparse.Namespace(**{**vars(args),
                                                      "repeat": args.frontier_repeat}),
                                settings, pressure, clock)
@@ -539,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n== frontier (fixed scan rates, workload {args.workload_list[0]})")
         print(table(frontier))
         png = plot(frontier, per_workload[args.workload_list[0]], settings, pressure,
-                   args.frontier_png, quick=args.quick)
+                   args.frontier_png, quick=args.quick, reduced=bool(args.frontier_grid))
         print(f"frontier plot: {png}" if png else "frontier plot not written "
               "(matplotlib missing: pip install '.[bench]' in a venv of your own)")
     print(f"({pressure_word} memory pressure; window {settings.window_s:g} s for every "
@@ -565,10 +572,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def plot(frontier: dict[str, dict[str, Any]], strategies: dict[str, dict[str, Any]],
-         settings: Settings, pressure: Pressure, path: str, quick: bool) -> str | None:
+         settings: Settings, pressure: Pressure, path: str, quick: bool,
+         reduced: bool) -> str | None:
     from bench.ksm_plot import frontier_png
 
     scale = "quick scale (reduced)" if quick else "full scale"
+    if reduced:
+        scale += f", reduced grid ({len(frontier)} rates)"
     title = (f"KSM: {settings.workers} x {settings.size_mib} MiB, {settings.window_s:g} s "
              f"window, {pressure.mode} pressure, {scale}")
     return frontier_png(frontier, strategies, title, settings.window_s, path)

@@ -211,3 +211,10 @@ def test_static_names_round_trip_through_the_factory() -> None:
     make = factory(static_name(300, 20), lambda: MemoryView(1, 1, 1, 0), None)
     strategy = make()
     assert strategy.name == "static-300p-20ms" and math.isinf(strategy.interval_s)
+
+
+def test_frontier_grid_full_and_reduced() -> None:
+    from bench.ksm_efficiency import FRONTIER_PAGES, FRONTIER_SLEEP_MS, frontier_names
+
+    assert len(frontier_names()) == len(FRONTIER_PAGES) * len(FRONTIER_SLEEP_MS)
+    assert frontier_names("300x20, 1000X50") == ["static-300p-20ms", "static-1000p-50ms"]
