@@ -95,6 +95,7 @@ class Trial:
     window_s: float
     mem_available_start_mib: int | None = None
     mem_available_end_mib: int | None = None
+    pages_to_scan_end: int | None = None  # where the strategy (or the kernel's advisor) left it
     disturbed: str | None = None
 
     @property
@@ -215,7 +216,7 @@ class Run:
         return Trial(self.t90, self.cpu_t90, steady, total, self.controller_cpu,
                      integrate(self.samples, window), ksm_host.read_int("pages_sharing"),
                      self.achievable, window, self.available_start, _available_mib(),
-                     self.disturbed)
+                     ksm_host.read_int("pages_to_scan"), self.disturbed)
 
 
 def _available_mib() -> int | None:
@@ -492,7 +493,8 @@ def run_set(names: Sequence[str], kind: str, args: argparse.Namespace, settings:
             print(f"  t90={_fmt(trial.t90_s, 0)} s, ksmd cpu {trial.ksmd_cpu_s:.2f} s, "
                   f"controller cpu {trial.controller_cpu_s:.3f} s, saved "
                   f"{trial.saved_byte_seconds / GIB:.2f} GiB*s, MemAvailable "
-                  f"{trial.mem_available_start_mib} -> {trial.mem_available_end_mib} MiB",
+                  f"{trial.mem_available_start_mib} -> {trial.mem_available_end_mib} MiB, "
+                  f"pages_to_scan at the end {trial.pages_to_scan_end}",
                   flush=True)
     return {name: summarise(found) for name, found in trials.items()}
 
