@@ -444,6 +444,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              f"{FRONTIER_PAGES} x sleep_millisecs {FRONTIER_SLEEP_MS})")
     parser.add_argument("--frontier-repeat", type=int, default=1, metavar="N",
                         help="repeats of each fixed rate (default 1)")
+    parser.add_argument("--trials-log", default=None, metavar="PATH",
+                        help="append every trial's figures to PATH (JSON lines) as it ends")
     parser.add_argument("--verbose", action="store_true",
                         help="print every control cycle (adaptive: phase, pages, sleep, ...)")
     args = parser.parse_args(argv)
@@ -490,6 +492,10 @@ def run_set(names: Sequence[str], kind: str, args: argparse.Namespace, settings:
             trial = run_trial(make, kind, settings, pressure, clock,
                               _log if args.verbose else _quiet)
             trials[name].append(trial)
+            if args.trials_log:  # every trial as it ends: a run cut short still leaves these
+                with open(args.trials_log, "a") as f:
+                    f.write(json.dumps({"workload": kind, "strategy": name,
+                                        "repeat": repeat + 1, **figures(trial)}) + "\n")
             print(f"  t90={_fmt(trial.t90_s, 0)} s, ksmd cpu {trial.ksmd_cpu_s:.2f} s, "
                   f"controller cpu {trial.controller_cpu_s:.3f} s, saved "
                   f"{trial.saved_byte_seconds / GIB:.2f} GiB*s, MemAvailable "
