@@ -67,7 +67,7 @@ class Pressure:
 
     @property
     def real(self) -> bool:
-        return self.rig is not None
+        return self.mode == "real"
 
     def guest_pids(self) -> list[int]:
         return self.workload_pids + (self.rig.children if self.rig else [])
@@ -82,6 +82,9 @@ class Pressure:
         self.workload_pids = workload_pids
         if self.rig is None:
             return None
+        if self.rig.tripped:  # its safety stop killed its fillers: start a fresh one
+            self.rig.close()
+            self.rig = MemoryRig(floor=RIG_FLOOR)
         return self.rig.fill_to(self.target)
 
     def describe(self) -> str:
