@@ -218,3 +218,21 @@ def test_frontier_grid_full_and_reduced() -> None:
 
     assert len(frontier_names()) == len(FRONTIER_PAGES) * len(FRONTIER_SLEEP_MS)
     assert frontier_names("300x20, 1000X50") == ["static-300p-20ms", "static-1000p-50ms"]
+
+
+def test_guard_leaves_pages_to_scan_to_the_kernels_advisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import ksm_host
+    from bench.ksm_efficiency import Guard
+
+    rate = ["1", "500", "20"]
+    monkeypatch.setattr(ksm_host, "rate_settings", lambda: tuple(rate))
+    monkeypatch.setattr(ksm_host, "foreign_ksm_users", lambda own: [])
+    advisor, other = Guard(set(), self_tuning=True), Guard(set(), self_tuning=False)
+    advisor.after_act()
+    other.after_act()
+    rate[1] = "10"  # the advisor rescaled the rate after a full scan
+    assert advisor.check(0, 100) is None
+    assert other.check(0, 100) is not None
+    rate[2] = "100"  # but sleep_millisecs moving is someone else
+    assert advisor.check(0, 100) is not None
+    assert Guard(set(), self_tuning=False).check(103, 100) is not None  # more than can share
