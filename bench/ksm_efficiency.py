@@ -438,6 +438,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--frontier", action="store_true",
                         help="also run the grid of fixed scan rates on the first workload and "
                              "plot bench/ksm_frontier.png (the full run always does)")
+    parser.add_argument("--no-frontier", action="store_true",
+                        help="skip the grid of fixed rates even in the full run")
     parser.add_argument("--frontier-png", default="bench/ksm_frontier.png")
     parser.add_argument("--frontier-grid", default=None, metavar="PxS,...",
                         help="a reduced grid, e.g. 300x20,1000x20 (default: pages "
@@ -457,6 +459,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown names {unknown}" if unknown else "nothing to run")
     if not args.quick:
         args.frontier = True
+    if args.no_frontier:
+        args.frontier = False
     return args
 
 
