@@ -6,12 +6,14 @@ KubeVirt virt-handler's KSM handler (Go) were re-written here from their publish
 settings (run, pages_to_scan, sleep_millisecs) the tool would write. A small driver writes
 those through sysfs in the order the tool does.
 
-The memory view is passed in, not read, so a benchmark can show every tuner the same
-(simulated) memory pressure while ksmd, the merging and its CPU cost stay real.
+The memory view is passed in, not read: a benchmark gives every tuner the same source, either
+the real host's /proc/meminfo read at each cycle (real pressure) or a constant simulated view,
+while ksmd, the merging and its CPU cost stay real.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,14 +161,14 @@ class KsmtunedDriver:
 
     name = "ksmtuned"
 
-    def __init__(self, view: MemoryView, ksm: SysfsKsm,
+    def __init__(self, view: Callable[[], MemoryView], ksm: SysfsKsm,
                  cfg: KsmtunedConfig = KsmtunedConfig()) -> None:
         self.view, self.ksm, self.cfg = view, ksm, cfg
         self.interval_s = cfg.monitor_interval_s
         self.npages = 0  # the script's initial value: the first pressured cycle gives +boost
 
     def cycle(self) -> KsmRate:
-        self.npages, rate = ksmtuned_adjust(self.npages, self.view, self.cfg)
+        self.npages, rate = ksmtuned_adjust(self.npages, self.view(), self.cfg)
         self.ksm.apply(rate, order=("pages_to_scan", "sleep_millisecs"))  # ksmctl start
         return rate
 
@@ -176,13 +178,13 @@ class KubevirtDriver:
 
     name = "kubevirt"
 
-    def __init__(self, view: MemoryView, ksm: SysfsKsm,
+    def __init__(self, view: Callable[[], MemoryView], ksm: SysfsKsm,
                  cfg: KubevirtKsmConfig = KubevirtKsmConfig()) -> None:
         self.view, self.ksm, self.cfg = view, ksm, cfg
         self.interval_s = cfg.interval_s
 
     def cycle(self) -> KsmRate:
         running = self.ksm.read("run") == "1"
-        rate = kubevirt_spin(running, int(self.ksm.read("pages_to_scan")), self.view, self.cfg)
+        rate = kubevirt_spin(running, int(self.ksm.read("pages_to_scan")), self.view(), self.cfg)
         self.ksm.apply(rate, order=("sleep_millisecs", "pages_to_scan"))
         return rate

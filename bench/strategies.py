@@ -1,7 +1,10 @@
-"""The four KSM strategies the benchmark compares, behind one small interface.
+"""The KSM strategies the benchmark compares, behind one small interface: four baselines
+(the kernel's defaults, the kernel's own scan-time advisor, ksmtuned, KubeVirt), ours
+(Adaptive), and fixed scan rates for the frontier.
 
-Every strategy sees the same simulated memory view (the host under pressure); what it writes
-to /sys/kernel/mm/ksm, the merging and ksmd's CPU time are real.
+Every strategy sees the same memory: the real host's (held under pressure by a memory rig), or
+with ``--pressure simulated`` one constant simulated view. What it writes to
+/sys/kernel/mm/ksm, the merging and ksmd's CPU time are real.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from overcommit.api.policy import GROUP, POLICY_KIND, VERSION, KsmAdaptive
 from overcommit.planning.observation import Observation
 from overcommit.reconcile.node import NodeReconciler
 
-STRATEGY_NAMES = ("kernel-default", "ksmtuned", "kubevirt", "adaptive")
+STRATEGY_NAMES = ("kernel-default", "kernel-advisor", "ksmtuned", "kubevirt", "adaptive")
 BASELINES = STRATEGY_NAMES[:-1]
 
 
 class Strategy(Protocol):
     name: str
     interval_s: float  # between the end of one control cycle and the start of the next
+    # True when the kernel itself moves pages_to_scan (the scan-time advisor): the guard
+    # must not take that for someone else's write.
+    self_tuning: bool
 
     def act(self) -> str:
         """One control cycle; returns a one-line description for --verbose."""
@@ -45,6 +51,7 @@ class KernelDefault:
 
     name = "kernel-default"
     interval_s = math.inf
+    self_tuning = False
 
     def __init__(self, ksm: SysfsKsm) -> None:
         self.ksm = ksm
@@ -59,6 +66,54 @@ class KernelDefault:
         pass
 
 
+class KernelAdvisor:
+    """The kernel's own scan-time advisor (``advisor_mode=scan-time``, kernel 6.7+; what the
+    product's ``ksm.mode: KernelAdvisor`` selects) at the kernel's advisor defaults, then
+    ``run=1``; the kernel tunes ``pages_to_scan`` from then on, nothing else is touched."""
+
+    name = "kernel-advisor"
+    interval_s = math.inf
+    self_tuning = True
+
+    def __init__(self, ksm: SysfsKsm) -> None:
+        self.ksm = ksm
+
+    @staticmethod
+    def available() -> bool:
+        return (ksm_host.KSM_DIR / "advisor_mode").exists()
+
+    def act(self) -> str:
+        self.ksm.write("advisor_mode", "scan-time")  # resets pages_to_scan to the advisor's min
+        self.ksm.write("run", 1)
+        return (f"advisor_mode=scan-time run=1 (pages_to_scan={self.ksm.read('pages_to_scan')},"
+                f" target scan time {self.ksm.read('advisor_target_scan_time')} s)")
+
+    def close(self) -> None:
+        pass
+
+
+class StaticRate:
+    """One fixed scan rate, set at t=0 and never touched: a point of the frontier."""
+
+    interval_s = math.inf
+    self_tuning = False
+
+    def __init__(self, ksm: SysfsKsm, pages: int, sleep_ms: int) -> None:
+        self.ksm, self.rate = ksm, KsmRate(True, pages, sleep_ms)
+        self.name = static_name(pages, sleep_ms)
+
+    def act(self) -> str:
+        self.ksm.apply(self.rate, order=("pages_to_scan", "sleep_millisecs"))
+        return describe(self.rate)
+
+    def close(self) -> None:
+        pass
+
+
+def static_name(pages: int, sleep_ms: int) -> str:
+    return f"static-{pages}p-{sleep_ms}ms"
+
+
 class Baseline:
     """ksmtuned or KubeVirt: their own loop at their own documented interval.
 
@@ -71,6 +126,7 @@ class Baseline:
         self.driver = driver
         self.name = driver.name
         self.interval_s = driver.interval_s
+        self.self_tuning = False
 
     def act(self) -> str:
         return describe(self.driver.cycle())
@@ -111,14 +167,19 @@ class Adaptive:
     """Our NodeReconciler cycle, every ``adaptive.intervalSeconds``, as ``overcommit run`` does."""
 
     name = "adaptive"
+    self_tuning = False
 
-    def __init__(self, available_percent: float) -> None:
+    def __init__(self, available_percent: float | None) -> None:
+        """``available_percent`` None: the real engine on the real host; a number: the
+        engine shown that simulated MemAvailable (``PressuredEngine``)."""
         self.policy = adaptive_policy()
         ksm = self.policy.spec.ksm
         cfg = (ksm.adaptive if ksm is not None else None) or KsmAdaptive()
         self.interval_s = float(cfg.interval_seconds)
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-adaptive-")
-        self.engine = PressuredEngine(available_percent, state_dir=self._tmp.name)
+        self.engine = (NodeReconciler(host_root="/", state_dir=self._tmp.name)
+                       if available_percent is None
+                       else PressuredEngine(available_percent, state_dir=self._tmp.name))
 
     def act(self) -> str:
         report = self.engine.cycle([self.policy], {})
@@ -136,13 +197,21 @@ class Adaptive:
         self._tmp.cleanup()
 
 
-def factory(name: str, view: MemoryView, available_percent: float) -> Callable[[], Strategy]:
-    """A constructor for a fresh instance of strategy ``name`` (fresh state every trial)."""
+def factory(name: str, view: Callable[[], MemoryView],
+            simulated_percent: float | None) -> Callable[[], Strategy]:
+    """A constructor for a fresh instance of strategy ``name`` (fresh state every trial).
+    ``view`` is what the baselines read at each cycle; ``simulated_percent`` None runs
+    Adaptive on the real host, a number shows it that simulated MemAvailable."""
     ksm = SysfsKsm(ksm_host.KSM_DIR)
+    if name.startswith("static-"):
+        pages, sleep = name.removeprefix("static-").split("-")
+        return lambda: StaticRate(ksm, int(pages.removesuffix("p")),
+                                  int(sleep.removesuffix("ms")))
     makers: dict[str, Callable[[], Strategy]] = {
         "kernel-default": lambda: KernelDefault(ksm),
+        "kernel-advisor": lambda: KernelAdvisor(ksm),
         "ksmtuned": lambda: Baseline(KsmtunedDriver(view, ksm)),
         "kubevirt": lambda: Baseline(KubevirtDriver(view, ksm)),
-        "adaptive": lambda: Adaptive(available_percent),
+        "adaptive": lambda: Adaptive(simulated_percent),
     }
     return makers[name]
