@@ -75,6 +75,9 @@ def named_paths(spec: dict[str, Any]) -> set[str]:
             named |= {f"{KSM}/run"}
         if mode != "Static" or "pagesToScan" in ksm:
             named.add(f"{KSM}/advisor_mode")
+    zswap = spec.get("zswap")
+    if isinstance(zswap, dict) and zswap.get("onlyUnderPressure"):
+        named.add(f"{ZSWAP}/enabled")  # turned on when the ladder reaches Hard
     return named
 
 
