@@ -117,6 +117,7 @@ MANIFESTS = ("namespace.yaml", "agent-rbac.yaml", "controller-rbac.yaml", "admis
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
 SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
 KWOK_LEASE_SECONDS = 40  # the kubelet's default --node-lease-duration-seconds
+KWOK_STAGES = REPO / "bench/kwok-stages.yaml"
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def kwok(cp: ControlPlane, binary: Path, log: Path) -> Iterator[subprocess.Popen
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--node-lease-duration-seconds={KWOK_LEASE_SECONDS}",
-            "--cidr=10.128.0.0/9", "--node-ip=127.0.0.1"]
+            "--cidr=10.128.0.0/9", "--node-ip=127.0.0.1", "--config", str(KWOK_STAGES)]
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -224,6 +225,8 @@ async def create_cluster(kube: Kube, count: int, timeout: float) -> tuple[dict[s
         ready, leases = await ready_nodes(kube, set(names)), await count_of(kube, LEASES)
         if ready == count and leases >= count:
             break
+        if KWOK[0] is not None and KWOK[0].poll() is not None:
+            raise RuntimeError(f"kwok exited with {KWOK[0].returncode}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"kwok: {ready}/{count} Nodes Ready, {leases} Leases after "
                                f"{timeout:.0f}s")
@@ -598,7 +601,7 @@ async def run_fleet(cp: ControlPlane, kube: Kube, fleet: Fleet, uids: dict[str, 
     result: JSON = {"nodes": nodes, "setup_s": time.monotonic() - started,
                     "agent_identity": identity}
     pids = {"kube-apiserver": cp.apiserver_pid or 0, "etcd": cp.etcd_pid or 0,
-            "agents": os.getpid(), "kwok": KWOK_PID[0]}
+            "agents": os.getpid(), "kwok": KWOK[0].pid if KWOK[0] else 0}
     try:
         with contextlib.ExitStack() as stack:
             procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -679,7 +682,7 @@ async def measure_phases(probe: Probe, procs: dict[str, subprocess.Popen[bytes]]
     }
 
 
-KWOK_PID = [0]
+KWOK: list[subprocess.Popen[bytes] | None] = [None]
 
 
 def run_once(design: str, nodes: int, params: Params, kwok_path: Path) -> JSON:
@@ -690,7 +693,7 @@ def run_once(design: str, nodes: int, params: Params, kwok_path: Path) -> JSON:
         (work / "secrets").mkdir(mode=0o700)
         install(cp, design)
         with kwok(cp, kwok_path, work / "kwok.log") as kwok_proc:
-            KWOK_PID[0] = kwok_proc.pid
+            KWOK[0] = kwok_proc
             try:
                 return asyncio.run(run_design(cp, design, nodes, params, work))
             except BaseException:

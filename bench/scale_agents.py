@@ -261,8 +261,8 @@ class Fleet:
             return
 
     # -- figures ---------------------------------------------------------------------------
-    def tallies(self) -> list[Tally]:
-        return [replace(agent.tally) for agent in self.agents.values()]
+    def tallies(self) -> dict[str, Tally]:
+        return {node: replace(agent.tally) for node, agent in self.agents.items()}
 
 
 __all__ = ["FAILURES", "NODE_STATES", "Agent", "Fleet", "Timing", "Writes", "token_login"]
