@@ -827,7 +827,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
                         help=f"comma-separated subset of {','.join(DESIGNS)}")
     parser.add_argument("--repeat", type=int, default=1, help="runs per design and N")
     parser.add_argument("--steady", type=float, help="steady window, s (default 30; quick 3)")
-    parser.add_argument("--churn", type=float, help="churn window, s (default 60; quick 4)")
+    parser.add_argument("--churn", type=float, help="churn window, s (default 60; quick 10)")
     parser.add_argument("--samples", type=int, help="converge samples (default 4; quick 2)")
     parser.add_argument("--converge-timeout", type=float,
                         help="give up on a converge sample after S seconds (default 120; quick 10)")
@@ -854,7 +854,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     return Params(
         sizes=sizes, designs=designs, repeat=args.repeat,
         steady_s=args.steady or (3.0 if quick else 30.0),
-        churn_s=args.churn or (4.0 if quick else 60.0),
+        churn_s=args.churn or (10.0 if quick else 60.0),
         samples=args.samples or (2 if quick else 4),
         converge_timeout_s=args.converge_timeout or (10.0 if quick else 120.0),
         scenario_timeout_s=args.scenario_timeout or (60.0 if quick else 300.0),
