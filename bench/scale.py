@@ -230,7 +230,7 @@ async def create_cluster(kube: Kube, count: int, timeout: float) -> tuple[dict[s
         if time.monotonic() > deadline:
             raise RuntimeError(f"kwok: {ready}/{count} Nodes Ready, {leases} Leases after "
                                f"{timeout:.0f}s")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0 if count < 1000 else 5.0)  # each look lists every Node
 
     async def pod_and_token(name: str) -> None:
         pod = await kube.call("POST", f"/api/v1/namespaces/{AGENT_NAMESPACE}/pods", agent_pod(name))
@@ -714,9 +714,15 @@ SCENARIO_FIGURES = ("converge_s", "apiserver_p99_s", "apiserver_write_p99_s", "a
                     "apiserver_policy_event_bytes", "stale_entries", "node_states_left")
 
 
-def summarise(runs: list[JSON]) -> JSON:
-    """Medians over the repeats at top level (the shape of one run), each with its spread."""
-    out: JSON = {"repeats": len(runs), "spread": {}}
+def summarise(all_runs: list[JSON]) -> JSON:
+    """Medians over the repeats at top level (the shape of one run), each with its spread; a
+    run that failed (``error``) is listed, not counted."""
+    runs = [r for r in all_runs if "error" not in r]
+    errors = [r["error"] for r in all_runs if "error" in r]
+    if not runs:
+        return {"repeats": 0, "errors": errors, "apiserver_p99_s": None, "etcd_db_bytes": None,
+                "burst": None, "failover": None, "vanish": None, "runs": all_runs}
+    out: JSON = {"repeats": len(runs), "errors": errors, "spread": {}}
     for key in HEADLINES:
         s = spread([r.get(key) for r in runs])
         out[key], out["spread"][key] = s["median"], s
@@ -762,6 +768,9 @@ def print_table(results: JSON) -> None:
         f"{'fover s':>7} {'vanish s':>8} {'stale':>5} {'ev/ag/min':>9} {'KiB/ag/min':>10}")
     for design, by_n in results.items():
         for n, r in sorted(by_n.items(), key=lambda item: int(item[0])):
+            if not r["repeats"]:
+                say(f"{design:15} {n:>5} failed: {r['errors'][0][:200]}")
+                continue
             b, f, v = r["burst"] or {}, r["failover"] or {}, r["vanish"] or {}
             etcd = r["etcd_db_bytes"]
             say(f"{design:15} {n:>5} {ms(r['apiserver_p99_s']):>7} "
@@ -783,7 +792,9 @@ def verdicts(results: JSON) -> list[str]:
     by_n = results.get(PER_NODE) or {}
     if not by_n:
         return []
-    n = max(by_n, key=int)
+    n = max((k for k in by_n if by_n[k]["repeats"]), key=int, default=None)
+    if n is None:
+        return ["MISS per_node_state: no run completed"]
     r = by_n[n]
     converge = r["converge_s"]
     lines = [f"{'PASS' if converge is not None and converge <= TARGETS['converge_s'] else 'MISS'}"
@@ -792,6 +803,10 @@ def verdicts(results: JSON) -> list[str]:
              f"N={n}: {fmt(r['steady_writes_per_node_min'], 3)} /node/min (target 0)"]
     for design in results:
         if design == PER_NODE or n not in results[design]:
+            continue
+        if not results[design][n]["repeats"]:
+            lines.append(f"WIN  {design} at N={n} did not complete: "
+                         f"{results[design][n]['errors'][0][:160]}")
             continue
         ours, theirs = r["apiserver_p99_s"], results[design][n]["apiserver_p99_s"]
         if ours is not None and theirs is not None:
@@ -879,8 +894,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for nodes in params.sizes:
             for design in params.designs:
                 progress(f"repeat {repeat + 1}/{params.repeat}")
-                runs[design].setdefault(str(nodes), []).append(
-                    run_once(design, nodes, params, kwok_path))
+                try:
+                    run = run_once(design, nodes, params, kwok_path)
+                except Exception as exc:  # a design that breaks at this N is a result too
+                    progress(f"[{design} N={nodes}] FAILED: {exc!r}"[:1000])
+                    run = {"nodes": nodes, "error": repr(exc)[:2000]}
+                runs[design].setdefault(str(nodes), []).append(run)
     results = {d: {n: summarise(r) for n, r in by_n.items()} for d, by_n in runs.items()}
     print_table(results)
     say("")
@@ -890,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = {**results,
               "agents_are_system_masters": any(
                   r["agent_identity"]["system_masters"] for by_n in results.values()
-                  for r in by_n.values()),
+                  for r in by_n.values() if r["repeats"]),
               "agent_user": AGENT_USER,
               "params": {"sizes": list(params.sizes), "repeat": params.repeat,
                          "steady_s": params.steady_s, "churn_s": params.churn_s,
