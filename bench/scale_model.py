@@ -543,3 +543,42 @@ def spread(values: Sequence[float | None]) -> JSON:
     mid = len(got) // 2
     median = got[mid] if len(got) % 2 else (got[mid - 1] + got[mid]) / 2
     return {"median": median, "min": got[0], "max": got[-1], "n": len(got)}
+
+
+# -- repeats ----------------------------------------------------------------------------------
+HEADLINES = ("apiserver_p99_s", "apiserver_write_p99_s", "etcd_db_bytes", "converge_s",
+             "steady_writes_per_node_min", "events_per_agent_min", "bytes_per_agent_min",
+             "policy_object_bytes", "setup_s")
+SCENARIO_FIGURES = ("converge_s", "apiserver_p99_s", "apiserver_write_p99_s", "agent_writes",
+                    "agent_writes_failed", "conflicts", "apf_rejected", "etcd_db_bytes",
+                    "apiserver_policy_event_bytes", "stale_entries", "node_states_left")
+
+
+def summarise(all_runs: list[JSON]) -> JSON:
+    """Medians over the repeats at top level (the shape of one run), each with its spread; a
+    run that failed (``error``) is listed, not counted."""
+    runs = [r for r in all_runs if "error" not in r]
+    errors = [r["error"] for r in all_runs if "error" in r]
+    if not runs:
+        return {"repeats": 0, "errors": errors, "apiserver_p99_s": None, "etcd_db_bytes": None,
+                "burst": None, "failover": None, "vanish": None, "runs": all_runs}
+    out: JSON = {"repeats": len(runs), "errors": errors, "spread": {}}
+    for key in HEADLINES:
+        s = spread([r.get(key) for r in runs])
+        out[key], out["spread"][key] = s["median"], s
+    for scenario in ("steady", "churn", "burst", "failover", "vanish"):
+        if all(r.get(scenario) is None for r in runs):
+            out[scenario] = None
+            continue
+        out[scenario] = {}
+        for key in SCENARIO_FIGURES:
+            values = [(r.get(scenario) or {}).get(key) for r in runs]
+            if all(v is None for v in values) and key != "converge_s":
+                continue
+            s = spread(values)
+            out[scenario][key], out["spread"][f"{scenario}.{key}"] = s["median"], s
+        out[scenario]["timed_out"] = sum(1 for r in runs if scenario not in ("steady", "churn")
+                                         and (r.get(scenario) or {}).get("converge_s") is None)
+    out["agent_identity"] = runs[0]["agent_identity"]
+    out["runs"] = runs
+    return out

@@ -47,6 +47,7 @@ from bench.scale_model import (
     since,
     split_writes,
     spread,
+    summarise,
     summary_counts,
     token_request,
     watch_events,
@@ -337,3 +338,30 @@ def test_spread_is_median_min_max_of_what_was_measured() -> None:
     assert spread([3.0, None, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
     assert spread([4.0, 1.0]) == {"median": 2.5, "min": 1.0, "max": 4.0, "n": 2}
     assert spread([None]) == {"median": None, "min": None, "max": None, "n": 0}
+
+
+def run(p99: float, burst_s: float | None, etcd: int) -> dict[str, Any]:
+    return {"apiserver_p99_s": p99, "etcd_db_bytes": etcd, "converge_s": 1.0,
+            "agent_identity": {"system_masters": False},
+            "burst": {"converge_s": burst_s, "apiserver_p99_s": p99 * 2, "conflicts": 0},
+            "steady": {"apiserver_p99_s": p99}, "churn": None, "failover": None,
+            "vanish": {"converge_s": 1.0, "stale_entries": 4}}
+
+
+def test_summarise_takes_medians_keeps_spreads_and_counts_timeouts() -> None:
+    out = summarise([run(0.1, 2.0, 100), run(0.3, None, 300), run(0.2, 4.0, 200)])
+    assert (out["repeats"], out["apiserver_p99_s"], out["etcd_db_bytes"]) == (3, 0.2, 200)
+    assert out["burst"]["converge_s"] == 3.0 and out["burst"]["timed_out"] == 1
+    assert out["spread"]["burst.apiserver_p99_s"] == {"median": 0.4, "min": 0.2, "max": 0.6,
+                                                      "n": 3}
+    assert out["vanish"]["stale_entries"] == 4
+    assert out["failover"] is None and out["churn"] is None
+    assert len(out["runs"]) == 3
+
+
+def test_summarise_lists_failed_runs_without_counting_them() -> None:
+    out = summarise([run(0.1, 2.0, 100), {"nodes": 5000, "error": "request is too large"}])
+    assert out["repeats"] == 1 and out["errors"] == ["request is too large"]
+    failed = summarise([{"nodes": 5000, "error": "request is too large"}])
+    assert failed["repeats"] == 0 and failed["apiserver_p99_s"] is None
+    assert failed["burst"] is None
