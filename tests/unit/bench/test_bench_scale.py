@@ -365,3 +365,37 @@ def test_summarise_lists_failed_runs_without_counting_them() -> None:
     failed = summarise([{"nodes": 5000, "error": "request is too large"}])
     assert failed["repeats"] == 0 and failed["apiserver_p99_s"] is None
     assert failed["burst"] is None
+
+
+# -- the harness's arithmetic (no cluster) ----------------------------------------------------
+def test_quick_params_are_labelled_shortcuts_and_the_full_run_keeps_shipped_settings() -> None:
+    from bench.scale import parse_args
+
+    quick = parse_args(["--quick"])
+    assert quick.sizes == (20, 100) and quick.controller_lease_s == 5
+    assert quick.churn_after_s == 0.0
+    full = parse_args([])
+    assert full.sizes == (100, 1000, 5000)
+    assert (full.controller_lease_s, full.controller_status_interval_s,
+            full.controller_sweep_s) == (None, None, None)  # the controller's own defaults
+    assert full.churn_after_s == 61.0 and full.timing.interval_s == 30.0
+
+
+def test_window_figures_count_only_agents_present_in_both_snapshots() -> None:
+    from bench.scale import Snapshot, window_figures
+    from bench.scale_agents import Writes
+    from bench.scale_kube import Tally
+
+    before_text = METRICS + histogram({"0.1": 10, "+Inf": 10})
+    after_text = METRICS.replace("} 40", "} 46") + histogram({"0.1": 15, "+Inf": 20})
+    before = Snapshot(0.0, before_text, 100, Writes(attempts=1),
+                      {"a": Tally(1, 10), "b": Tally(1, 10), "gone": Tally(0, 0)}, 0, {"x": 0.0})
+    after = Snapshot(60.0, after_text, 200, Writes(attempts=7, done=6),
+                     {"a": Tally(3, 30), "b": Tally(1, 10)}, 2, {"x": 30.0})
+    out = window_figures(before, after, PER_NODE)
+    assert out["events_per_agent_min"] == pytest.approx(1.0)  # (2 + 0) / 2 agents
+    assert out["agent_writes"] == 6 and out["agent_writes_done"] == 6
+    assert out["writes_per_node_min"] == pytest.approx(3.0)  # 6 node-state writes, 2 nodes
+    assert out["apiserver_requests"] == 10 and out["etcd_db_bytes"] == 200
+    assert out["cpu_percent"] == {"x": pytest.approx(50.0)}
+    assert out["summary_writes_per_min"] == pytest.approx(2.0)
