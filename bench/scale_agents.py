@@ -157,6 +157,9 @@ class Fleet:
     async def remove(self, nodes: list[str]) -> None:
         """These nodes vanished: their agents stop (the pod went with the node)."""
         gone = [self.agents.pop(node) for node in nodes]
+        for task in list(self.reactions):
+            if task.get_name() in nodes:
+                task.cancel()
         await asyncio.gather(*(self._stop_agent(agent) for agent in gone))
 
     def start_churn(self) -> None:
@@ -179,13 +182,15 @@ class Fleet:
         burst. Other events (the controller's status writes) change nothing on the node."""
         if agent.view.generation < self.generation and not agent.reacting:
             agent.reacting = True
-            task = asyncio.create_task(self._react(agent))
+            task = asyncio.create_task(self._react(agent), name=agent.view.node)
             self.reactions.add(task)
             task.add_done_callback(self.reactions.discard)
 
     async def _react(self, agent: Agent) -> None:
         try:
-            while agent.view.generation < self.generation:
+            # A vanished node's agent stops reacting (its client is closed).
+            while agent.view.generation < self.generation and \
+                    self.agents.get(agent.view.node) is agent:
                 try:
                     await self.cycle(agent, generation=self.generation)
                 except FAILURES:
