@@ -1,10 +1,17 @@
-"""N simulated node agents in one process: each a coroutine that cycles like the real agent,
-writes only when its report changed (the real agent's gate), and keeps a policy watch.
+"""N simulated node agents in one process: each a coroutine with its OWN identity (a pod-bound
+service-account token of the shipped ``overcommit-agent`` account, bound to a pod on its kwok
+node), its own connections, its own policy watch; it cycles like the real agent and writes only
+when its report changed (the real agent's gate, ``should_write``).
 
-``per_node_state``: the agent replaces its own MemoryOvercommitNodeState's status (one JSON
-patch, as ``KubeApi.replace_status`` does). ``naive``: the agent puts its entry into the shared
-policy's status the client-go way: GET, modify, PUT with the resourceVersion, and on 409
-Conflict back off and start over.
+Writes go through the product's own Kubernetes I/O layer (``overcommit.agent.api.AgentApi``, a
+``KubeClient``): the node state is created with ``create_node_state`` and its status replaced
+with ``replace_status``, exactly the calls the real agent makes, under the shipped RBAC and
+ValidatingAdmissionPolicy. The naive baselines use the same client for their requests:
+
+- ``naive``: the agent puts its entry into the shared policy's status the client-go way: GET,
+  modify, PUT with the resourceVersion, and on 409 Conflict back off and start over.
+- ``naive_merge``: one JSON merge patch that sets its own entry: no resourceVersion, no
+  conflicts (the API server still rewrites the whole object, and every watcher gets it).
 """
 
 from __future__ import annotations
@@ -16,30 +23,35 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kopf
 
-from bench.scale_kube import ApiError, Kube, Tally, count_watch
+from bench.scale_kube import AgentWatches, ApiError, Tally, count_watch
 from bench.scale_model import (
-    NAIVE_POLICIES,
+    NAIVE,
     NODE_STATES,
     PER_NODE,
-    POLICIES,
     NodeView,
     conflict_backoff_s,
     naive_entry,
+    naive_merge_patch,
     node_status,
+    policy_collection,
     with_naive_entry,
 )
+from overcommit.agent.api import AgentApi
 from overcommit.agent.status import should_write
 from overcommit.api.schema import to_json
 from overcommit.api.status import NodeStateStatus
+from overcommit.kube.client import ApiError as ProductApiError
 
 JSON = dict[str, Any]
-# What a write can fail with: an error answer (e.g. 504 when the API server gave up on the
-# request), a dropped connection, or our own request timeout.
-FAILURES = (ApiError, aiohttp.ClientError, OSError, TimeoutError)
+# What a write can fail with: an error answer (e.g. 429 from API Priority and Fairness, 504 when
+# the API server gave up on the request), a dropped connection, or a request timeout.
+FAILURES = (ApiError, ProductApiError, aiohttp.ClientError, OSError, TimeoutError)
 
 
 @dataclass
@@ -48,20 +60,33 @@ class Writes:
 
     attempts: int = 0
     conflicts: int = 0
-    failed: int = 0  # answered with another error (e.g. 504: the API server timed out)
+    failed: int = 0  # answered with another error (429, 5xx) or none at all
     done: int = 0
 
     def copy(self) -> Writes:
         return replace(self)
 
 
+def token_login(server: str, ca_path: Path, token: str) -> Callable[[], Any]:
+    """What ``make_login`` gives the real agent in its pod: the server, the cluster's CA and
+    the pod's projected service-account token (here: handed over, not read from a file)."""
+    async def login() -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=server, ca_path=str(ca_path), token=token,
+                                   scheme="Bearer")
+    return login
+
+
 @dataclass
 class Agent:
     view: NodeView
+    token: str
+    api: AgentApi
     last_status: NodeStateStatus | None = None
     last_write: float = 0.0
     tally: Tally = field(default_factory=Tally)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    reacting: bool = False
 
 
 @dataclass
@@ -74,40 +99,68 @@ class Timing:
 
 
 class Fleet:
-    def __init__(self, kube: Kube, design: str, policy: str, views: list[NodeView],
-                 timing: Timing, seed: int = 1) -> None:
-        self.kube, self.design, self.policy, self.timing = kube, design, policy, timing
-        self.agents = {v.node: Agent(v) for v in views}
+    def __init__(self, watches: AgentWatches, design: str, policy: str, views: list[NodeView],
+                 tokens: dict[str, str], ca_path: Path, timing: Timing, seed: int = 1) -> None:
+        self.watches, self.design, self.policy, self.timing = watches, design, policy, timing
+        self.agents = {v.node: Agent(v, tokens[v.node], AgentApi(
+            token_login(watches.server, ca_path, tokens[v.node]))) for v in views}
         self.writes = Writes()
         self.churn = False  # counters move: every cycle observes new values
+        self.generation = views[0].generation if views else 1  # the policy's, as last known
         self.rng = random.Random(seed)
-        self.tasks: list[asyncio.Task[None]] = []
+        self.reactions: set[asyncio.Task[None]] = set()
 
     @property
     def policy_path(self) -> str:
-        collection = POLICIES if self.design == PER_NODE else NAIVE_POLICIES
-        return f"{collection}/{self.policy}"
+        return f"{policy_collection(self.design)}/{self.policy}"
+
+    # -- set-up ----------------------------------------------------------------------------
+    async def create_node_state(self, node: str, node_uid: str) -> None:
+        """The agent's first cycle (per_node_state): create its node state (owned by its Node)
+        and write the status, as itself: the admission policy checks the token's node."""
+        agent = self.agents[node]
+        await agent.api.create_node_state(node, node_uid)
+        status = node_status(agent.view, self.policy)
+        await agent.api.replace_status(node, to_json(status))
+        agent.last_status, agent.last_write = status, time.monotonic()
 
     # -- watches and cycles ----------------------------------------------------------------
     async def start(self, resource_version: Callable[[], str]) -> None:
         """Open every agent's policy watch (waiting until all are established), then start
         every agent's cycle loop, staggered over one interval as a DaemonSet's agents are."""
-        collection = POLICIES if self.design == PER_NODE else NAIVE_POLICIES
+        collection = policy_collection(self.design)
         ready = [asyncio.Event() for _ in self.agents]
         for agent, event in zip(self.agents.values(), ready, strict=True):
-            self.tasks.append(asyncio.create_task(
-                count_watch(self.kube, collection, resource_version, agent.tally, event)))
+            agent.tasks.append(asyncio.create_task(count_watch(
+                self.watches, agent.token, collection, resource_version, agent.tally, event,
+                on_event=lambda agent=agent: self._on_policy_event(agent))))  # type: ignore[misc]
         for event in ready:
             await event.wait()
         for agent in self.agents.values():
             offset = self.rng.uniform(0, self.timing.interval_s)
-            self.tasks.append(asyncio.create_task(self._loop(agent, offset)))
+            agent.tasks.append(asyncio.create_task(self._loop(agent, offset)))
 
     async def stop(self) -> None:
-        for task in self.tasks:
+        for agent in list(self.agents.values()):
+            await self._stop_agent(agent)
+        for task in self.reactions:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.tasks.clear()
+        await asyncio.gather(*self.reactions, return_exceptions=True)
+
+    async def _stop_agent(self, agent: Agent) -> None:
+        for task in agent.tasks:
+            task.cancel()
+        await asyncio.gather(*agent.tasks, return_exceptions=True)
+        agent.tasks.clear()
+        await agent.api.close()
+
+    async def remove(self, nodes: list[str]) -> None:
+        """These nodes vanished: their agents stop (the pod went with the node)."""
+        gone = [self.agents.pop(node) for node in nodes]
+        for task in list(self.reactions):
+            if task.get_name() in nodes:
+                task.cancel()
+        await asyncio.gather(*(self._stop_agent(agent) for agent in gone))
 
     def start_churn(self) -> None:
         """From now on counters move. Each agent's next write falls due at one of its next
@@ -121,6 +174,30 @@ class Fleet:
             agent.last_write = now - self.timing.status_interval_s + due_in
         self.churn = True
 
+    def stop_churn(self) -> None:
+        self.churn = False
+
+    def _on_policy_event(self, agent: Agent) -> None:
+        """The real agent reconciles at once when its policy changes (a new generation): the
+        burst. Other events (the controller's status writes) change nothing on the node."""
+        if agent.view.generation < self.generation and not agent.reacting:
+            agent.reacting = True
+            task = asyncio.create_task(self._react(agent), name=agent.view.node)
+            self.reactions.add(task)
+            task.add_done_callback(self.reactions.discard)
+
+    async def _react(self, agent: Agent) -> None:
+        try:
+            # A vanished node's agent stops reacting (its client is closed).
+            while agent.view.generation < self.generation and \
+                    self.agents.get(agent.view.node) is agent:
+                try:
+                    await self.cycle(agent, generation=self.generation)
+                except FAILURES:
+                    await asyncio.sleep(1.0)  # the agent's retry after a failed cycle
+        finally:
+            agent.reacting = False
+
     async def _loop(self, agent: Agent, offset: float) -> None:
         await asyncio.sleep(offset)
         while True:
@@ -129,7 +206,8 @@ class Fleet:
                 await self.cycle(agent)
             await asyncio.sleep(self.timing.interval_s)
 
-    async def cycle(self, agent: Agent, failed: bool | None = None) -> bool:
+    async def cycle(self, agent: Agent, failed: bool | None = None,
+                    generation: int | None = None) -> bool:
         """Observe, then write if the report changed; True when it wrote."""
         async with agent.lock:
             view = agent.view
@@ -137,51 +215,59 @@ class Fleet:
                 view = replace(view, tick=view.tick + 1)
             if failed is not None:
                 view = replace(view, failed=failed)
-            agent.view = view
+            if generation is not None:
+                view = replace(view, generation=max(view.generation, generation))
             status = node_status(view, self.policy)
             since = time.monotonic() - agent.last_write
             if not should_write(status, agent.last_status, since, self.timing.status_interval_s):
+                agent.view = view
                 return False
-            await self.write(view.node, status)
+            await self.write(agent, status)
+            agent.view = view
             agent.last_status, agent.last_write = status, time.monotonic()
             return True
 
     # -- writes ----------------------------------------------------------------------------
-    async def write(self, node: str, status: NodeStateStatus) -> None:
+    async def write(self, agent: Agent, status: NodeStateStatus) -> None:
+        node = agent.view.node
         try:
             if self.design == PER_NODE:
-                await self._replace_node_status(node, to_json(status))
+                self.writes.attempts += 1
+                await agent.api.replace_status(node, to_json(status))
+                self.writes.done += 1
+            elif self.design == NAIVE:
+                await self._put_naive_entry(agent, naive_entry(status))
             else:
-                await self._put_naive_entry(node, naive_entry(status))
+                self.writes.attempts += 1
+                await agent.api.request("PATCH", f"{self.policy_path}/status",
+                                        naive_merge_patch(node, naive_entry(status)),
+                                        "application/merge-patch+json")
+                self.writes.done += 1
         except FAILURES:
             self.writes.failed += 1
             raise
 
-    async def _replace_node_status(self, node: str, status: JSON) -> None:
-        self.writes.attempts += 1
-        patch = [{"op": "add", "path": "/status", "value": status}]
-        code, body = await self.kube.attempt("PATCH", f"{NODE_STATES}/{node}/status", patch,
-                                             "application/json-patch+json")
-        if code >= 400:
-            raise ApiError(code, f"PATCH {NODE_STATES}/{node}/status", str(body))
-        self.writes.done += 1
-
-    async def _put_naive_entry(self, node: str, entry: JSON) -> None:
+    async def _put_naive_entry(self, agent: Agent, entry: JSON) -> None:
         attempt = 0
         while True:
-            current = await self.kube.call("GET", self.policy_path)
+            current = await agent.api.get(self.policy_path)
             self.writes.attempts += 1
-            code, body = await self.kube.attempt("PUT", f"{self.policy_path}/status",
-                                                 with_naive_entry(current, node, entry))
-            if code < 400:
-                self.writes.done += 1
-                return
-            if code != 409:
-                raise ApiError(code, f"PUT {self.policy_path}/status", str(body))
-            self.writes.conflicts += 1
-            await asyncio.sleep(conflict_backoff_s(attempt, self.rng))
-            attempt += 1
+            try:
+                await agent.api.request("PUT", f"{self.policy_path}/status",
+                                        with_naive_entry(current, agent.view.node, entry))
+            except ProductApiError as exc:
+                if exc.status != 409:
+                    raise
+                self.writes.conflicts += 1
+                await asyncio.sleep(conflict_backoff_s(attempt, self.rng))
+                attempt += 1
+                continue
+            self.writes.done += 1
+            return
 
     # -- figures ---------------------------------------------------------------------------
-    def tallies(self) -> list[Tally]:
-        return [replace(agent.tally) for agent in self.agents.values()]
+    def tallies(self) -> dict[str, Tally]:
+        return {node: replace(agent.tally) for node, agent in self.agents.items()}
+
+
+__all__ = ["FAILURES", "NODE_STATES", "Agent", "Fleet", "Timing", "Writes", "token_login"]

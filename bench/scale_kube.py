@@ -48,11 +48,22 @@ def ssl_context(kubeconfig: Path, secrets: Path) -> tuple[str, ssl.SSLContext]:
     return str(cluster["server"]).rstrip("/"), context
 
 
+def ca_only_context(kubeconfig: Path, secrets: Path) -> ssl.SSLContext:
+    """TLS that trusts the cluster's CA and presents no client certificate: a bearer token is
+    then the only credential (with a certificate, the API server would authenticate that)."""
+    config = yaml.safe_load(kubeconfig.read_text())
+    path = secrets / "ca.crt"
+    path.write_bytes(base64.b64decode(config["clusters"][0]["cluster"]
+                                      ["certificate-authority-data"]))
+    return ssl.create_default_context(cafile=str(path))
+
+
 class Kube:
     """JSON requests to the API server; watches on connections of their own."""
 
-    def __init__(self, kubeconfig: Path, secrets: Path) -> None:
+    def __init__(self, kubeconfig: Path, secrets: Path, etcd_url: str = "") -> None:
         self.server, self._context = ssl_context(kubeconfig, secrets)
+        self.etcd_url = etcd_url
         self._requests: aiohttp.ClientSession | None = None
         self._watches: aiohttp.ClientSession | None = None
 
@@ -96,6 +107,11 @@ class Kube:
         async with self.session.get(self.server + "/metrics") as response:
             return await response.text()
 
+    async def etcd_metrics(self) -> str:
+        """etcd's own /metrics (plain HTTP on loopback)."""
+        async with self.session.get(self.etcd_url + "/metrics", ssl=False) as response:
+            return await response.text()
+
     @contextlib.asynccontextmanager
     async def watch(self, path: str, resource_version: str) -> AsyncIterator[
             aiohttp.ClientResponse]:
@@ -103,6 +119,31 @@ class Kube:
         url = (f"{self.server}{path}?watch=1&timeoutSeconds={WATCH_SECONDS}"
                f"&resourceVersion={resource_version}")
         async with self._watches.get(url) as response:
+            yield response
+
+
+class AgentWatches:
+    """The simulated agents' policy watches: each its own TCP + TLS connection, authenticated
+    by that agent's bearer token alone."""
+
+    def __init__(self, server: str, context: ssl.SSLContext) -> None:
+        self.server = server
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=60),
+            connector=aiohttp.TCPConnector(ssl=context, limit=0, force_close=True))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    @contextlib.asynccontextmanager
+    async def watch(self, path: str, resource_version: str, token: str) -> AsyncIterator[
+            aiohttp.ClientResponse]:
+        url = (f"{self.server}{path}?watch=1&timeoutSeconds={WATCH_SECONDS}"
+               f"&resourceVersion={resource_version}")
+        async with self._session.get(url, headers={"Authorization": f"Bearer {token}"}) \
+                as response:
+            if response.status >= 400:
+                raise ApiError(response.status, f"WATCH {path}", await response.text())
             yield response
 
 
@@ -116,20 +157,27 @@ class Tally:
     restarts: int = 0
 
 
-async def count_watch(kube: Kube, path: str, resource_version: Callable[[], str],
-                      tally: Tally, ready: asyncio.Event | None = None) -> None:
-    """Watch ``path`` until cancelled, counting events (one JSON line each) and bytes, without
-    decoding them. A watch the server ends is restarted at the harness's newest version."""
+async def count_watch(watches: AgentWatches, token: str, path: str,
+                      resource_version: Callable[[], str], tally: Tally,
+                      ready: asyncio.Event | None = None,
+                      on_event: Callable[[], None] | None = None) -> None:
+    """Watch ``path`` as the agent whose token is ``token`` until cancelled, counting events
+    (one JSON line each) and bytes, without decoding them; ``on_event`` is called after every
+    chunk that held an event (the agent reacts to a policy change). A watch the server ends is
+    restarted at the harness's newest version."""
     while True:
         try:
-            async with kube.watch(path, resource_version()) as response:
+            async with watches.watch(path, resource_version(), token) as response:
                 if ready is not None:
                     ready.set()
                     ready = None
                 async for chunk in response.content.iter_any():
                     tally.bytes += len(chunk)
-                    tally.events += chunk.count(b"\n")
-        except (aiohttp.ClientError, OSError, TimeoutError):
+                    lines = chunk.count(b"\n")
+                    tally.events += lines
+                    if lines and on_event is not None:
+                        on_event()
+        except (aiohttp.ClientError, OSError, TimeoutError, ApiError):
             await asyncio.sleep(0.5)
         tally.restarts += 1
 

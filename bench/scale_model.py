@@ -10,7 +10,7 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +30,10 @@ from overcommit.units import human_bytes
 
 JSON = dict[str, Any]
 PER_NODE = "per_node_state"
-NAIVE = "naive"
-DESIGNS = (PER_NODE, NAIVE)
+NAIVE = "naive"  # read-modify-write: GET, PUT with the resourceVersion, retry on 409
+NAIVE_MERGE = "naive_merge"  # one JSON merge patch of its own entry: no resourceVersion, no 409
+DESIGNS = (PER_NODE, NAIVE, NAIVE_MERGE)
+NAIVE_DESIGNS = frozenset({NAIVE, NAIVE_MERGE})
 
 POLICIES = f"/apis/{GROUP}/{VERSION}/memoryovercommitpolicies"
 NODE_STATES = f"/apis/{GROUP}/{VERSION}/memoryovercommitnodestates"
@@ -215,6 +217,17 @@ def naive_crd() -> JSON:
                                    "schema": {"openAPIV3Schema": schema}}]}}
 
 
+def naive_merge_patch(node: str, entry: Mapping[str, Any]) -> JSON:
+    """The naive_merge agent's write: a JSON merge patch (RFC 7386) of the status that sets its
+    own entry only. No resourceVersion, so the API server applies it to whatever is current and
+    it never conflicts; the API server still rewrites the whole object in etcd."""
+    return {"status": {"nodes": {node: dict(entry)}}}
+
+
+def policy_collection(design: str) -> str:
+    return POLICIES if design == PER_NODE else NAIVE_POLICIES
+
+
 def policy_object(design: str, name: str) -> JSON:
     api_version, kind = (f"{GROUP}/{VERSION}", POLICY_KIND) if design == PER_NODE else \
         (f"{NAIVE_GROUP}/{VERSION}", NAIVE_KIND)
@@ -222,6 +235,11 @@ def policy_object(design: str, name: str) -> JSON:
             "spec": {"nodeSelector": {"matchLabels": {POOL_LABEL: "bench"}},
                      "ksm": {"mode": "Static", "enabled": True, "pagesToScan": 1000},
                      "zswap": {"enabled": True, "compressor": "zstd"}}}
+
+
+def policy_change(pages_to_scan: int) -> JSON:
+    """A spec change every node must apply (a new generation): the burst scenario's trigger."""
+    return {"spec": {"ksm": {"pagesToScan": pages_to_scan}}}
 
 
 def conflict_backoff_s(attempt: int, rng: random.Random, base: float = 0.01,
@@ -248,6 +266,12 @@ def summary_complete(status: Mapping[str, Any] | None, nodes: int, generation: i
             and counts.get("matched") == nodes and counts.get("applied") == nodes)
 
 
+def summary_counts(status: Mapping[str, Any] | None, nodes: int, generation: int) -> bool:
+    """The summary counts exactly ``nodes`` matched and applied, at ``generation`` (after 20 %
+    of the Nodes vanished: the survivors)."""
+    return summary_complete(status, nodes, generation)
+
+
 def naive_shows(status: Mapping[str, Any] | None, node: str, failed: bool) -> bool:
     entry = ((status or {}).get("nodes") or {}).get(node)
     return entry is not None and entry.get("ready") == ("False" if failed else "True")
@@ -264,6 +288,18 @@ def shows(design: str, status: Mapping[str, Any] | None, node: str, failed: bool
 
 def complete(design: str, status: Mapping[str, Any] | None, nodes: int, generation: int) -> bool:
     return (summary_complete if design == PER_NODE else naive_complete)(status, nodes, generation)
+
+
+def naive_at(status: Mapping[str, Any] | None, nodes: Collection[str], generation: int) -> bool:
+    """Every one of ``nodes`` has an entry at ``generation`` (other entries may linger)."""
+    entries = (status or {}).get("nodes") or {}
+    return all((entries.get(n) or {}).get("generation") == generation for n in nodes)
+
+
+def naive_stale(status: Mapping[str, Any] | None, alive: Collection[str]) -> int:
+    """Entries of nodes that are gone: nobody removes them in the naive designs."""
+    entries = (status or {}).get("nodes") or {}
+    return sum(1 for n in entries if n not in alive)
 
 
 # -- API-server metrics (Prometheus text format) ---------------------------------------------
@@ -344,39 +380,205 @@ def per_node_per_minute(count: float, nodes: int, seconds: float) -> float:
     return per_minute(count, seconds) / nodes if nodes else math.nan
 
 
-# -- the cost model ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Model:
-    """What each design costs per minute at ``nodes``, under a churn of ``node_writes_min``
-    node-status writes per node per minute.
+# -- latency (the API server's own histogram) and etcd's size --------------------------------
+# Long-running requests are not in apiserver_request_duration_seconds' meaning of latency: a
+# watch lasts as long as it lasts (the API server's own SLO excludes WATCH and CONNECT too).
+LONG_RUNNING_VERBS = frozenset({"WATCH", "WATCHLIST", "CONNECT"})
+LATENCY = "apiserver_request_duration_seconds_bucket"
 
-    per_node_state: agents write their own small object, seen only by the controller; the
-    controller writes each policy at most ``summary_writes_min`` times a minute, and every
-    agent receives those: O(1) per agent, O(N) fan-out for the API server.
-    naive: each node's write replaces the shared policy object (``base + N x entry`` bytes) and
-    is sent to all N agents: O(N) events per agent, O(N^2) events and O(N^3) bytes in all.
-    """
 
-    nodes: int
-    node_writes_min: float
-    summary_writes_min: float
-    summary_bytes: float
-    naive_entry_bytes: float
-    naive_base_bytes: float
+def latency_buckets(text: str, verbs: Collection[str] | None = None) -> dict[float, float]:
+    """The API server's request-duration histogram summed over every label set: cumulative
+    count by upper bound (``le``), long-running verbs left out; only ``verbs`` when given."""
+    buckets: dict[float, float] = {}
+    for labels, value in samples(text, LATENCY):
+        verb = labels.get("verb", "")
+        if verb in LONG_RUNNING_VERBS or (verbs is not None and verb not in verbs):
+            continue
+        bound = math.inf if labels.get("le") == "+Inf" else float(labels.get("le", "nan"))
+        buckets[bound] = buckets.get(bound, 0.0) + value
+    return buckets
 
-    @property
-    def naive_object_bytes(self) -> float:
-        return self.naive_base_bytes + self.nodes * self.naive_entry_bytes
 
-    def events_per_agent_min(self, design: str) -> float:
-        if design == PER_NODE:
-            return self.summary_writes_min
-        return self.nodes * self.node_writes_min
+def bucket_delta(after: Mapping[float, float], before: Mapping[float, float]) -> dict[float, float]:
+    return {le: after[le] - before.get(le, 0.0) for le in after}
 
-    def bytes_per_agent_min(self, design: str) -> float:
-        size = self.summary_bytes if design == PER_NODE else self.naive_object_bytes
-        return self.events_per_agent_min(design) * size
 
-    def fanout_bytes_min(self, design: str) -> float:
-        """Bytes the API server sends to all agents' policy watches in a minute."""
-        return self.nodes * self.bytes_per_agent_min(design)
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative buckets: linear inside the bucket that
+    holds the q-th observation; the highest finite bound when it falls into +Inf; None without
+    observations."""
+    bounds = sorted(buckets)
+    if not bounds or math.inf not in buckets or buckets[math.inf] <= 0:
+        return None
+    total = buckets[math.inf]
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == math.inf:
+                return lower
+            if count == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
+
+
+def latency_figures(after: str, before: str) -> JSON:
+    """p50/p99 and count of the API server's non-long-running requests between two scrapes of
+    its /metrics, all of them and the writes alone."""
+    out: JSON = {}
+    for name, verbs in (("", None), ("write_", WRITE_VERBS)):
+        delta = bucket_delta(latency_buckets(after, verbs), latency_buckets(before, verbs))
+        out[f"apiserver_{name}p50_s"] = histogram_quantile(0.50, delta)
+        out[f"apiserver_{name}p99_s"] = histogram_quantile(0.99, delta)
+        out[f"apiserver_{name}requests"] = int(delta.get(math.inf, 0.0))
+    return out
+
+
+ETCD_DB_METRICS = ("etcd_mvcc_db_total_size_in_bytes", "etcd_debugging_mvcc_db_total_size_in_bytes")
+
+
+def etcd_db_bytes(text: str) -> int | None:
+    """etcd's database file size (what a defragmentation would not give back included), from
+    its own /metrics; None if it reports neither name."""
+    for metric in ETCD_DB_METRICS:
+        found = samples(text, metric)
+        if found:
+            return int(found[0][1])
+    return None
+
+
+def rejected(text: str) -> int:
+    """Requests API Priority and Fairness rejected so far (429s it sent)."""
+    return int(sum(v for _, v in samples(text, "apiserver_flowcontrol_rejected_requests_total")))
+
+
+# -- identities: a pod per node, its bound token ----------------------------------------------
+AGENT_NAMESPACE = "memory-overcommit"
+AGENT_ACCOUNT = "overcommit-agent"
+CONTROLLER_ACCOUNT = "overcommit-controller"
+AGENT_USER = f"system:serviceaccount:{AGENT_NAMESPACE}:{AGENT_ACCOUNT}"
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+def kwok_node(name: str) -> JSON:
+    """A Node kwok manages (its annotation): kwok sets it Ready, renews its Lease and posts its
+    status heartbeats, as a kubelet would."""
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {KWOK_ANNOTATION: "fake"},
+                         "labels": {POOL_LABEL: "bench", "kubernetes.io/hostname": name,
+                                    "kubernetes.io/os": "linux", "type": "kwok"}},
+            "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+                       "capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"}}}
+
+
+def agent_pod_name(node: str) -> str:
+    return f"overcommit-agent-{node}"
+
+
+def agent_pod(node: str) -> JSON:
+    """The agent DaemonSet's pod on ``node`` (bound there by nodeName, as the DaemonSet
+    controller does), under the shipped service account."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": agent_pod_name(node), "namespace": AGENT_NAMESPACE,
+                         "labels": {"app.kubernetes.io/name": "memory-overcommit",
+                                    "app.kubernetes.io/component": "agent"}},
+            "spec": {"nodeName": node, "serviceAccountName": AGENT_ACCOUNT,
+                     "tolerations": [{"operator": "Exists"}],
+                     "containers": [{"name": "agent", "image": "memory-overcommit:bench"}]}}
+
+
+def token_request(pod: str, pod_uid: str, seconds: int = 24 * 3600) -> JSON:
+    """A TokenRequest bound to the pod, as the kubelet asks for a projected token volume: the
+    token then names the pod's node (authentication.kubernetes.io/node-name)."""
+    return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": seconds,
+                     "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod,
+                                        "uid": pod_uid}}}
+
+
+def identity_problems(review: Mapping[str, Any], node: str) -> list[str]:
+    """What is wrong with a SelfSubjectReview's answer for the agent on ``node``: it must be the
+    agent's service account, bound to ``node``, and in no privileged group."""
+    user = ((review.get("status") or {}).get("userInfo")) or {}
+    problems = []
+    if user.get("username") != AGENT_USER:
+        problems.append(f"username {user.get('username')!r}, not {AGENT_USER!r}")
+    groups: Sequence[str] = user.get("groups") or []
+    if "system:masters" in groups:
+        problems.append("in system:masters")
+    if (user.get("extra") or {}).get(NODE_NAME_EXTRA) != [node]:
+        problems.append(f"{NODE_NAME_EXTRA} is {(user.get('extra') or {}).get(NODE_NAME_EXTRA)}"
+                        f", not [{node!r}]")
+    return problems
+
+
+def naive_rbac() -> list[JSON]:
+    """Bench-only: what the agents' service account needs on top of the shipped RBAC to write a
+    naive policy's status (the shipped role has no write on any policy, by design)."""
+    name = "memory-overcommit-bench-naive"
+    return [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": name},
+             "rules": [{"apiGroups": [NAIVE_GROUP], "resources": [NAIVE_PLURAL],
+                        "verbs": ["get", "list", "watch"]},
+                       {"apiGroups": [NAIVE_GROUP], "resources": [f"{NAIVE_PLURAL}/status"],
+                        "verbs": ["get", "update", "patch"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": name},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                         "name": name},
+             "subjects": [{"kind": "ServiceAccount", "name": AGENT_ACCOUNT,
+                           "namespace": AGENT_NAMESPACE}]}]
+
+
+def spread(values: Sequence[float | None]) -> JSON:
+    """Median, min and max of the repeats that produced a value (None left out)."""
+    got = sorted(v for v in values if v is not None)
+    if not got:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    mid = len(got) // 2
+    median = got[mid] if len(got) % 2 else (got[mid - 1] + got[mid]) / 2
+    return {"median": median, "min": got[0], "max": got[-1], "n": len(got)}
+
+
+# -- repeats ----------------------------------------------------------------------------------
+HEADLINES = ("apiserver_p99_s", "apiserver_write_p99_s", "etcd_db_bytes", "converge_s",
+             "steady_writes_per_node_min", "events_per_agent_min", "bytes_per_agent_min",
+             "policy_object_bytes", "setup_s")
+SCENARIO_FIGURES = ("converge_s", "apiserver_p99_s", "apiserver_write_p99_s", "agent_writes",
+                    "agent_writes_failed", "conflicts", "apf_rejected", "etcd_db_bytes",
+                    "apiserver_policy_event_bytes", "stale_entries", "node_states_left")
+
+
+def summarise(all_runs: list[JSON]) -> JSON:
+    """Medians over the repeats at top level (the shape of one run), each with its spread; a
+    run that failed (``error``) is listed, not counted."""
+    runs = [r for r in all_runs if "error" not in r]
+    errors = [r["error"] for r in all_runs if "error" in r]
+    if not runs:
+        return {"repeats": 0, "errors": errors, "apiserver_p99_s": None, "etcd_db_bytes": None,
+                "burst": None, "failover": None, "vanish": None, "runs": all_runs}
+    out: JSON = {"repeats": len(runs), "errors": errors, "spread": {}}
+    for key in HEADLINES:
+        s = spread([r.get(key) for r in runs])
+        out[key], out["spread"][key] = s["median"], s
+    for scenario in ("steady", "churn", "burst", "failover", "vanish"):
+        if all(r.get(scenario) is None for r in runs):
+            out[scenario] = None
+            continue
+        out[scenario] = {}
+        for key in SCENARIO_FIGURES:
+            values = [(r.get(scenario) or {}).get(key) for r in runs]
+            if all(v is None for v in values) and key != "converge_s":
+                continue
+            s = spread(values)
+            out[scenario][key], out["spread"][f"{scenario}.{key}"] = s["median"], s
+        out[scenario]["timed_out"] = sum(1 for r in runs if scenario not in ("steady", "churn")
+                                         and (r.get(scenario) or {}).get("converge_s") is None)
+    out["agent_identity"] = runs[0]["agent_identity"]
+    out["runs"] = runs
+    return out

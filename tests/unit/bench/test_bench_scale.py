@@ -1,9 +1,11 @@
 """The scale benchmark's pure parts: what the simulated agents write and when, the naive
-design's status, when a policy status shows a change, metric parsing and the cost model."""
+design's status, when a policy status shows a change, metric parsing (latency histogram,
+etcd size), the agents' identities."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import replace
 from typing import Any
@@ -11,21 +13,43 @@ from typing import Any
 import pytest
 
 from bench.scale_model import (
+    AGENT_ACCOUNT,
+    AGENT_NAMESPACE,
+    AGENT_USER,
     NAIVE,
+    NAIVE_MERGE,
     PER_NODE,
-    Model,
+    POOL_LABEL,
     NaiveStatus,
     NodeView,
+    agent_pod,
     complete,
     conflict_backoff_s,
+    etcd_db_bytes,
+    histogram_quantile,
+    identity_problems,
+    kwok_node,
+    latency_buckets,
+    latency_figures,
+    naive_at,
     naive_crd,
     naive_entry,
+    naive_merge_patch,
+    naive_rbac,
+    naive_stale,
     node_status,
     operator_write_codes,
     per_node_per_minute,
+    policy_change,
+    policy_collection,
+    rejected,
     shows,
     since,
     split_writes,
+    spread,
+    summarise,
+    summary_counts,
+    token_request,
     watch_events,
     with_naive_entry,
     write_requests,
@@ -189,19 +213,189 @@ def test_per_node_per_minute() -> None:
     assert per_node_per_minute(30, 10, 30.0) == pytest.approx(6.0)
 
 
-# -- the cost model ---------------------------------------------------------------------------
-def model(nodes: int) -> Model:
-    return Model(nodes=nodes, node_writes_min=1.0, summary_writes_min=1.0, summary_bytes=2000,
-                 naive_entry_bytes=350, naive_base_bytes=1500)
+# -- latency and etcd size ----------------------------------------------------------------------
+def histogram(counts: dict[str, float], verb: str = "PATCH") -> str:
+    return "".join(
+        f'apiserver_request_duration_seconds_bucket{{component="apiserver",dry_run="",'
+        f'group="",le="{le}",resource="nodes",scope="resource",subresource="status",'
+        f'verb="{verb}",version="v1"}} {count}\n' for le, count in counts.items())
 
 
-def test_per_node_state_events_per_agent_do_not_grow_with_nodes() -> None:
-    assert model(100).events_per_agent_min(PER_NODE) == model(5000).events_per_agent_min(PER_NODE)
-    assert model(5000).fanout_bytes_min(PER_NODE) == 50 * model(100).fanout_bytes_min(PER_NODE)
+def test_histogram_quantile_interpolates_inside_the_bucket_like_prometheus() -> None:
+    buckets = {0.1: 50.0, 0.2: 90.0, 0.4: 100.0, math.inf: 100.0}
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.1)
+    assert histogram_quantile(0.99, buckets) == pytest.approx(0.2 + 0.2 * 9 / 10)
+    assert histogram_quantile(0.7, buckets) == pytest.approx(0.1 + 0.1 * 20 / 40)
 
 
-def test_naive_events_grow_linearly_and_fanout_bytes_cubically() -> None:
-    assert model(5000).events_per_agent_min(NAIVE) == 5000
-    ratio = model(2000).fanout_bytes_min(NAIVE) / model(1000).fanout_bytes_min(NAIVE)
-    assert 7.5 < ratio <= 8.0  # 2^3, a little less for the fixed part of the object
-    assert model(5000).naive_object_bytes == 1500 + 5000 * 350
+def test_histogram_quantile_in_the_inf_bucket_is_the_highest_finite_bound() -> None:
+    assert histogram_quantile(0.99, {1.0: 10.0, 60.0: 20.0, math.inf: 100.0}) == 60.0
+
+
+def test_histogram_quantile_without_observations_is_none() -> None:
+    assert histogram_quantile(0.99, {0.1: 0.0, math.inf: 0.0}) is None
+    assert histogram_quantile(0.99, {}) is None
+
+
+def test_latency_buckets_sum_label_sets_and_leave_out_long_running_verbs() -> None:
+    text = (histogram({"0.1": 5, "+Inf": 6}) + histogram({"0.1": 1, "+Inf": 4}, "GET")
+            + histogram({"0.1": 0, "+Inf": 1000}, "WATCH"))
+    assert latency_buckets(text) == {0.1: 6.0, math.inf: 10.0}
+    assert latency_buckets(text, {"PATCH"}) == {0.1: 5.0, math.inf: 6.0}
+
+
+def test_latency_figures_difference_two_scrapes() -> None:
+    before = histogram({"0.05": 100, "0.1": 100, "1": 100, "+Inf": 100})
+    after = histogram({"0.05": 100, "0.1": 150, "1": 200, "+Inf": 200})
+    figures = latency_figures(after, before)
+    assert figures["apiserver_requests"] == 100
+    assert figures["apiserver_p50_s"] == pytest.approx(0.1)
+    assert figures["apiserver_p99_s"] == pytest.approx(0.1 + 0.9 * 49 / 50)
+    assert figures["apiserver_write_p99_s"] == figures["apiserver_p99_s"]
+
+
+def test_etcd_db_bytes_from_either_metric_name() -> None:
+    assert etcd_db_bytes("etcd_mvcc_db_total_size_in_bytes 1.2288e+06\n") == 1228800
+    assert etcd_db_bytes("etcd_debugging_mvcc_db_total_size_in_bytes 4096\n") == 4096
+    assert etcd_db_bytes("process_open_fds 12\n") is None
+
+
+def test_rejected_sums_apf_rejections() -> None:
+    text = ('apiserver_flowcontrol_rejected_requests_total{flow_schema="service-accounts",'
+            'priority_level="workload-low",reason="queue-full"} 7\n'
+            'apiserver_flowcontrol_rejected_requests_total{flow_schema="x",'
+            'priority_level="y",reason="time-out"} 2\n')
+    assert rejected(text) == 9
+
+
+# -- the naive designs' writes and outcomes ---------------------------------------------------
+def test_naive_merge_patch_sets_only_its_own_entry() -> None:
+    entry = naive_entry(node_status(VIEW, "scale"))
+    assert naive_merge_patch("node-7", entry) == {"status": {"nodes": {"node-7": entry}}}
+
+
+def test_naive_at_needs_every_live_node_at_the_generation_and_ignores_the_dead() -> None:
+    status = {"nodes": {"a": {"generation": 3}, "b": {"generation": 3}, "dead": {"generation": 2}}}
+    assert naive_at(status, {"a", "b"}, 3)
+    assert not naive_at(status, {"a", "b", "dead"}, 3)
+    assert not naive_at(status, {"a", "c"}, 3)
+    assert naive_stale(status, {"a", "b"}) == 1
+
+
+def test_summary_counts_the_survivors() -> None:
+    status = {"observedGeneration": 2, "nodes": {"matched": 80, "applied": 80}}
+    assert summary_counts(status, 80, 2)
+    assert not summary_counts(status, 100, 2)
+
+
+def test_policy_change_is_a_spec_change() -> None:
+    assert policy_change(1234) == {"spec": {"ksm": {"pagesToScan": 1234}}}
+    assert policy_collection(PER_NODE).endswith("/memoryovercommitpolicies")
+    assert policy_collection(NAIVE_MERGE).endswith("/naiveovercommitpolicies")
+
+
+# -- identities -------------------------------------------------------------------------------
+def test_kwok_node_is_annotated_for_kwok_and_selected_by_the_policy() -> None:
+    node = kwok_node("n1")
+    assert node["metadata"]["annotations"] == {"kwok.x-k8s.io/node": "fake"}
+    assert node["metadata"]["labels"][POOL_LABEL] == "bench"
+
+
+def test_agent_pod_runs_on_its_node_under_the_shipped_service_account() -> None:
+    pod = agent_pod("n1")
+    assert pod["spec"]["nodeName"] == "n1"
+    assert (pod["metadata"]["namespace"], pod["spec"]["serviceAccountName"]) == \
+        (AGENT_NAMESPACE, AGENT_ACCOUNT)
+
+
+def test_token_request_is_bound_to_the_pod() -> None:
+    ref = token_request("overcommit-agent-n1", "uid-9")["spec"]["boundObjectRef"]
+    assert ref == {"apiVersion": "v1", "kind": "Pod", "name": "overcommit-agent-n1",
+                   "uid": "uid-9"}
+
+
+def review(username: str, groups: list[str], node: list[str] | None) -> dict[str, Any]:
+    extra = {} if node is None else {"authentication.kubernetes.io/node-name": node}
+    return {"status": {"userInfo": {"username": username, "groups": groups, "extra": extra}}}
+
+
+def test_identity_problems_accepts_the_bound_agent_only() -> None:
+    assert identity_problems(review(AGENT_USER, ["system:serviceaccounts"], ["n1"]), "n1") == []
+    assert identity_problems(review(AGENT_USER, ["system:serviceaccounts"], ["n2"]), "n1")
+    assert identity_problems(review(AGENT_USER, ["system:serviceaccounts"], None), "n1")
+    masters = identity_problems(review("scale-bench", ["system:masters"], ["n1"]), "n1")
+    assert len(masters) == 2 and "in system:masters" in masters
+
+
+def test_naive_rbac_adds_only_the_naive_policy_status_for_the_agent_account() -> None:
+    role, binding = naive_rbac()
+    assert {r["apiGroups"][0] for r in role["rules"]} == {"naive.memoryovercommit.io"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_ACCOUNT,
+                                    "namespace": AGENT_NAMESPACE}]
+
+
+def test_spread_is_median_min_max_of_what_was_measured() -> None:
+    assert spread([3.0, None, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert spread([4.0, 1.0]) == {"median": 2.5, "min": 1.0, "max": 4.0, "n": 2}
+    assert spread([None]) == {"median": None, "min": None, "max": None, "n": 0}
+
+
+def run(p99: float, burst_s: float | None, etcd: int) -> dict[str, Any]:
+    return {"apiserver_p99_s": p99, "etcd_db_bytes": etcd, "converge_s": 1.0,
+            "agent_identity": {"system_masters": False},
+            "burst": {"converge_s": burst_s, "apiserver_p99_s": p99 * 2, "conflicts": 0},
+            "steady": {"apiserver_p99_s": p99}, "churn": None, "failover": None,
+            "vanish": {"converge_s": 1.0, "stale_entries": 4}}
+
+
+def test_summarise_takes_medians_keeps_spreads_and_counts_timeouts() -> None:
+    out = summarise([run(0.1, 2.0, 100), run(0.3, None, 300), run(0.2, 4.0, 200)])
+    assert (out["repeats"], out["apiserver_p99_s"], out["etcd_db_bytes"]) == (3, 0.2, 200)
+    assert out["burst"]["converge_s"] == 3.0 and out["burst"]["timed_out"] == 1
+    assert out["spread"]["burst.apiserver_p99_s"] == {"median": 0.4, "min": 0.2, "max": 0.6,
+                                                      "n": 3}
+    assert out["vanish"]["stale_entries"] == 4
+    assert out["failover"] is None and out["churn"] is None
+    assert len(out["runs"]) == 3
+
+
+def test_summarise_lists_failed_runs_without_counting_them() -> None:
+    out = summarise([run(0.1, 2.0, 100), {"nodes": 5000, "error": "request is too large"}])
+    assert out["repeats"] == 1 and out["errors"] == ["request is too large"]
+    failed = summarise([{"nodes": 5000, "error": "request is too large"}])
+    assert failed["repeats"] == 0 and failed["apiserver_p99_s"] is None
+    assert failed["burst"] is None
+
+
+# -- the harness's arithmetic (no cluster) ----------------------------------------------------
+def test_quick_params_are_labelled_shortcuts_and_the_full_run_keeps_shipped_settings() -> None:
+    from bench.scale import parse_args
+
+    quick = parse_args(["--quick"])
+    assert quick.sizes == (20, 100) and quick.controller_lease_s == 5
+    assert quick.churn_after_s == 0.0
+    full = parse_args([])
+    assert full.sizes == (100, 1000, 5000)
+    assert (full.controller_lease_s, full.controller_status_interval_s,
+            full.controller_sweep_s) == (None, None, None)  # the controller's own defaults
+    assert full.churn_after_s == 61.0 and full.timing.interval_s == 30.0
+
+
+def test_window_figures_count_only_agents_present_in_both_snapshots() -> None:
+    from bench.scale import Snapshot, window_figures
+    from bench.scale_agents import Writes
+    from bench.scale_kube import Tally
+
+    before_text = METRICS + histogram({"0.1": 10, "+Inf": 10})
+    after_text = METRICS.replace("} 40", "} 46") + histogram({"0.1": 15, "+Inf": 20})
+    before = Snapshot(0.0, before_text, 100, Writes(attempts=1),
+                      {"a": Tally(1, 10), "b": Tally(1, 10), "gone": Tally(0, 0)}, 0, {"x": 0.0})
+    after = Snapshot(60.0, after_text, 200, Writes(attempts=7, done=6),
+                     {"a": Tally(3, 30), "b": Tally(1, 10)}, 2, {"x": 30.0})
+    out = window_figures(before, after, PER_NODE)
+    assert out["events_per_agent_min"] == pytest.approx(1.0)  # (2 + 0) / 2 agents
+    assert out["agent_writes"] == 6 and out["agent_writes_done"] == 6
+    assert out["writes_per_node_min"] == pytest.approx(3.0)  # 6 node-state writes, 2 nodes
+    assert out["apiserver_requests"] == 10 and out["etcd_db_bytes"] == 200
+    assert out["cpu_percent"] == {"x": pytest.approx(50.0)}
+    assert out["summary_writes_per_min"] == pytest.approx(2.0)
