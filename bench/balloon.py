@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.balloon_baselines import mom_targets, proxmox_targets
 from bench.common import log as _log
@@ -61,9 +61,11 @@ from overcommit.planning.balloon import (
     skip_reason,
 )
 from overcommit.planning.observation import Observation
-from overcommit.virt.libvirt_source import LibvirtEndpoint
 from overcommit.virt.model import BalloonTarget, GuestObservation
 from testkit import guests, libvirtd
+
+if TYPE_CHECKING:
+    from overcommit.virt.libvirt_source import LibvirtEndpoint
 
 MIB = 1024  # KiB
 PAGE_KIB = 4  # a balloon moves in 4 KiB pages: a target is reached within one
@@ -162,6 +164,14 @@ class HostView:
 # The guests
 
 
+def _endpoint() -> LibvirtEndpoint:
+    # Imported here: libvirt-python is only needed for the root runs, not for the pure parts
+    # (tests/unit/bench).
+    from overcommit.virt.libvirt_source import LibvirtEndpoint
+
+    return LibvirtEndpoint(libvirtd.URI)
+
+
 class Fleet:
     """Our guests, observed and moved through one ``LibvirtEndpoint`` as the agent does."""
 
@@ -169,7 +179,7 @@ class Fleet:
         self.domains = {d.name(): d for d in domains}
         self.names = sorted(self.domains)
         self.stats_period = stats_period
-        self.endpoint = LibvirtEndpoint(libvirtd.URI)
+        self.endpoint = _endpoint()
         self.demand: dict[str, list[int]] = {}  # the eater's chunks per scenario, once sized
         self.disturbances: list[str] = []
 
@@ -181,7 +191,7 @@ class Fleet:
         during development: 2 s became 10 s and every cycle waited 10 s for fresh statistics.
         A fresh endpoint, because ours caches each domain's period for as long as it runs and
         would not notice the change."""
-        fresh = LibvirtEndpoint(libvirtd.URI)
+        fresh = _endpoint()
         try:
             for g in fresh.observe(time.monotonic()).guests:
                 if g.domain in self.domains and g.stats_period_s != self.stats_period:
