@@ -266,6 +266,12 @@ class Fleet:
         self.settle(kib)
         return self.wait_fresh(time.time())
 
+    def drop_caches(self) -> None:
+        """Every guest drops its page cache (left by the cache scenario): each phase starts
+        from the same guests whichever strategy ran before."""
+        for domain in self.domains.values():
+            guests.guest_run(domain, "echo 3 > /proc/sys/vm/drop_caches")
+
     def oom_counts(self) -> dict[str, int]:
         return {name: len(guests.oom_kills(d)) for name, d in self.domains.items()}
 
@@ -441,6 +447,7 @@ def reclaim_phase(driver: Driver, settings: Settings, cache: bool = False) -> Re
     """Idle guests at their maximum, a host that looks short: K cycles. With ``cache`` every
     guest first fills its page cache (clean, reclaimable; ``fill_caches``)."""
     fleet, host = driver.fleet, HostView(settings.reclaim_available_percent)
+    fleet.drop_caches()
     mine = fleet.move_all({n: g.max_kib for n, g in fleet.mine().items()})
     cache_mib = 0.0
     if cache:
@@ -583,6 +590,7 @@ def relieve_phase(driver: Driver, settings: Settings, eater: str,
     fleet = driver.fleet
     percent = settings.relieve_available_percent
     host = HostView(middle_of_band(driver.spec) if percent is None else percent)
+    fleet.drop_caches()
     start_mine = fleet.move_all({n: g.max_kib * settings.shrunk_percent // 100
                                  for n, g in fleet.mine().items()})
     ooms, domain = fleet.oom_counts(), fleet.domains[eater]
