@@ -307,7 +307,8 @@ class MovingCounters(threading.Thread):
 
     def stop(self) -> None:
         self.halt.set()
-        self.join(timeout=5)
+        if self.is_alive():  # the static run never starts it
+            self.join(timeout=5)
 
 
 @contextlib.contextmanager
