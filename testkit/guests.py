@@ -47,7 +47,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol, TypeVar
@@ -67,6 +67,7 @@ __all__ = [
     "define_guest",
     "destroy_guest",
     "eat",
+    "fill_page_cache",
     "find_kernel",
     "guest_image",
     "guest_meminfo",
@@ -84,6 +85,9 @@ INSTALL_HINT = ("run scripts/install-libvirt (as root): it installs libvirtd, QE
 # Load order: each module after what it uses (their .modinfo depends= agree; checked at build).
 BALLOON_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
                    "virtio_pci", "virtio_balloon")
+# In the image but not loaded at boot (a test loads them with its own parameters): ``brd``, the
+# RAM disk, holds the small file system whose sparse file gives a guest clean page cache.
+OPTIONAL_MODULES = ("brd",)
 BUSYBOX = Path("/bin/busybox")
 QEMU = "/usr/bin/qemu-system-x86_64"
 READY_MARKER = "GUEST-READY"
@@ -313,7 +317,8 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] =
     return out + b"\x00" * (-len(data) % 4)
 
 
-def _initramfs(modules: list[tuple[str, bytes]]) -> bytes:
+def _initramfs(modules: list[tuple[str, bytes]],
+               optional: Sequence[tuple[str, bytes]] = ()) -> bytes:
     d, f, exe = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644, stat.S_IFREG | 0o755
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
         (name, d, b"", (0, 0)) for name in ("bin", "dev", "etc", "lib", "lib/modules", "proc",
@@ -325,6 +330,9 @@ def _initramfs(modules: list[tuple[str, bytes]]) -> bytes:
     entries.append(("init", exe, _INIT.encode(), (0, 0)))
     entries.append(("etc/modules", f, "".join(f"{n}\n" for n, _ in modules).encode(), (0, 0)))
     entries += [(f"lib/modules/{n}.ko", f, data, (0, 0)) for n, data in modules]
+    loaded = {n for n, _ in modules}
+    entries += [(f"lib/modules/{n}.ko", f, data, (0, 0)) for n, data in optional
+                if n not in loaded]
     archive = b"".join(_cpio_entry(n, m, data, rdev, ino)
                        for ino, (n, m, data, rdev) in enumerate(entries, start=1))
     return archive + _cpio_entry("TRAILER!!!", 0)
@@ -334,6 +342,15 @@ def _image_key(kernel: Kernel) -> str:
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(BUSYBOX.read_bytes())
     return f"{kernel.version}-{h.hexdigest()[:12]}"
+
+
+def _optional_modules(kernel: Kernel) -> list[tuple[str, bytes]]:
+    """OPTIONAL_MODULES this kernel ships as modules; none when one is missing (only the
+    tests that need it fail, and say why)."""
+    try:
+        return module_load_order(kernel.modules_dir, OPTIONAL_MODULES)
+    except GuestError:
+        return []
 
 
 def guest_image() -> GuestImage:
@@ -350,7 +367,7 @@ def guest_image() -> GuestImage:
     # image that a later run would take for a finished one.
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         shutil.copyfile(kernel.vmlinuz, Path(tmp) / "vmlinuz")  # image outlives kernel/current
-        archive = _initramfs(module_load_order(kernel.modules_dir))
+        archive = _initramfs(module_load_order(kernel.modules_dir), _optional_modules(kernel))
         (Path(tmp) / "initrd.gz").write_bytes(gzip.compress(archive, mtime=0))
         with contextlib.suppress(OSError):  # lost the race to another builder: theirs is equal
             os.rename(tmp, target)
@@ -679,3 +696,24 @@ def guest_run(domain: Domain, shell: str, timeout: float = 30.0) -> tuple[int, s
     Kernel messages printed meanwhile are part of the output: the console is shared.
     """
     return _command(domain, f"run {shell}", timeout)
+
+
+def fill_page_cache(domain: Domain, mib: int, timeout: float = 120.0) -> None:
+    """Give the guest ``mib`` MiB of clean page cache: read a sparse file of that size on a
+    small ext4 on a RAM disk (``brd``, loaded and formatted on first use, 16 MiB). Reading a
+    file's holes fills the page cache with zeroed pages that need no disk blocks, so only the
+    cache takes memory: clean, reclaimable, counted in MemAvailable (the balloon's ``usable``)
+    but not in MemFree (``unused``), like the file cache of a guest that read its disk. (Reading
+    the RAM disk's block device directly leaves no cache on this kernel.) Caches dropped first,
+    so a repeat starts from the same state."""
+    ready = "grep -q ' /mnt/pc ' /proc/mounts"
+    setup = ("insmod /lib/modules/brd.ko rd_nr=1 rd_size=16384 && mke2fs -q /dev/ram0 "
+             ">/dev/null 2>&1 && mkdir -p /mnt/pc && mount -t ext4 /dev/ram0 /mnt/pc")
+    rc, out = guest_run(
+        domain, f"{{ {ready} || {{ {setup}; }}; }} && rm -f /mnt/pc/cache "
+        f"&& echo 3 > /proc/sys/vm/drop_caches "
+        f"&& dd of=/mnt/pc/cache bs=1048576 seek={int(mib)} count=0 2>/dev/null "
+        f"&& cat /mnt/pc/cache > /dev/null", timeout)
+    if rc != 0:
+        raise GuestError(f"{domain.name()}: could not fill {mib} MiB of page cache (rc {rc}): "
+                         f"{out[-500:]}")
