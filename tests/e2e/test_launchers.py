@@ -418,8 +418,9 @@ def test_real_pressure_asks_kubevirt_once_to_migrate_the_guest_that_can_move(
     merge until the real MemAvailable is below the policy's minimum (Critical). The agent, as
     shipped (its RBAC, the admission policy keeping it to its node's guests, a pod-bound
     token), creates one VirtualMachineInstanceMigration for the guest KubeVirt says can move,
-    none for the one it says cannot, none again within the cooldown; it taints its Node while
-    Critical lasts and removes the taint once the rig lets go."""
+    none for the one it says cannot, none again within the cooldown; it taints its Node
+    NoSchedule while Critical lasts, PreferNoSchedule in Hard once the rig lets go, and
+    removes the taint with the policy."""
     movable, pinned = launchers["root-vm"], launchers["nonroot-vm"]
     set_vmi_status(cluster.kubectl, VM_NS, pinned.vmi_name,
                    vmi_status(cluster.node_name, live_migratable=False))
@@ -436,7 +437,10 @@ def test_real_pressure_asks_kubevirt_once_to_migrate_the_guest_that_can_move(
                        # Balloons nobody: relief is the only thing under test.
                        "balloon": {"mode": "Static", "static": {"targetPercent": 100},
                                    "vmSelector": {"matchLabels": {"overcommit-e2e": "none"}}},
+                       # Critical is left above minimum + 1 %: with the default 25 % the
+                       # node could never leave it here (minimum is MemAvailable less 1 GiB).
                        "ladder": {"minimumAvailable": f"{minimum >> 20}Mi",
+                                  "exitMarginPercent": 1,
                                   "relief": {"cooldownSeconds": 120, "taint": True}}}}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(policy))
 
@@ -480,9 +484,16 @@ def test_real_pressure_asks_kubevirt_once_to_migrate_the_guest_that_can_move(
             assert ladder().get("state") == "Critical", ladder()
             assert str(ladder().get("reliefStatus")).startswith("waiting: cooldown"), ladder()
             assert rig.tripped is None
+        # The pressure went: out of Critical into Hard (MemAvailable cannot reach the 2 x
+        # minimum that leaves Hard on this host), where the taint only prefers no scheduling.
         poke(cluster)
-        wait_for(lambda: not ours(), 60, "the taint to go once the pressure went")
-        assert ladder().get("state") != "Critical"
+        wait_for(lambda: ladder().get("state") == "Hard"
+                 and [t["effect"] for t in ours()] == ["PreferNoSchedule"], 60,
+                 "Hard and a PreferNoSchedule taint once the pressure went")
+        # No policy, no taint: the agent takes it off when the policy goes.
+        cluster.kubectl("delete", "mop", "relief")
+        poke(cluster)
+        wait_for(lambda: not ours(), 60, "the taint to go with the policy")
     finally:
         cluster.kubectl("delete", "mop", "relief", "--ignore-not-found")
         cluster.kubectl("delete", "vmim", "-n", VM_NS, "--all")
