@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -277,9 +277,16 @@ def kb_at(percent: int) -> int:
     return GUEST_MIB * 1024 * percent // 100
 
 
-def shrunk_by(launcher: Launcher, info: dict[str, int]) -> int:
+def shrunk_by(launcher: Launcher, info: Mapping[str, int]) -> int:
     """How much smaller (kB) the guest's MemTotal is than at its maximum."""
     return FULL[launcher.vmi_name]["MemTotal"] - info["MemTotal"]
+
+
+def shrunk_within(launcher: Launcher, kb: int, tolerance: int
+                  ) -> Callable[[Mapping[str, int]], bool]:
+    """A wait_meminfo() predicate: the guest's MemTotal is ``kb`` (less than ``tolerance``
+    off) below its maximum."""
+    return lambda m: abs(shrunk_by(launcher, m) - kb) < tolerance
 
 
 def say_peak(config: pytest.Config, cluster: LocalCluster, launcher: Launcher) -> None:
@@ -340,7 +347,7 @@ def test_a_static_policy_moves_both_balloons_and_gives_the_memory_back(
     ballooned = kb_at(100) - kb_at(60)  # what the balloon takes, in kB
     for launcher in launchers.values():
         info = guest(cluster, launcher).wait_meminfo(
-            lambda m, lr=launcher: abs(shrunk_by(lr, m) - ballooned) < 2 * MIB_KB, 60,
+            shrunk_within(launcher, ballooned, 2 * MIB_KB), 60,
             f"{launcher.vmi_name}'s MemTotal to drop by {ballooned} kB")
         assert info["MemAvailable"] > 0
     # (The node state's guest sizes are details, written at most once a minute: the guests'
@@ -348,7 +355,7 @@ def test_a_static_policy_moves_both_balloons_and_gives_the_memory_back(
     cluster.kubectl("delete", "mop", "static-60")
     for launcher in launchers.values():
         guest(cluster, launcher).wait_meminfo(
-            lambda m, lr=launcher: abs(shrunk_by(lr, m)) < MIB_KB, 60,
+            shrunk_within(launcher, 0, MIB_KB), 60,
             f"{launcher.vmi_name}'s MemTotal back to its maximum")
 
 
@@ -407,7 +414,7 @@ def test_auto_mode_takes_from_the_idle_guest_down_to_its_floor_only(
         cluster.kubectl("delete", "mop", "auto-short")
     for launcher in (busy, idle):
         guest(cluster, launcher).wait_meminfo(
-            lambda m, lr=launcher: abs(shrunk_by(lr, m)) < MIB_KB, 60,
+            shrunk_within(launcher, 0, MIB_KB), 60,
             f"{launcher.vmi_name}'s MemTotal back to its maximum")
 
 

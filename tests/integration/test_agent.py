@@ -68,8 +68,8 @@ def test_agent_applies_reports_follows_and_restores(cluster: ControlPlane, host:
                                                     tmp_path: Path) -> None:
     n, p, role = names["node"], names["policy"], names["role"]
     apply(cluster, node(n, {"role": role}))
-    spec = {"nodeSelector": {"matchLabels": {"role": role}},
-            "ksm": {"enabled": True, "pagesToScan": 1000, "sleepMillisecs": 15}}
+    spec: dict[str, Any] = {"nodeSelector": {"matchLabels": {"role": role}},
+                            "ksm": {"enabled": True, "pagesToScan": 1000, "sleepMillisecs": 15}}
     apply(cluster, policy(p, spec))
     state_dir = tmp_path / "state"
     with agent_process(cluster, n, host.root, state_dir):
@@ -176,8 +176,8 @@ def test_agent_survives_an_api_server_restart(cluster: ControlPlane, host: FakeK
                                               names: dict[str, str], tmp_path: Path) -> None:
     n, p = names["node"], names["policy"]
     apply(cluster, node(n, {"pool": n}))
-    spec = {"nodeSelector": {"matchLabels": {"pool": n}},
-            "ksm": {"enabled": True, "pagesToScan": 500}}
+    spec: dict[str, Any] = {"nodeSelector": {"matchLabels": {"pool": n}},
+                            "ksm": {"enabled": True, "pagesToScan": 500}}
     apply(cluster, policy(p, spec))
     with agent_process(cluster, n, host.root, tmp_path / "state") as agent:
         wait_for(lambda: sysfs(host, "pages_to_scan") == "500", 30, "the first apply")
@@ -221,11 +221,15 @@ def test_agent_puts_back_host_drift_on_its_timer_and_stays_quiet(
         wait_for(lambda: status_of(cluster, n).get("settings", {}).get(
             f"{KSM}/pages_to_scan") == "700", 30, "the policy applied and reported")
         wait_for(lambda: cycles(port) >= 1, 30, "the probes")
-        version = node_state(cluster, n)["metadata"]["resourceVersion"]  # type: ignore[index]
+        state = node_state(cluster, n)
+        assert state is not None
+        version = state["metadata"]["resourceVersion"]
         start = cycles(port)
         wait_for(lambda: cycles(port) >= start + 6, 30, "six more timer cycles")
-        assert node_state(cluster, n)["metadata"]["resourceVersion"] == version, \
-            "the node state was written although nothing changed"  # type: ignore[index]
+        state = node_state(cluster, n)
+        assert state is not None
+        assert state["metadata"]["resourceVersion"] == version, \
+            "the node state was written although nothing changed"
 
         host.set(f"{KSM}/pages_to_scan", "123")  # an admin, or another tool, on the host
         wait_for(lambda: sysfs(host, "pages_to_scan") == "700", 30, "the timer to fix drift")

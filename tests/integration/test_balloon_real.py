@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +67,23 @@ def engine(tmp_path: Path) -> NodeReconciler:
 def current_mib(conn: Any, dom: Any) -> int:
     """The balloon's size through a fresh connection (a test may have restarted libvirtd)."""
     del conn
-    import libvirt
+    import libvirt  # type: ignore[import-untyped]
 
     fresh = libvirt.open(URI)
     try:
         return int(fresh.lookupByName(dom.name()).info()[2]) // 1024
     finally:
         fresh.close()
+
+
+def balloon_at(conn: Any, dom: Any, mib: int) -> Callable[[], bool]:
+    """A condition for wait_for(): ``dom``'s balloon is at ``mib``."""
+    return lambda: current_mib(conn, dom) == mib
+
+
+def meminfo_total_at_most(dom: Any, mib: int) -> Callable[[], bool]:
+    """A condition for wait_for(): the guest's own MemTotal is at most ``mib``."""
+    return lambda: guests.guest_meminfo(dom).get("MemTotal", 0) // 1024 <= mib
 
 
 def write_policy(tmp_path: Path, spec: dict[str, Any]) -> str:
@@ -103,10 +113,10 @@ def test_static_shrinks_guests_and_their_meminfo_agrees(conn: Any, pair: dict[st
     assert ran.returncode == 0, ran.stderr + ran.stdout
     target = int(MAX_MIB * 0.6)
     for dom in pair.values():
-        wait_for(lambda d=dom: current_mib(conn, d) == target, 30, "libvirt to report the target")
+        wait_for(balloon_at(conn, dom, target), 30, "libvirt to report the target")
         # the guest itself sees its memory shrink by what the balloon took
-        wait_for(lambda d=dom: guests.guest_meminfo(d).get("MemTotal", 0) // 1024
-                 <= target, 30, f"{dom.name()}'s own MemTotal to drop to {target} MiB")
+        wait_for(meminfo_total_at_most(dom, target), 30,
+                 f"{dom.name()}'s own MemTotal to drop to {target} MiB")
     status = json.loads(overcommit("status", *args).stdout)
     mine = [g for g in status["guests"] if g["domain"].startswith(PREFIX)]
     assert all(abs(g["currentBytes"] - 0.6 * MAX_MIB * 2**20) < 2**20 for g in mine)
@@ -115,7 +125,7 @@ def test_static_shrinks_guests_and_their_meminfo_agrees(conn: Any, pair: dict[st
     restored = overcommit("restore", *args)
     assert restored.returncode == 0, restored.stderr
     for dom in pair.values():
-        wait_for(lambda d=dom: current_mib(conn, d) == MAX_MIB, 30, "release to the maximum")
+        wait_for(balloon_at(conn, dom, MAX_MIB), 30, "release to the maximum")
     record = json.loads((tmp_path / "state/originals.json").read_text())
     assert record["guests"] == [] and record["statsPeriods"] == {}
     # The policy's default statistics period (10 s) was the agent's change: the guests' own 2 s
@@ -169,7 +179,7 @@ def test_auto_takes_from_idle_and_gives_to_the_eater_without_oom(conn: Any,
             guests.stop_eating(eater)
         node.restore()
     for dom in pair.values():
-        wait_for(lambda d=dom: current_mib(conn, d) == MAX_MIB, 30, "release to the maximum")
+        wait_for(balloon_at(conn, dom, MAX_MIB), 30, "release to the maximum")
 
 
 def test_a_guest_destroyed_between_observe_and_act_fails_alone(conn: Any, pair: dict[str, Any],
@@ -202,7 +212,7 @@ def test_a_guest_destroyed_between_observe_and_act_fails_alone(conn: Any, pair: 
     finally:
         guests.destroy_guest(doomed)
     for dom in pair.values():
-        wait_for(lambda d=dom: current_mib(conn, d) == MAX_MIB, 30, "release to the maximum")
+        wait_for(balloon_at(conn, dom, MAX_MIB), 30, "release to the maximum")
 
 
 def test_ksm_merges_across_guests_and_the_status_reports_it(conn: Any, pair: dict[str, Any],
@@ -246,4 +256,4 @@ def test_libvirtd_down_mid_run_fails_only_guests(conn: Any, pair: dict[str, Any]
     assert {g.domain for g in report.guests.guests} >= {d.name() for d in pair.values()}
     node.restore()
     for dom in pair.values():
-        wait_for(lambda d=dom: current_mib(conn, d) == MAX_MIB, 30, "release after restart")
+        wait_for(balloon_at(conn, dom, MAX_MIB), 30, "release after restart")

@@ -129,7 +129,8 @@ def wait_until_serving(replica: Replica, log_path: Path, start: int) -> bool:
         serving = (probe(replica.port, "/healthz") is not None
                    and (fetch(replica.metrics_port, "/metrics") or (0,))[0] == 200)
         return "serving" if serving else ""
-    found = wait_for(outcome, 60, f"controller {replica.identity} to serve /healthz and /metrics")
+    found: str = wait_for(outcome, 60,
+                          f"controller {replica.identity} to serve /healthz and /metrics")
     return found == "serving"
 
 
@@ -195,8 +196,8 @@ def test_policy_status_folds_real_agents(cluster: ControlPlane, controller_kubec
                      for n in names))
     selector = {"matchLabels": {"pool": pool}}
     high, low = f"high-{suffix}", f"low-{suffix}"
-    spec = {"priority": 10, "nodeSelector": selector,
-            "ksm": {"enabled": True, "pagesToScan": 1000}}
+    spec: dict[str, Any] = {"priority": 10, "nodeSelector": selector,
+                            "ksm": {"enabled": True, "pagesToScan": 1000}}
     apply(cluster, policy(high, spec), policy(low, {"priority": 1, "nodeSelector": selector,
                                                     "ksm": {"enabled": True}}))
     with ExitStack() as stack:

@@ -46,11 +46,12 @@ def test_admin_creates_namespace_and_configmap(control_plane: ControlPlane, name
 def test_python_client_reads_the_kubeconfig(control_plane: ControlPlane, namespace: str) -> None:
     import kubernetes  # a dev dependency: missing, this fails rather than skips
 
-    client = kubernetes.config.new_client_from_config(str(control_plane.admin_kubeconfig))
+    kubeconfig = str(control_plane.admin_kubeconfig)
+    client = kubernetes.config.new_client_from_config(kubeconfig)  # type: ignore[no-untyped-call]
     core = kubernetes.client.CoreV1Api(client)
-    core.create_namespaced_config_map(
-        namespace, {"metadata": {"name": "from-python"}, "data": {"k": "v"}}
-    )
+    # the dict as the client's validate_call would take it: V1ConfigMap.model_validate
+    core.create_namespaced_config_map(namespace, kubernetes.client.V1ConfigMap.model_validate(
+        {"metadata": {"name": "from-python"}, "data": {"k": "v"}}))
     assert core.read_namespaced_config_map("from-python", namespace).data == {"k": "v"}
 
 

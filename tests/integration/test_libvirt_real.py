@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import pytest
 
@@ -27,6 +27,13 @@ MAX_MIB = 512
 PERIOD = 2  # define_guest's default statistics period
 PREFIX = "oc-lvsrc-"
 NAMES = ("a", "b", "nodriver", "nodevice")
+
+
+class BalloonOptions(TypedDict, total=False):
+    """define_guest()'s balloon keywords a guest of the fleet sets."""
+
+    with_balloon: bool
+    balloon_driver: bool
 
 
 def fail(message: str) -> None:
@@ -44,8 +51,8 @@ def conn(libvirt_conn: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def fleet(conn: Any) -> Iterator[dict[str, Any]]:
-    options: dict[str, dict[str, bool]] = {"nodriver": {"balloon_driver": False},
-                                           "nodevice": {"with_balloon": False}}
+    options: dict[str, BalloonOptions] = {"nodriver": {"balloon_driver": False},
+                                          "nodevice": {"with_balloon": False}}
     doms: dict[str, Any] = {}
     try:
         for suffix in NAMES:

@@ -432,10 +432,11 @@ def test_pod_security_baseline_would_refuse_the_agent(cluster: ControlPlane) -> 
 def matches_the_agent(expression: str, username: str) -> bool:
     """The admission policy's matchCondition, evaluated with cel-python for ``username``."""
     import celpy
+    import celpy.adapter
 
     env = celpy.Environment()
     program = env.program(env.compile(expression))
-    request = celpy.json_to_cel({"userInfo": {"username": username}})
+    request = celpy.adapter.json_to_cel({"userInfo": {"username": username}})
     return bool(program.evaluate({"request": request}))
 
 

@@ -470,9 +470,10 @@ def test_controller_posts_events_and_nothing_more(controller: Identity) -> None:
 
 
 def test_controller_leader_election_lease_only_in_its_namespace(controller: Identity) -> None:
-    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-             "metadata": {"name": LEASE, "namespace": NS},
-             "spec": {"holderIdentity": "controller-0", "leaseDurationSeconds": 15}}
+    lease: dict[str, Any] = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                             "metadata": {"name": LEASE, "namespace": NS},
+                             "spec": {"holderIdentity": "controller-0",
+                                      "leaseDurationSeconds": 15}}
     result = controller.create(lease)
     try:
         assert result.returncode == 0, result.stderr

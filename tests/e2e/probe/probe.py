@@ -11,6 +11,7 @@ import socket
 import ssl
 import sys
 import urllib.request
+from typing import Any
 
 ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -43,14 +44,15 @@ def api() -> None:
     base = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
     context = ssl.create_default_context(cafile=f"{ACCOUNT}/ca.crt")
 
-    def call(path: str, body: dict | None = None) -> dict:
+    def call(path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(base + path, data=data,
                                          method="POST" if data else "GET")
         request.add_header("Authorization", f"Bearer {token}")
         request.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(request, context=context, timeout=10) as response:
-            return json.load(response)
+            answer: dict[str, Any] = json.load(response)  # the API server answers objects
+            return answer
 
     review = call("/apis/authentication.k8s.io/v1/selfsubjectreviews",
                   {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})

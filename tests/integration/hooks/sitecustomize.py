@@ -7,8 +7,8 @@ can SIGKILL the agent exactly between two writes of one cycle. Product code has 
 import os
 import time
 
-BLOCK = os.environ.get("OVERCOMMIT_TEST_BLOCK_WRITE")
-MARKER = os.environ.get("OVERCOMMIT_TEST_BLOCK_MARKER")
+BLOCK = os.environ.get("OVERCOMMIT_TEST_BLOCK_WRITE", "")
+MARKER = os.environ.get("OVERCOMMIT_TEST_BLOCK_MARKER", "")
 
 if BLOCK and MARKER:
     from overcommit.host import base

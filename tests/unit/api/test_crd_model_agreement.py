@@ -17,9 +17,10 @@ import itertools
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import celpy
+import celpy.adapter
 import jsonschema  # via kubernetes-validate (dev extra)
 import pytest
 import yaml
@@ -218,8 +219,8 @@ def _set(spec: dict[str, Any], parts: tuple[Part, ...], value: Any) -> dict[str,
         schema = schema["properties"][part] if isinstance(part, str) else schema["items"]
         if isinstance(after, int):  # an array of objects: one valid item to set a field in
             node = node.setdefault(part, [_sample(schema["items"])])
-        elif isinstance(node, list):
-            node = node[part]
+        elif isinstance(node, list):  # reached through the array's name: part is its index
+            node = node[cast(int, part)]
         else:
             node = node.setdefault(part, {})
     node[parts[-1]] = value
@@ -345,16 +346,23 @@ def test_stricter_patterns_hold() -> None:
 # ---------------------------------------------------------------------------------------------
 # CEL rules: the Python twin agrees with the CEL the API server runs.
 
+def _objects(*objs: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The objects as given, typed (mypy cannot infer a tuple of unlike dicts)."""
+    return objs
+
+
 def _cel_corpus() -> dict[str, list[dict[str, Any]]]:
     """Objects for each rule's scope, keyed by the class name that declares the rule."""
-    ksm = [{"mode": m, **extra} for m in ("Static", "Adaptive", "KernelAdvisor") for extra in (
-        {}, {"enabled": True}, {"enabled": False}, {"pagesToScan": 10}, {"sleepMillisecs": 5},
-        {"advisor": {}}, {"adaptive": {}}, {"pagesToScan": 1, "advisor": {}})]
+    ksm = [{"mode": m, **extra} for m in ("Static", "Adaptive", "KernelAdvisor")
+           for extra in _objects(
+               {}, {"enabled": True}, {"enabled": False}, {"pagesToScan": 10},
+               {"sleepMillisecs": 5}, {"advisor": {}}, {"adaptive": {}},
+               {"pagesToScan": 1, "advisor": {}})]
     return {
         "LabelSelectorRequirement": [
             {"key": "k", "operator": op, **vals} for op in ("In", "NotIn", "Exists",
                                                             "DoesNotExist")
-            for vals in ({}, {"values": []}, {"values": ["a"]})],
+            for vals in _objects({}, {"values": []}, {"values": ["a"]})],
         "KsmAdvisor": [{}, {"minPagesToScan": 5}, {"minPagesToScan": 5, "maxPagesToScan": 5},
                        {"minPagesToScan": 6, "maxPagesToScan": 5}],
         "KsmAdaptive": [
@@ -366,11 +374,12 @@ def _cel_corpus() -> dict[str, list[dict[str, Any]]]:
                           {"targetPercent": 5, "target": "1Gi"}],
         "BalloonAuto": [{"hostAvailableLowPercent": a, "hostAvailableHighPercent": b}
                         for a, b in ((10, 20), (20, 20), (30, 20))],
-        "BalloonSpec": [{"mode": m, **extra} for m in ("Off", "Static", "Auto") for extra in (
-            {}, {"static": {"targetPercent": 30}}, {"auto": {}},
-            {"static": {"targetPercent": 30}, "floor": {"minPercent": 40}},
-            {"static": {"targetPercent": 50}, "floor": {"minPercent": 40}},
-            {"floor": {"minPercent": 40}})],
+        "BalloonSpec": [{"mode": m, **extra} for m in ("Off", "Static", "Auto")
+                        for extra in _objects(
+                            {}, {"static": {"targetPercent": 30}}, {"auto": {}},
+                            {"static": {"targetPercent": 30}, "floor": {"minPercent": 40}},
+                            {"static": {"targetPercent": 50}, "floor": {"minPercent": 40}},
+                            {"floor": {"minPercent": 40}})],
         "ZswapSpec": [{"onlyUnderPressure": o, **extra} for o in (True, False)
                       for extra in ({}, {"enabled": True}, {"enabled": False},
                                     {"maxPoolPercent": 20})],
@@ -421,7 +430,7 @@ def test_cel_and_python_agree(owner: str, rule: Any) -> None:
     program = env.program(env.compile(rule.cel))
     verdicts = set()
     for obj in corpus:
-        cel = bool(program.evaluate({"self": celpy.json_to_cel(obj)}))
+        cel = bool(program.evaluate({"self": celpy.adapter.json_to_cel(obj)}))
         assert cel == rule.check(obj), f"{rule.cel} disagrees on {obj}"
         verdicts.add(cel)
     assert verdicts == {True, False}, f"corpus for {owner} does not exercise {rule.cel}"

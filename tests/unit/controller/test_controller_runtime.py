@@ -315,7 +315,7 @@ def test_a_node_that_comes_back_keeps_its_state() -> None:
 
 
 def test_a_stray_is_deleted_on_its_second_sighting_only() -> None:
-    nodes = {"a": {}}
+    nodes: dict[str, object] = {"a": {}}
     doomed, suspects = sweep({"a", "x", "y"}, nodes, set())
     assert (doomed, suspects) == (set(), {"x", "y"})
     # y's node showed up meanwhile (its Node event was late); x is still a stray
@@ -369,16 +369,20 @@ class FakeLeases:
 
 class Replica:
     def __init__(self, leases: FakeLeases, clock: Clock, name: str, seconds: int = 15) -> None:
-        self.working = False
+        self._working = False
         self.elector = LeaderElector(leases, settings(identity=name, lease_seconds=seconds).lease(),
                                      self.work, clock=clock)
 
+    def working(self) -> bool:
+        """A call, not an attribute: mypy would keep an asserted value across the awaits."""
+        return self._working
+
     async def work(self) -> None:
-        self.working = True
+        self._working = True
         try:
             await asyncio.Event().wait()
         finally:
-            self.working = False
+            self._working = False
 
 
 async def settle() -> None:
@@ -392,8 +396,8 @@ def test_one_leader_and_the_standby_takes_over_after_the_lease_expires() -> None
         a, b = Replica(leases, clock, "a"), Replica(leases, clock, "b")
         await asyncio.gather(a.elector.step(), b.elector.step())  # both race to create
         await settle()
-        assert [a.working, b.working].count(True) == 1
-        leader, standby = (a, b) if a.working else (b, a)
+        assert [a.working(), b.working()].count(True) == 1
+        leader, standby = (a, b) if a.working() else (b, a)
         for _ in range(3):  # the leader renews, the standby waits
             clock.now += 2
             await leader.elector.step()
@@ -405,16 +409,16 @@ def test_one_leader_and_the_standby_takes_over_after_the_lease_expires() -> None
             clock.now += 2
             await standby.elector.step()
             await settle()
-            assert not standby.working
+            assert not standby.working()
         clock.now = died + 16
         await standby.elector.step()
         await settle()
-        assert standby.working and leases.holder == standby.elector.lease.identity
+        assert standby.working() and leases.holder == standby.elector.lease.identity
         assert leases.obj["spec"]["leaseTransitions"] == 1
         # the old leader wakes up (a paused process): it sees it lost and stops working
         await leader.elector.step()
         await settle()
-        assert not leader.working and leases.holder == standby.elector.lease.identity
+        assert not leader.working() and leases.holder == standby.elector.lease.identity
         await standby.elector.step_down("test over")
 
     asyncio.run(scenario())
@@ -426,17 +430,17 @@ def test_a_leader_that_cannot_renew_stops_before_the_lease_can_expire() -> None:
         a = Replica(leases, clock, "a")
         await a.elector.step()
         await settle()
-        assert a.working
+        assert a.working()
         leases.down = True
         timing = Timing.for_lease(15)
         clock.now = timing.renew_deadline - 0.5
         await a.elector.step()
         await settle()
-        assert a.working  # a short outage does not interrupt the leader
+        assert a.working()  # a short outage does not interrupt the leader
         clock.now = timing.renew_deadline + 0.1
         await a.elector.step()
         await settle()
-        assert not a.working and timing.renew_deadline < 15
+        assert not a.working() and timing.renew_deadline < 15
 
     asyncio.run(scenario())
 
@@ -448,16 +452,16 @@ def test_a_clean_shutdown_hands_the_lease_over_at_once() -> None:
         stop = asyncio.Event()
         running = asyncio.create_task(a.elector.run(stop))
         async with asyncio.timeout(5):
-            while not a.working:
+            while not a.working():
                 await asyncio.sleep(0.01)
         await b.elector.step()
-        assert not b.working
+        assert not b.working()
         stop.set()
         await running
-        assert not a.working and leases.holder is None
+        assert not a.working() and leases.holder is None
         await b.elector.step()  # no waiting for the lease to expire
         await settle()
-        assert b.working
+        assert b.working()
         await b.elector.step_down("test over")
 
     asyncio.run(scenario())

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import celpy
+import celpy.adapter
+import celpy.evaluation
 import pytest
 import yaml
 
@@ -130,10 +132,10 @@ def cel(expression: str, resource: dict[str, Any]) -> bool | None:
     env = celpy.Environment()
     program = env.program(env.compile(expression))
     try:
-        result = program.evaluate({k: celpy.json_to_cel(v) for k, v in resource.items()})
-    except celpy.CELEvalError:
+        result = program.evaluate({k: celpy.adapter.json_to_cel(v) for k, v in resource.items()})
+    except celpy.evaluation.CELEvalError:
         return None
-    return None if isinstance(result, celpy.CELEvalError) else bool(result)
+    return None if isinstance(result, celpy.evaluation.CELEvalError) else bool(result)
 
 
 def flux_cel_verdict(resource: dict[str, Any]) -> str:

@@ -49,8 +49,8 @@ def originals(tmp_path: Path) -> dict[str, str]:
     return data
 
 
-def at(kernel: FakeKernel, gib: float, **psi: float) -> None:
-    kernel.set_memory(int(gib * GIB_KIB), **psi)
+def at(kernel: FakeKernel, gib: float, *, some: float = 0.0, full: float = 0.0) -> None:
+    kernel.set_memory(int(gib * GIB_KIB), some=some, full=full)
 
 
 def test_zswap_only_under_pressure_is_on_in_hard_and_critical_and_restored_otherwise(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -38,7 +38,7 @@ uksm_specs = st.builds(lambda uksm: {"uksm": uksm}, optional(
     cpuGovernor=st.sampled_from(GOVERNORS), maxCpuPercentage=st.sampled_from([30, 60]),
     cpuRatios=st.just(RATIOS), thrashThreshold=st.sampled_from([0, 30])))
 # A step: a policy, None (nothing selects the node: restore), or "restart" (a new agent).
-Step = dict[str, Any] | str | None
+Step = dict[str, Any] | Literal["restart"] | None
 
 
 def steps(specs: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[list[Step]]:

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from overcommit.reconcile import state
 from overcommit.reconcile.state import FORMAT_VERSION, STATE_FILE, NodeRecord, StateStore
 
 KSM = "sys/kernel/mm/ksm"
@@ -62,7 +61,7 @@ def test_an_interrupted_save_leaves_the_previous_record(target: str, tmp_path: P
     before = full_record()
     store.save(before)
     text = store.path.read_text()
-    monkeypatch.setattr(state.os, target, _fail)
+    monkeypatch.setattr(os, target, _fail)  # state.py calls os.replace and os.fsync
     with pytest.raises(OSError, match="No space left"):
         store.save(NodeRecord(originals={"x": "y"}))
     monkeypatch.undo()
@@ -92,7 +91,7 @@ def test_an_interrupt_while_writing_leaves_the_previous_record(
             self.handle.write(text[: len(text) // 2])
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(state.os, "fdopen", HalfWritten)
+    monkeypatch.setattr(os, "fdopen", HalfWritten)  # as state.py calls it: os.fdopen
     with pytest.raises(KeyboardInterrupt):
         store.save(NodeRecord(originals={"x": "y"}))
     monkeypatch.undo()
