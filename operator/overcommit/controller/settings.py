@@ -7,8 +7,11 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from overcommit.kube.lease import LeaseConfig
+if TYPE_CHECKING:  # the CLI imports these settings: kopf (and with it the official client,
+    # ~20 MiB) must not load before the agent has hidden that client
+    from overcommit.kube.lease import LeaseConfig
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_NAMESPACE = "memory-overcommit"
@@ -71,6 +74,8 @@ class ControllerSettings:
 
     def lease(self) -> LeaseConfig:
         """The leader-election Lease these settings name, held as ``identity``."""
+        from overcommit.kube.lease import LeaseConfig
+
         return LeaseConfig(self.lease_namespace, self.lease_name, self.identity,
                            self.lease_seconds)
 
