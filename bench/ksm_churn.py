@@ -20,15 +20,16 @@ The worker is this module run with ``python -m bench.ksm_churn``; the schedule i
 
 from __future__ import annotations
 
-import contextlib
 import math
 import mmap
 import os
 import select
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+from overcommit.demo.workload import MergeWorkload
 
 STRIDE = 7919  # a prime: coprime to any power-of-two page count
 
@@ -96,43 +97,19 @@ def worker(size: int, shared_pages: int, seed: int, churn_percent: float) -> Non
 
 
 @dataclass
-class ChurnWorkload:
-    """``workers`` churning processes of ``size_mib`` each (see the module doc)."""
+class ChurnWorkload(MergeWorkload):
+    """``workers`` churning processes of ``size_mib`` each (see the module doc): the demo's
+    merge workload with workers that rewrite a share of their pages every second."""
 
-    workers: int = 4
-    size_mib: int = 64
-    shared_fraction: float = 0.75
     churn_percent: float = 1.0
-    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    kind: ClassVar[str] = "churn"
 
-    @property
-    def pages_per_worker(self) -> int:
-        return self.size_mib * 2**20 // mmap.PAGESIZE
+    def worker_argv(self, size: int, seed: int) -> list[str]:
+        return [sys.executable, "-m", "bench.ksm_churn", str(size), str(self.shared_pages),
+                str(seed), str(self.churn_percent)]
 
-    @property
-    def shared_pages(self) -> int:
-        return int(self.pages_per_worker * self.shared_fraction)
-
-    @property
-    def achievable_sharing(self) -> int:
-        return (self.workers - 1) * self.shared_pages
-
-    def start(self, timeout: float = 120.0) -> ChurnWorkload:
-        size = self.size_mib * 2**20
-        for seed in range(self.workers):
-            self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "bench.ksm_churn", str(size), str(self.shared_pages),
-                 str(seed), str(self.churn_percent)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                start_new_session=True))
-        deadline = time.monotonic() + timeout
-        for proc in self.processes:
-            assert proc.stdout is not None
-            ready = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready[0] or proc.stdout.readline().strip() != "ready":
-                self.stop()
-                raise RuntimeError("churn worker not ready")
-        return self
+    def start(self, timeout: float = 120.0) -> Self:
+        return super().start(timeout)
 
     def go(self, epoch: float) -> None:
         """Start churning, every worker on the same second boundaries from ``epoch``."""
@@ -140,19 +117,6 @@ class ChurnWorkload:
             assert proc.stdin is not None
             proc.stdin.write(f"go {epoch}\n")
             proc.stdin.flush()
-
-    def stop(self) -> None:
-        for proc in self.processes:
-            if proc.stdin:
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.close()
-        for proc in self.processes:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.processes.clear()
 
 
 if __name__ == "__main__":

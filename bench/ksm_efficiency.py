@@ -265,7 +265,7 @@ def wait_for_quiet(hold_s: float) -> None:
 def make_workload(kind: str, settings: Settings) -> Workload:
     if kind == "churn":
         return ChurnWorkload(settings.workers, settings.size_mib, settings.shared_fraction,
-                             settings.churn_percent)
+                             churn_percent=settings.churn_percent)
     return MergeWorkload(settings.workers, settings.size_mib, settings.shared_fraction)
 
 

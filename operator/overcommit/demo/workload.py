@@ -9,11 +9,13 @@ to the worker. With N workers the achievable saving is therefore
 
 from __future__ import annotations
 
+import contextlib
 import select
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar, Self
 
 _WORKER = r"""
 import mmap, os, sys
@@ -42,6 +44,7 @@ class MergeWorkload:
     size_mib: int = 64
     shared_fraction: float = 0.75
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    kind: ClassVar[str] = "merge"
 
     @property
     def pages_per_worker(self) -> int:
@@ -58,11 +61,15 @@ class MergeWorkload:
         """pages_sharing once everything identical is merged."""
         return (self.workers - 1) * self.shared_pages
 
-    def start(self, timeout: float = 60.0) -> MergeWorkload:
+    def worker_argv(self, size: int, seed: int) -> list[str]:
+        """The command of worker ``seed`` (a workload that behaves differently overrides it)."""
+        return [sys.executable, "-c", _WORKER, str(size), str(self.shared_pages), str(seed)]
+
+    def start(self, timeout: float = 60.0) -> Self:
         size = self.size_mib * 2**20
         for seed in range(self.workers):
             proc = subprocess.Popen(
-                [sys.executable, "-c", _WORKER, str(size), str(self.shared_pages), str(seed)],
+                self.worker_argv(size, seed),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -75,17 +82,18 @@ class MergeWorkload:
             # Nothing is buffered before the first line, so select() on the pipe is exact.
             if not select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 self.stop()
-                raise RuntimeError(f"merge worker not ready within {timeout:.0f}s")
+                raise RuntimeError(f"{self.kind} worker not ready within {timeout:.0f}s")
             line = proc.stdout.readline()
             if line.strip() != "ready":
                 self.stop()
-                raise RuntimeError(f"merge worker failed to start (said {line!r})")
+                raise RuntimeError(f"{self.kind} worker failed to start (said {line!r})")
         return self
 
     def stop(self) -> None:
         for proc in self.processes:
             if proc.stdin:
-                proc.stdin.close()
+                with contextlib.suppress(BrokenPipeError):  # a worker that already died
+                    proc.stdin.close()
         for proc in self.processes:
             try:
                 proc.wait(timeout=10)
@@ -94,7 +102,7 @@ class MergeWorkload:
                 proc.wait()
         self.processes.clear()
 
-    def __enter__(self) -> MergeWorkload:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
