@@ -620,35 +620,54 @@ def leftovers(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
     """Everything of a cluster of ``state_dir`` still on this host, one line each: processes,
     mounts, the network namespace, interfaces, cgroups, iptables chains in the host's
     namespace, files. Empty once the cluster stopped (or cleanup() ran)."""
-    found: list[str] = []
     run_dir = state_dir / "run"
     baseline = _Baseline.load(state_dir)
-    found += [f"process {p.exe}[{p.pid}]: {p.cmdline[:200]}" for p in _our_processes(run_dir)]
-    trees = _kubepods_cgroups()
-    found += [f"cgroup {tree}" for tree in trees]
-    for pid in sorted(set().union(*(_cgroup_pids(tree) for tree in trees))):
-        with contextlib.suppress(OSError):
-            found.append(f"pod process {pid}: "
-                         + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                         .decode(errors="replace")[:200])
+    found = [f"process {p.exe}[{p.pid}]: {p.cmdline[:200]}" for p in _our_processes(run_dir)]
+    found += _cgroups_left()
     found += [f"mount {m.point} ({m.fstype})" for m in _our_mounts(state_dir, baseline)]
-    if (NETNS_DIR / NETNS_NAME).exists():
-        found.append(f"network namespace {NETNS_DIR / NETNS_NAME}")
-    found += [f"interface {name}" for name in _links() if name in (HOST_LINK, NODE_LINK, BRIDGE)]
-    found += [f"iptables in the host's namespace: {line}" for line in _iptables_chains()]
+    found += _network_left()
     found += [f"shim socket {s}" for s in _shim_sockets(run_dir) if s.exists()]
     found += [f"CNI result {r}" for r in _cni_results(run_dir)]
     if run_dir.exists():
         found.append(f"directory {run_dir}")
     if baseline is not None:
-        for path in HOST_PATHS:
-            if path == KUBELET_ROOT and baseline.existed(path):
-                found += [f"file {e}" for e in sorted(path.iterdir()) if path.is_dir()
-                          and e.name not in baseline.kubelet_entries]
-            elif path in _SHARED_DIRS:
-                continue  # our entries in them are listed above
-            elif not baseline.existed(path) and (path.exists() or path.is_symlink()):
-                found.append(f"file {path}")
+        found += _host_paths_left(baseline)
+    return found
+
+
+def _cgroups_left() -> list[str]:
+    """The pods' cgroup trees and every process still in them."""
+    trees = _kubepods_cgroups()
+    found = [f"cgroup {tree}" for tree in trees]
+    for pid in sorted(set().union(*(_cgroup_pids(tree) for tree in trees))):
+        with contextlib.suppress(OSError):
+            found.append(f"pod process {pid}: "
+                         + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                         .decode(errors="replace")[:200])
+    return found
+
+
+def _network_left() -> list[str]:
+    """The node's network namespace, our interfaces and iptables chains in the host's."""
+    found = []
+    if (NETNS_DIR / NETNS_NAME).exists():
+        found.append(f"network namespace {NETNS_DIR / NETNS_NAME}")
+    found += [f"interface {name}" for name in _links() if name in (HOST_LINK, NODE_LINK, BRIDGE)]
+    found += [f"iptables in the host's namespace: {line}" for line in _iptables_chains()]
+    return found
+
+
+def _host_paths_left(baseline: _Baseline) -> list[str]:
+    """Host paths the node created (or kubelet-root entries it added) that are still there."""
+    found: list[str] = []
+    for path in HOST_PATHS:
+        if path == KUBELET_ROOT and baseline.existed(path):
+            found += [f"file {e}" for e in sorted(path.iterdir()) if path.is_dir()
+                      and e.name not in baseline.kubelet_entries]
+        elif path in _SHARED_DIRS:
+            continue  # our entries in them are listed above
+        elif not baseline.existed(path) and (path.exists() or path.is_symlink()):
+            found.append(f"file {path}")
     return found
 
 
