@@ -115,14 +115,6 @@ def vmstat(*names: str) -> dict[str, int]:
     return out
 
 
-def mem_total() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/meminfo has no MemTotal")
-
-
 # ------------------------------------------------------------------------------------------------
 # The strategies
 
@@ -514,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "memory.", file=sys.stderr)
         return 2
     settings = settings_from(args)
-    total = mem_total()
+    total = memrig.meminfo_bytes("MemTotal")
     policy = bench_policy(f"{PREFIX}{os.getpid()}-*", settings.stats_period_s,
                           settings.interval_s)
     th, lv = levels_for(policy, total - settings.reserve)

@@ -123,13 +123,18 @@ while True:
 """
 
 
-def mem_available() -> int:
-    """The host's MemAvailable now, in bytes."""
+def meminfo_bytes(field: str) -> int:
+    """One ``/proc/meminfo`` figure now (``MemAvailable``, ``MemTotal``, ...), in bytes."""
     with open("/proc/meminfo") as f:
         for line in f:
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/meminfo has no MemAvailable")
+    raise RuntimeError(f"/proc/meminfo has no {field}")
+
+
+def mem_available() -> int:
+    """The host's MemAvailable now, in bytes."""
+    return meminfo_bytes("MemAvailable")
 
 
 def resident(pid: int) -> int:
@@ -230,13 +235,8 @@ class MemoryRig:
                 per = max(1, min((now - target) // CHUNK // len(self._fillers), GIB // CHUNK))
                 if not self._round(per):
                     return mem_available()  # the floor stopped a filler: this is as low
-            elif self.held:  # free, from the fuller fillers first
-                count = max(1, (target - now) // CHUNK)
-                for filler in sorted(self._fillers, key=lambda f: -f.chunks):
-                    give = min(count, filler.chunks)
-                    if give:
-                        filler.ask(-give)
-                        count -= give
+            elif self.held:
+                self._free(max(1, (target - now) // CHUNK))
             else:
                 return now  # nothing held and still below the target: not ours to fix
 
@@ -272,14 +272,17 @@ class MemoryRig:
                 if per + (i < extra):
                     filler.ask(per + (i < extra))
         else:
-            count = -count
-            for filler in sorted(self._fillers, key=lambda f: -f.chunks):
-                give = min(count, filler.chunks)
-                if give:
-                    filler.ask(-give)
-                    count -= give
+            self._free(-count)
         self._check()
         return self.held - before
+
+    def _free(self, count: int) -> None:
+        """Free up to ``count`` chunks, from the fuller fillers first."""
+        for filler in sorted(self._fillers, key=lambda f: -f.chunks):
+            give = min(count, filler.chunks)
+            if give:
+                filler.ask(-give)
+                count -= give
 
     def release(self) -> None:
         """Free everything the fillers hold (they stay, empty)."""

@@ -88,7 +88,6 @@ def guest_entries(guests: GuestResult | None) -> list[tuple[str, Guest]]:
     return entries
 
 
-
 def ladder_status(ladder: node_ladder.Ladder | None) -> Ladder | None:
     """The ladder as the node state shows it: state, since, why, the thresholds in bytes
     (best state first) and the last transitions (newest first)."""
