@@ -2,7 +2,8 @@
 over the same fixed window.
 
     python -m bench.ksm_efficiency [--quick] [--repeat N] [--strategies a,b]
-                                   [--workloads static,churn] [--pressure real|simulated]
+                                   [--workloads static,churn,guests]
+                                   [--pressure real|simulated]
                                    [--frontier] [--verbose]
 
 For each strategy and workload: saved memory integrated over the window (byte-seconds) per
@@ -33,6 +34,7 @@ from bench.common import log as _log
 from bench.common import quiet as _quiet
 from bench.common import raise_interrupt as _raise_interrupt
 from bench.ksm_churn import ChurnWorkload
+from bench.ksm_guests import GuestWorkload
 from bench.ksm_metrics import compare_all, integrate, median_or_none, per_cpu, spread
 from bench.ksm_pressure import Pressure
 from bench.strategies import (
@@ -51,7 +53,8 @@ ATTEMPTS = 3  # per trial, when someone else disturbs KSM during the measurement
 QUIET_WAIT_S = 300.0  # how long to wait for other KSM users to finish before a trial
 QUIET_HOLD_S = 30.0  # ... and for how long they must have been gone (they come in bursts)
 PAGE = mmap.PAGESIZE
-WORKLOADS = ("static", "churn")
+WORKLOADS = ("static", "churn", "guests")
+DEFAULT_WORKLOADS = ("static", "churn")  # guests boot TCG VMs per trial: asked for by name
 GIB = float(1 << 30)
 
 
@@ -128,13 +131,13 @@ class Guard:
     def after_act(self) -> None:
         self.expected = self._rate()
 
-    def check(self, sharing: int, achievable: int) -> str | None:
+    def check(self, sharing: int, cap: int) -> str | None:
         self.polls += 1
         now = self._rate()
         if self.expected and now != self.expected:
             return f"KSM rate settings changed by someone else: {self.expected} -> {now}"
-        if sharing > 1.02 * achievable:
-            return f"pages_sharing {sharing} exceeds what the workload can share ({achievable})"
+        if sharing > 1.02 * cap:
+            return f"pages_sharing {sharing} exceeds what the workload can share ({cap})"
         others = ksm_host.foreign_ksm_users(self.own) if self.polls % 8 == 0 else []
         return f"other processes use KSM: pids {others}" if others else None
 
@@ -142,7 +145,15 @@ class Guard:
 # ------------------------------------------------------------------------------------------------
 # Measuring one strategy
 
-Workload = MergeWorkload | ChurnWorkload
+Workload = MergeWorkload | ChurnWorkload | GuestWorkload
+
+
+def sharing_cap(workload: Workload) -> int:
+    """The most ``pages_sharing`` the workload can reach: its design for processes, all of
+    its memory for guests (their kernels' own identical pages merge too)."""
+    if isinstance(workload, GuestWorkload):
+        return workload.sharing_cap
+    return workload.achievable_sharing
 
 
 class Run:
@@ -155,6 +166,7 @@ class Run:
         self.strategy, self.settings, self.clock, self.log = strategy, settings, clock, log
         self.pressure = pressure
         self.achievable = workload.achievable_sharing
+        self.cap = sharing_cap(workload)
         self.guard = Guard({p.pid for p in workload.processes}, strategy.self_tuning)
         self.disturbed = self.guard.at_start()
         self.target = math.ceil(TARGET_SHARE * self.achievable)
@@ -198,7 +210,7 @@ class Run:
     def _poll(self, now: float) -> None:
         self.sharing = ksm_host.read_int("pages_sharing")
         self.samples.append((now - self.t0, float(self.sharing * PAGE)))
-        self.disturbed = self.guard.check(self.sharing, self.achievable)
+        self.disturbed = self.guard.check(self.sharing, self.cap)
         rig = self.pressure.rig
         if rig is not None and rig.tripped:
             self.disturbed = f"memory rig tripped: {rig.tripped}"
@@ -266,6 +278,8 @@ def make_workload(kind: str, settings: Settings) -> Workload:
     if kind == "churn":
         return ChurnWorkload(settings.workers, settings.size_mib, settings.shared_fraction,
                              churn_percent=settings.churn_percent)
+    if kind == "guests":
+        return GuestWorkload(settings.workers, settings.size_mib, settings.shared_fraction)
     return MergeWorkload(settings.workers, settings.size_mib, settings.shared_fraction)
 
 
@@ -421,8 +435,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="run every strategy N times; report medians (default 1)")
     parser.add_argument("--strategies", default=",".join(STRATEGY_NAMES),
                         help=f"comma-separated subset of {','.join(STRATEGY_NAMES)}")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS),
-                        help="comma-separated subset of static,churn (default both)")
+    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                        help="comma-separated subset of static,churn,guests (default "
+                             "static,churn; guests boots real TCG VMs from one image)")
     parser.add_argument("--pressure", choices=("real", "simulated"), default="real",
                         help="real: a memory rig holds MemAvailable at the target (default); "
                              "simulated: every strategy is told a constant MemAvailable")

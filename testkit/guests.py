@@ -86,8 +86,9 @@ INSTALL_HINT = ("run scripts/install-libvirt (as root): it installs libvirtd, QE
 BALLOON_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
                    "virtio_pci", "virtio_balloon")
 # In the image but not loaded at boot (a test loads them with its own parameters): ``brd``, the
-# RAM disk, holds the small file system whose sparse file gives a guest clean page cache.
-OPTIONAL_MODULES = ("brd",)
+# RAM disk, holds the small file system whose sparse file gives a guest clean page cache;
+# ``virtio_blk`` reads the read-only disk a guest is given with ``define_guest(disk=...)``.
+OPTIONAL_MODULES = ("brd", "virtio_blk")
 BUSYBOX = Path("/bin/busybox")
 QEMU = "/usr/bin/qemu-system-x86_64"
 READY_MARKER = "GUEST-READY"
@@ -347,12 +348,13 @@ def _image_key(kernel: Kernel) -> str:
 
 
 def _optional_modules(kernel: Kernel) -> list[tuple[str, bytes]]:
-    """OPTIONAL_MODULES this kernel ships as modules; none when one is missing (only the
-    tests that need it fail, and say why)."""
-    try:
-        return module_load_order(kernel.modules_dir, OPTIONAL_MODULES)
-    except GuestError:
-        return []
+    """OPTIONAL_MODULES this kernel ships as modules (with what they need); one that is missing
+    is left out (only the tests that need it fail, and say why)."""
+    found: list[tuple[str, bytes]] = []
+    for name in OPTIONAL_MODULES:
+        with contextlib.suppress(GuestError):
+            found += [m for m in module_load_order(kernel.modules_dir, (name,)) if m not in found]
+    return found
 
 
 def guest_image() -> GuestImage:
@@ -392,6 +394,7 @@ class GuestSpec:
     stats_period: int
     share_pages: bool
     extra_cmdline: str
+    disk: Path | None = None  # a raw image the guest sees read-only as /dev/vda
 
 
 def _domain_xml(spec: GuestSpec, image: GuestImage, files: GuestFiles) -> str:
@@ -429,6 +432,7 @@ def _domain_xml(spec: GuestSpec, image: GuestImage, files: GuestFiles) -> str:
       <target port='1'/>
     </serial>
     <video><model type='none'/></video>
+    {_disk_xml(spec)}
     {_balloon_xml(spec)}
   </devices>
   <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
@@ -444,6 +448,15 @@ def _cmdline(spec: GuestSpec) -> str:
     return " ".join([*parts, spec.extra_cmdline]).strip()
 
 
+def _disk_xml(spec: GuestSpec) -> str:
+    # Read-only, so any number of guests can share one image (QEMU takes a shared lock).
+    if spec.disk is None:
+        return ""
+    return (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{escape(str(spec.disk))}'/><target dev='vda' bus='virtio'/>"
+            f"<readonly/></disk>")
+
+
 def _balloon_xml(spec: GuestSpec) -> str:
     if not spec.with_balloon:
         return "<memballoon model='none'/>"
@@ -454,18 +467,20 @@ def _balloon_xml(spec: GuestSpec) -> str:
 def define_guest(conn: Connection, name: str, memory_mib: int = 512, max_memory_mib: int = 512,
                  with_balloon: bool = True, balloon_driver: bool = True, stats_period: int = 2,
                  *, persistent: bool = False, share_pages: bool = True,
-                 extra_cmdline: str = "") -> Domain:
+                 extra_cmdline: str = "", disk: Path | None = None) -> Domain:
     """Start a guest and return its domain (transient unless ``persistent``).
 
     ``with_balloon=False`` gives the domain no balloon device (``<memballoon model='none'/>``);
     ``balloon_driver=False`` keeps the device but the guest does not load virtio_balloon.
     ``share_pages=False`` adds ``<nosharepages/>``: QEMU then does not mark guest RAM
     mergeable, so the guest stays invisible to the host's KSM. ``extra_cmdline`` is appended to
-    the kernel command line (``meminfo_period=N`` changes the meminfo interval).
-    Returns as soon as QEMU runs; use ``wait_booted()`` before talking to the guest.
+    the kernel command line (``meminfo_period=N`` changes the meminfo interval). ``disk`` is a
+    raw image the guest sees read-only as ``/dev/vda`` once it loads ``virtio_blk``
+    (``load_disk``). Returns as soon as QEMU runs; use ``wait_booted()`` before talking to
+    the guest.
     """
     spec = GuestSpec(name, memory_mib, max_memory_mib, with_balloon, balloon_driver,
-                     stats_period, share_pages, extra_cmdline)
+                     stats_period, share_pages, extra_cmdline, disk)
     image = guest_image()
     directory = Path(tempfile.mkdtemp(prefix="oc-guest-"))  # short: unix socket paths <108 B
     files = GuestFiles(directory, directory / "console.log", directory / "cmd.sock")
@@ -718,4 +733,23 @@ def fill_page_cache(domain: Domain, mib: int, timeout: float = 120.0) -> None:
         f"&& cat /mnt/pc/cache > /dev/null", timeout)
     if rc != 0:
         raise GuestError(f"{domain.name()}: could not fill {mib} MiB of page cache (rc {rc}): "
+                         f"{out[-500:]}")
+
+
+def load_disk(domain: Domain, unique_mib: int = 0, timeout: float = 300.0) -> None:
+    """Copy the guest's read-only disk (``define_guest(disk=...)``) into a tmpfs (resident
+    memory, as a guest's loaded programs and data are) and add ``unique_mib`` MiB of random
+    data of its own beside it. The disk is read with O_DIRECT, so no second copy stays in the
+    guest's page cache."""
+    mount = ("grep -q ' /mnt/disk ' /proc/mounts || { mkdir -p /mnt/disk "
+             "&& mount -t tmpfs -o size=95% tmpfs /mnt/disk; }")
+    wait_vda = ("{ [ -b /dev/vda ] || insmod /lib/modules/virtio_blk.ko; "
+                "for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.2; done; }")
+    rc, out = guest_run(
+        domain, f"{wait_vda} && {mount} && rm -f /mnt/disk/* "
+        f"&& dd if=/dev/vda of=/mnt/disk/image bs=1048576 iflag=direct 2>/dev/null "
+        f"&& dd if=/dev/urandom of=/mnt/disk/unique bs=1048576 count={int(unique_mib)} "
+        f"2>/dev/null", timeout)
+    if rc != 0:
+        raise GuestError(f"{domain.name()}: could not load its disk into memory (rc {rc}): "
                          f"{out[-500:]}")

@@ -10,6 +10,7 @@ scripts/install-libvirt (a skipped suite would look green while testing nothing)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import os
 import re
@@ -211,3 +212,23 @@ def test_domain_without_balloon_device_rejects_a_live_change(conn: Any, lv: Modu
             dom.setMemoryFlags(256 * 1024, lv.VIR_DOMAIN_AFFECT_LIVE)
         assert e.value.get_error_code() == lv.VIR_ERR_OPERATION_INVALID
         assert "without the balloon device" in str(e.value)
+
+
+def test_a_guest_loads_its_read_only_disk_into_memory(conn: Any, tmp_path: Any) -> None:
+    """The KSM benchmark's guests workload (bench.ksm_guests): the image attached read-only
+    arrives whole in the guest's memory, beside random data of its own."""
+    from bench.ksm_guests import image_path
+
+    image = image_path(16, tmp_path)
+    with started(conn, "disk", memory_mib=256, max_memory_mib=256, disk=image) as dom:
+        guests.wait_booted(dom, timeout=180)
+        before = guests.guest_meminfo(dom)["Shmem"]
+        guests.load_disk(dom, unique_mib=4)
+        rc, out = guests.guest_run(dom, "md5sum /mnt/disk/image; wc -c < /mnt/disk/unique")
+        assert rc == 0, out
+        expected = hashlib.md5(image.read_bytes()).hexdigest()
+        assert expected in out, f"the guest's copy differs from the image: {out!r}"
+        assert str(4 << 20) in out.split(), out
+        # Resident: the tmpfs holds both (Shmem grows by 20 MiB once meminfo is reported again).
+        wait(lambda: guests.guest_meminfo(dom)["Shmem"] >= before + (20 << 10) * 0.95 or None,
+             "the guest's Shmem to grow by the 20 MiB loaded")
