@@ -43,15 +43,18 @@ from bench.scale_model import (
     with_naive_entry,
 )
 from overcommit.agent.api import AgentApi
+from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import should_write
 from overcommit.api.schema import to_json
 from overcommit.api.status import NodeStateStatus
+from overcommit.kube.backoff import retry_delay
 from overcommit.kube.client import ApiError as ProductApiError
 
 JSON = dict[str, Any]
 # What a write can fail with: an error answer (e.g. 429 from API Priority and Fairness, 504 when
 # the API server gave up on the request), a dropped connection, or a request timeout.
 FAILURES = (ApiError, ProductApiError, aiohttp.ClientError, OSError, TimeoutError)
+RETRY_S = AgentSettings("-").retry_seconds  # the shipped agent's
 
 
 @dataclass
@@ -189,12 +192,15 @@ class Fleet:
     async def _react(self, agent: Agent) -> None:
         try:
             # A vanished node's agent stops reacting (its client is closed).
+            failures = 0
             while agent.view.generation < self.generation and \
                     self.agents.get(agent.view.node) is agent:
                 try:
                     await self.cycle(agent, generation=self.generation)
                 except FAILURES:
-                    await asyncio.sleep(1.0)  # the agent's retry after a failed cycle
+                    # The agent's retry after a failed cycle: its backoff, with its settings.
+                    failures += 1
+                    await asyncio.sleep(retry_delay(failures, RETRY_S, self.timing.interval_s))
         finally:
             agent.reacting = False
 

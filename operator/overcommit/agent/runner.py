@@ -32,6 +32,7 @@ from overcommit.api.model import Policy, PolicyError, policy_from_object
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
 from overcommit.api.schema import plain, to_json
 from overcommit.api.status import NodeStateStatus
+from overcommit.kube.backoff import retry_delay
 from overcommit.kube.client import ApiError, make_login
 from overcommit.kube.clock import now_rfc3339
 from overcommit.kube.events import EventIntent
@@ -72,6 +73,7 @@ class Agent:
         self.recreate_state = True
         self.last_status: NodeStateStatus | None = None
         self.last_write = 0.0
+        self.failures = 0  # failed cycles in a row: the retry backs off (overcommit.kube.backoff)
         self.events = EventMemory()
         self.health = CycleHealth()  # what the probes report
 
@@ -172,18 +174,28 @@ class Agent:
 
     async def reconcile_safely(self) -> float:
         try:
-            return await self.reconcile()
+            delay = await self.reconcile()
         except (TimeoutError, ApiError, OSError) as exc:
             kind = failure_kind(exc)
-            self.log.warning("cycle failed, retrying in %ss: %s", self.settings.retry_seconds,
-                             exc,
-                             extra={"error_kind": kind})
+            delay = self._retry_delay()
+            self.log.warning("cycle failed (%d in a row), retrying in %.1fs: %s", self.failures,
+                             delay, exc, extra={"error_kind": kind})
             await self._cycle_failed(kind, f"{type(exc).__name__}: {exc}")
-            return self.settings.retry_seconds
+            return delay
         except Exception as exc:
+            delay = self._retry_delay()
             self.log.exception("cycle failed unexpectedly", extra={"error_kind": "internal"})
             await self._cycle_failed("internal", f"{type(exc).__name__}: {exc}")
-            return self.settings.retry_seconds
+            return delay
+        self.failures = 0
+        return delay
+
+    def _retry_delay(self) -> float:
+        # Jittered and growing: every agent of the cluster fails at the same moment (a 429
+        # storm after a policy change, an API server restart), and must not retry in step.
+        self.failures += 1
+        return retry_delay(self.failures, self.settings.retry_seconds,
+                           self.settings.interval_seconds)
 
     async def _cycle_failed(self, kind: str, message: str) -> None:
         self.metrics.failed_cycle(kind)

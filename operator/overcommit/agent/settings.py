@@ -23,8 +23,10 @@ class AgentSettings:
     """Cycle period when nothing wakes the agent earlier (policy or node changes do)."""
 
     retry_seconds: float = 2.0
-    """After a failed cycle (the API server away, a host file unreadable), try again this much
-    later rather than after the whole interval."""
+    """After a failed cycle (the API server away, a host file unreadable), try again sooner
+    than the interval: a random wait from half this up to a ceiling of this that doubles with
+    each failure in a row, never above the interval (so a cluster's agents do not retry in
+    step)."""
 
     status_interval_seconds: float = 60.0
     """At most one status write per this many seconds for counter-only changes; changes of

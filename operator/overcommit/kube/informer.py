@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from overcommit.kube.backoff import retry_delay
 from overcommit.kube.client import ApiError, KubeClient
 
 log = logging.getLogger("overcommit.kube")
@@ -21,7 +22,10 @@ log = logging.getLogger("overcommit.kube")
 JSON = dict[str, Any]
 PAGE = 500
 WATCH_SECONDS = 300
-BACKOFFS = (0.5, 1.0, 2.0, 4.0, 8.0)
+# Relist after a failure: a random wait from 0.5 s up to a ceiling of 1 s that doubles with
+# each failure in a row, up to 8 s (overcommit.kube.backoff).
+RETRY_BASE_S = 1.0
+RETRY_CAP_S = 8.0
 
 
 class Store(Protocol):
@@ -66,8 +70,8 @@ class Informer:
 
     async def _back_off(self, failures: int, exc: Exception) -> int:
         self.on_error()
-        delay = BACKOFFS[min(failures, len(BACKOFFS) - 1)]
-        log.warning("list/watch of %s failed, retrying in %ss: %s", self.path, delay, exc)
+        delay = retry_delay(failures + 1, RETRY_BASE_S, RETRY_CAP_S)
+        log.warning("list/watch of %s failed, retrying in %.1fs: %s", self.path, delay, exc)
         await asyncio.sleep(delay)
         return failures + 1
 

@@ -153,12 +153,15 @@ class FailingApi:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
+        self.fail = True
 
     async def get_node_state(self, name: str) -> dict[str, Any]:
         return {"metadata": {"uid": "u1"}, "status": {}}
 
     async def replace_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        raise ApiError(503, '{"message": "etcd is down"}', "PATCH status")
+        if self.fail:
+            raise ApiError(503, '{"message": "etcd is down"}', "PATCH status")
+        return {"status": status}
 
     async def post_event(self, namespace: str, involved: dict[str, Any], event_type: str,
                          reason: str, message: str, component: str, host: str) -> None:
@@ -207,6 +210,25 @@ class BrokenApi(FailingApi):
     async def post_event(self, namespace: str, involved: dict[str, Any], event_type: str,
                          reason: str, message: str, component: str, host: str) -> None:
         raise aiohttp.ServerDisconnectedError()
+
+
+def test_retries_back_off_while_cycles_fail_and_start_over_after_one_works(
+        tmp_path: Path) -> None:
+    api = FailingApi()
+    agent = agent_on(api, tmp_path)
+    ceiling = agent.settings.retry_seconds
+
+    async def cycles(n: int) -> list[float]:
+        return [await agent.reconcile_safely() for _ in range(n)]
+
+    delays = asyncio.run(cycles(4))
+    assert agent.failures == 4
+    for delay in delays:  # each within its growing ceiling, never at once
+        assert agent.settings.retry_seconds / 2 <= delay <= ceiling
+        ceiling = min(2 * ceiling, agent.settings.interval_seconds)
+    api.fail = False
+    assert asyncio.run(agent.reconcile_safely()) > 0
+    assert agent.failures == 0
 
 
 def test_a_failing_event_post_does_not_escape_a_failed_cycle(tmp_path: Path) -> None:
