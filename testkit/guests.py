@@ -726,14 +726,11 @@ def fill_page_cache(domain: Domain, mib: int, timeout: float = 120.0) -> None:
     ready = "grep -q ' /mnt/pc ' /proc/mounts"
     setup = ("insmod /lib/modules/brd.ko rd_nr=1 rd_size=16384 && mke2fs -q /dev/ram0 "
              ">/dev/null 2>&1 && mkdir -p /mnt/pc && mount -t ext4 /dev/ram0 /mnt/pc")
-    rc, out = guest_run(
+    _run_or_fail(
         domain, f"{{ {ready} || {{ {setup}; }}; }} && rm -f /mnt/pc/cache "
         f"&& echo 3 > /proc/sys/vm/drop_caches "
         f"&& dd of=/mnt/pc/cache bs=1048576 seek={int(mib)} count=0 2>/dev/null "
-        f"&& cat /mnt/pc/cache > /dev/null", timeout)
-    if rc != 0:
-        raise GuestError(f"{domain.name()}: could not fill {mib} MiB of page cache (rc {rc}): "
-                         f"{out[-500:]}")
+        f"&& cat /mnt/pc/cache > /dev/null", timeout, f"fill {mib} MiB of page cache")
 
 
 def load_disk(domain: Domain, unique_mib: int = 0, timeout: float = 300.0) -> None:
@@ -745,11 +742,14 @@ def load_disk(domain: Domain, unique_mib: int = 0, timeout: float = 300.0) -> No
              "&& mount -t tmpfs -o size=95% tmpfs /mnt/disk; }")
     wait_vda = ("{ [ -b /dev/vda ] || insmod /lib/modules/virtio_blk.ko; "
                 "for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.2; done; }")
-    rc, out = guest_run(
+    _run_or_fail(
         domain, f"{wait_vda} && {mount} && rm -f /mnt/disk/* "
         f"&& dd if=/dev/vda of=/mnt/disk/image bs=1048576 iflag=direct 2>/dev/null "
         f"&& dd if=/dev/urandom of=/mnt/disk/unique bs=1048576 count={int(unique_mib)} "
-        f"2>/dev/null", timeout)
+        f"2>/dev/null", timeout, "load its disk into memory")
+
+
+def _run_or_fail(domain: Domain, shell: str, timeout: float, what: str) -> None:
+    rc, out = guest_run(domain, shell, timeout)
     if rc != 0:
-        raise GuestError(f"{domain.name()}: could not load its disk into memory (rc {rc}): "
-                         f"{out[-500:]}")
+        raise GuestError(f"{domain.name()}: could not {what} (rc {rc}): {out[-500:]}")
