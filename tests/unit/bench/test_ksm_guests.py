@@ -50,3 +50,13 @@ def test_the_domain_gets_the_disk_read_only() -> None:
     no_disk = guests._domain_xml(guests.GuestSpec("g", 256, 256, True, True, 0, True, ""),
                                  image, files)
     assert "<disk" not in no_disk
+
+
+def test_the_trial_guard_allows_the_guests_own_sharing_but_not_the_processes() -> None:
+    from bench.ksm_efficiency import sharing_cap
+    from overcommit.demo.workload import MergeWorkload
+
+    processes = MergeWorkload(4, 32, 0.75)
+    assert sharing_cap(processes) == processes.achievable_sharing
+    vms = GuestWorkload(workers=4, size_mib=32, shared_fraction=0.75)
+    assert sharing_cap(vms) == vms.sharing_cap > vms.achievable_sharing
