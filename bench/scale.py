@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import log as say
+from bench.memory_guard import MemoryGuard
 from bench.scale_agents import FAILURES, Fleet, Timing, Writes
 from bench.scale_kube import AgentWatches, Kube, PolicyObserver, Tally, ca_only_context
 from bench.scale_model import (
@@ -706,7 +707,7 @@ KWOK: list[subprocess.Popen[bytes] | None] = [None]
 def run_once(design: str, nodes: int, params: Params, kwok_path: Path) -> JSON:
     """One design at one N on a fresh control plane (so etcd's size is this run's alone)."""
     with tempfile.TemporaryDirectory(prefix="overcommit-bench-scale-") as tmp, \
-            ControlPlane() as cp:
+            MemoryGuard() as guard, ControlPlane() as cp:
         work = Path(tmp)
         (work / "secrets").mkdir(mode=0o700)
         install(cp, design)
@@ -714,6 +715,10 @@ def run_once(design: str, nodes: int, params: Params, kwok_path: Path) -> JSON:
             KWOK[0] = kwok_proc
             try:
                 return asyncio.run(run_design(cp, design, nodes, params, work))
+            except KeyboardInterrupt:
+                if guard.tripped:  # the guard stopped it: say why, not "interrupted"
+                    raise RuntimeError(guard.tripped) from None
+                raise
             except BaseException:
                 for name in ("controller.log", "kwok.log"):
                     log = work / name
