@@ -315,17 +315,12 @@ def wait_reporting(fleet: Fleet, spec: BalloonSpec) -> None:
 
 
 def destroy(domains: Sequence[guests.Domain]) -> None:
-    for domain in domains:
-        with suppress(Exception):  # one guest's failure must not leave the others running
-            guests.destroy_guest(domain)
+    guests.destroy_guests(domains)
 
 
 def destroy_leftovers(conn: Any) -> None:
     """Guests of an earlier run that was killed before its cleanup (its pid is gone)."""
-    for domain in conn.listAllDomains(0):
-        m = re.fullmatch(rf"{PREFIX}(\d+)-\d+", domain.name())
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
-            destroy([domain])
+    guests.destroy_stale(conn, PREFIX)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,14 +19,13 @@ The image is built once (``image_path``) in the test-support cache: page ``i`` h
 with its index, so no two pages of the image are equal (only copies across guests merge).
 Guests start fresh for every trial (each strategy meets the same, unmerged guests) and are
 destroyed after it, also on errors; a run killed before that leaves guests that the next run
-removes (``destroy_leftovers``).
+removes (``testkit.guests.destroy_stale``).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import re
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -126,7 +125,7 @@ class GuestWorkload:
         lv = guests._libvirt()
         conn = lv.open(URI)
         try:
-            destroy_leftovers(conn)
+            guests.destroy_stale(conn, PREFIX)
             shared, unique = split_mib(self.size_mib, self.shared_fraction)
             image = image_path(shared)
             started = time.monotonic()
@@ -156,9 +155,7 @@ class GuestWorkload:
         self.processes = [QemuProcess(qemu_pid(d.name())) for d in self.domains]
 
     def stop(self) -> None:
-        for domain in self.domains:
-            with suppress(Exception):  # one guest's failure must not leave the others running
-                guests.destroy_guest(domain)
+        guests.destroy_guests(self.domains)
         self.domains, self.processes = [], []
 
     def __enter__(self) -> GuestWorkload:
@@ -167,11 +164,3 @@ class GuestWorkload:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def destroy_leftovers(conn: Any) -> None:
-    """Guests of an earlier run that was killed before its clean-up (its pid is gone)."""
-    for domain in conn.listAllDomains(0):
-        m = re.fullmatch(rf"{PREFIX}(\d+)-\d+", domain.name())
-        if m and not os.path.exists(f"/proc/{m.group(1)}"):
-            with suppress(Exception):
-                guests.destroy_guest(domain)

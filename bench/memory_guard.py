@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from testkit.memrig import mem_available
+from testkit.memrig import mem_available, resident
 
 FLOOR = 2 << 30
 
@@ -43,15 +43,12 @@ def descendants(root: int, proc: Path = Path("/proc")) -> list[int]:
     return found
 
 
-def rss_bytes(pid: int, proc: Path = Path("/proc")) -> int:
+def rss_bytes(pid: int) -> int:
+    """``memrig.resident``, 0 for a process that is gone (or has no memory of its own)."""
     try:
-        status = (proc / str(pid) / "status").read_text()
-    except OSError:
+        return resident(pid)
+    except (OSError, IndexError):
         return 0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def largest(pids: list[int], rss: Callable[[int], int] = rss_bytes) -> tuple[int, int] | None:

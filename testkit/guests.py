@@ -47,10 +47,10 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from xml.sax.saxutils import escape
 
 from testkit.libvirtd import URI
@@ -535,6 +535,22 @@ def destroy_guest(domain: Domain, keep_files: bool = False) -> None:
     files = _GUESTS.pop(name, None)
     if files is not None and not keep_files:
         shutil.rmtree(files.directory, ignore_errors=True)
+
+
+def destroy_guests(domains: Iterable[Domain]) -> None:
+    """``destroy_guest`` for each; one guest's failure must not leave the others running."""
+    for domain in domains:
+        with contextlib.suppress(Exception):
+            destroy_guest(domain)
+
+
+def destroy_stale(conn: Any, prefix: str) -> None:
+    """Guests named ``<prefix><pid>-<n>`` whose process ``pid`` is gone: left by a run that was
+    killed before its clean-up."""
+    def stale(name: str) -> bool:
+        m = re.fullmatch(rf"{re.escape(prefix)}(\d+)-\d+", name)
+        return m is not None and not os.path.exists(f"/proc/{m.group(1)}")
+    destroy_guests(d for d in conn.listAllDomains(0) if stale(d.name()))
 
 
 def _files(domain: Domain) -> GuestFiles:
