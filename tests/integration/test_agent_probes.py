@@ -16,6 +16,7 @@ from tests.integration.kube import (
     apply,
     install_crds,
     node,
+    node_state,
     policy,
     probe,
 )
@@ -38,7 +39,8 @@ def test_ready_only_after_a_cycle_and_live_while_waiting_for_the_node(
                        env={"PYTHONPATH": str(REPO / "operator")}) as agent:
         # No Node yet: nothing to do, which is not being wedged.
         first = wait_for(lambda: probe(port, "/readyz"), 60, "the agent's probes to answer")
-        assert first == (503, {"cyclesCompleted": 0, "secondsSinceLastCycle": None,
+        assert first == (503, {"cyclesCompleted": 0, "reported": False,
+                               "secondsSinceLastCycle": None,
                                "cycleRunningSeconds": None, "ok": False,
                                "problem": "no cycle has completed yet"})
         assert probe(port, "/healthz") == (200, {**first[1], "ok": True, "problem": None})
@@ -48,6 +50,9 @@ def test_ready_only_after_a_cycle_and_live_while_waiting_for_the_node(
                  "readiness once the first cycle completed")
         ready = probe(port, "/readyz")
         assert ready is not None and ready[1]["cyclesCompleted"] >= 1 and ready[1]["ok"] is True
+        # Ready promises the cycle's report is there to read.
+        assert ready[1]["reported"] is True
+        assert ((node_state(control_plane, name) or {}).get("status") or {}).get("conditions")
         assert agent.poll() is None
 
 

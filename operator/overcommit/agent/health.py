@@ -4,7 +4,8 @@ Liveness asks one question: is the loop wedged? A cycle that has been running fo
 ``stuck_after`` (a libvirt call that never returns, say) means a restart helps. Waiting for the
 API server, or for this node's Node to appear, is not wedged: a restart would not help there,
 so the agent stays live. Readiness adds: has a cycle completed (the host was observed and the
-policy acted on) since the agent started? A DaemonSet rollout moves to the next node only then.
+policy acted on) and has its report reached the API server since the agent started? A DaemonSet
+rollout moves to the next node only then, and a Ready agent's node state is there to read.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class CycleHealth:
     completed: int = 0
     running_since: float | None = None
     last_completed: float | None = None
+    reported: bool = False  # a cycle's node state has been written (or was already current)
 
     @contextmanager
     def cycle(self) -> Iterator[None]:
@@ -59,12 +61,15 @@ class CycleHealth:
     def readiness_problem(self) -> str | None:
         if problem := self.liveness_problem():
             return problem
-        return None if self.completed else "no cycle has completed yet"
+        if not self.completed:
+            return "no cycle has completed yet"
+        return None if self.reported else "no cycle's node state has been written yet"
 
     def report(self) -> dict[str, Any]:
         now = self.clock()
         return {
             "cyclesCompleted": self.completed,
+            "reported": self.reported,
             "secondsSinceLastCycle": None if self.last_completed is None
             else round(now - self.last_completed, 3),
             "cycleRunningSeconds": None if self.running_since is None

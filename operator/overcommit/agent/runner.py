@@ -230,6 +230,7 @@ class Agent:
         if relief.requested:
             self.metrics.relief_requested(relief.requested)
         await self.publish(status, node["uid"])
+        self.health.reported = True
         await self.emit_events(report, invalid, relief.news)
         return self._interval(report)
 

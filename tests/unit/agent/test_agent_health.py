@@ -33,14 +33,17 @@ def test_live_but_not_ready_before_the_first_cycle(clock: FakeClock) -> None:
     assert health.readiness_problem() == "no cycle has completed yet"
 
 
-def test_ready_once_a_cycle_returned(clock: FakeClock) -> None:
+def test_ready_once_a_cycle_returned_and_its_report_was_written(clock: FakeClock) -> None:
     health = CycleHealth(clock=clock, stuck_after=60)
     with health.cycle():
         clock.now += 2
     clock.now += 5
+    # The host is done, but a Ready agent promises a node state to read: not yet.
+    assert health.readiness_problem() == "no cycle's node state has been written yet"
+    health.reported = True
     assert health.readiness_problem() is None
-    assert health.report() == {"cyclesCompleted": 1, "secondsSinceLastCycle": 5.0,
-                               "cycleRunningSeconds": None}
+    assert health.report() == {"cyclesCompleted": 1, "reported": True,
+                               "secondsSinceLastCycle": 5.0, "cycleRunningSeconds": None}
 
 
 def test_a_failed_cycle_does_not_make_the_agent_ready(clock: FakeClock) -> None:
@@ -85,6 +88,9 @@ def test_the_endpoints_answer_with_the_verdicts(clock: FakeClock) -> None:
             assert (status, body["problem"]) == (503, "no cycle has completed yet")
             with health.cycle():
                 pass
+            status, body = await get(port, "/readyz")
+            assert (status, body["problem"]) == (503, "no cycle's node state has been written yet")
+            health.reported = True
             status, body = await get(port, "/readyz")
             assert (status, body["ok"], body["cyclesCompleted"]) == (200, True, 1)
         finally:
