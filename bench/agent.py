@@ -61,6 +61,7 @@ from overcommit.localcluster.controlplane import ControlPlane
 from overcommit.localcluster.processes import stop_process
 
 JSON = dict[str, Any]
+DAEMONSET = Path(__file__).resolve().parents[1] / "deploy" / "manifests" / "agent-daemonset.yaml"
 POLICIES = f"/apis/{GROUP}/{VERSION}/memoryovercommitpolicies"
 NODE_STATES = f"/apis/{GROUP}/{VERSION}/memoryovercommitnodestates"
 KSM_FILE = "sys/kernel/mm/ksm/pages_to_scan"
@@ -353,13 +354,26 @@ class AgentRun:
     stop_s: float = 0.0  # SIGTERM to exit: a DaemonSet rollout waits this long per node
 
 
+def shipped_env(manifest: Path = DAEMONSET) -> dict[str, str]:
+    """The agent container's literal environment (the DaemonSet's ``value`` entries; the
+    ``valueFrom`` ones are the demo's business): the bench measures the agent with the
+    environment it ships with, malloc settings included."""
+    for doc in yaml.safe_load_all(manifest.read_text()):
+        if doc and doc.get("kind") == "DaemonSet":
+            [container] = [c for c in doc["spec"]["template"]["spec"]["containers"]
+                           if c["name"] == "agent"]
+            return {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
+    raise ValueError(f"no DaemonSet in {manifest}")
+
+
 @contextlib.contextmanager
 def agent_process(demo: Demo, flags: Sequence[str]) -> Iterator[AgentRun]:
     argv = [sys.executable, "-m", "overcommit.cli", "agent", "--node-name", demo.node,
             "--kubeconfig", str(demo.agent_kubeconfig()), "--host-root", str(demo.host_root),
             "--state-dir", str(demo.state_dir), *flags]
     with (demo.work / "agent.log").open("ab") as log:
-        run = AgentRun(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        run = AgentRun(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **shipped_env()}))
     try:
         yield run
     finally:

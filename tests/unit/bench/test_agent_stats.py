@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from bench.agent import SoakSample, allowed_writes, percentile, series_stats, soak_growth
+import pytest
+import yaml
+
+from bench.agent import (
+    SoakSample,
+    allowed_writes,
+    percentile,
+    series_stats,
+    shipped_env,
+    soak_growth,
+)
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -72,3 +82,17 @@ def test_allowed_writes_static_none_live_one_per_status_interval() -> None:
                            "agent_status_interval_s": 60.0}) == 0
     assert allowed_writes({"live": True, "steady_window_s": 60.0,
                            "agent_status_interval_s": 60.0}) == 2
+
+
+def test_the_bench_runs_the_agent_with_the_daemonset_s_literal_environment(
+        tmp_path: Path) -> None:
+    manifest = tmp_path / "agent.yaml"
+    manifest.write_text(yaml.safe_dump_all([
+        {"kind": "ServiceAccount"},
+        {"kind": "DaemonSet", "spec": {"template": {"spec": {"containers": [
+            {"name": "agent", "env": [
+                {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "x"}}},
+                {"name": "HOME", "value": "/tmp"},
+                {"name": "MALLOC_ARENA_MAX", "value": 2}]}]}}}}]))
+    assert shipped_env(manifest) == {"HOME": "/tmp", "MALLOC_ARENA_MAX": "2"}
+    assert shipped_env()["HOME"] == "/tmp"  # the shipped manifest itself parses
