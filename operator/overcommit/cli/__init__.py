@@ -226,6 +226,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         lease_namespace=args.lease_namespace or default_namespace(),
         lease_name=args.lease_name, lease_seconds=args.lease_duration,
         status_interval_seconds=args.status_interval,
+        status_fanout_per_second=args.status_fanout,
         savings_interval_seconds=args.savings_interval,
         sweep_interval_seconds=args.sweep_interval, kubeconfig=args.kubeconfig,
         health_port=args.health_port, metrics_port=args.metrics_port,
@@ -349,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     _defaulted(controller, "--status-interval", ControllerSettings, "status_interval_seconds",
                type=_positive, metavar="S", help="at most one status write per policy per S "
                                                  "seconds, none when nothing changed")
+    _defaulted(controller, "--status-fanout", ControllerSettings, "status_fanout_per_second",
+               type=_positive, metavar="N", help="every agent watches the policies: the status "
+               "interval stretches to nodes/N seconds so a policy's status writes cost the API "
+               "server at most N watch events per second")
     _defaulted(controller, "--savings-interval", ControllerSettings, "savings_interval_seconds",
                type=_positive, metavar="S", help="changes of the saved-bytes sums alone are "
                                                  "written at most every S seconds")

@@ -127,13 +127,18 @@ class Controller:
     def mark_due(self, names: Iterable[str]) -> None:
         """Fold these policies again, at most once per status interval each: under constant
         churn (thousands of agents) the fold rate, and so the CPU, stays bounded too."""
-        now = self.clock()
+        now, interval = self.clock(), self.status_interval()
         for name in names:
             if name in self.policies:
-                earliest = max(now, self.last_fold.get(name, -math.inf)
-                               + self.settings.status_interval_seconds)
+                earliest = max(now, self.last_fold.get(name, -math.inf) + interval)
                 self.due[name] = min(self.due.get(name, math.inf), earliest)
         self.wake.set()
+
+    def status_interval(self) -> float:
+        """The settings' interval, stretched on large clusters so the watch events a status
+        write fans out to every agent stay within the fan-out budget."""
+        return max(self.settings.status_interval_seconds,
+                   len(self.nodes) / self.settings.status_fanout_per_second)
 
     def node_event(self, event_type: str, obj: JSON) -> None:
         name = obj["metadata"]["name"]

@@ -59,9 +59,10 @@ async def run(settings: ControllerSettings, stop: asyncio.Event | None = None) -
     health = await serve_health(settings.health_port, elector, controller)
     metrics_server = await serve_metrics(metrics.registry, settings.metrics_port,
                                          settings.metrics_address, log)
-    log.info("%s: lease %s/%s, %ss; status interval %ss", settings.identity,
-             settings.lease_namespace, settings.lease_name, settings.lease_seconds,
-             settings.status_interval_seconds)
+    log.info("%s: lease %s/%s, %ss; status interval %ss, stretched to nodes/%g s",
+             settings.identity, settings.lease_namespace, settings.lease_name,
+             settings.lease_seconds, settings.status_interval_seconds,
+             settings.status_fanout_per_second)
     try:
         await elector.run(stop)
     finally:

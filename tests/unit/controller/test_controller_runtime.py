@@ -129,6 +129,28 @@ def test_writes_are_batched_per_interval_and_never_repeat_an_unchanged_status() 
     assert act(ctl) is None and len(api.writes) == 2
 
 
+def test_the_interval_stretches_with_the_nodes_every_write_fans_out_to() -> None:
+    clock, api = Clock(), FakeApi()
+    ctl = Controller(cast(ControllerApi, api), settings(status_fanout_per_second=2.0),
+                     clock=clock, now=lambda: f"2026-01-01T00:00:{int(clock.now):02d}Z")
+    for name in "abcdef":  # 6 agents watch the policy: 6 events per write, 2 allowed per s
+        ctl.node_event("ADDED", node(name))
+        ctl.state_event("ADDED", state(name))
+    ctl.policy_event("ADDED", policy_obj())
+    assert ctl.status_interval() == 3.0  # not the settings' 1 s
+    act(ctl)
+    assert len(api.writes) == 1
+    clock.now = 1.0
+    ctl.state_event("MODIFIED", state("b", ready="False"))
+    assert act(ctl) == pytest.approx(2.0) and len(api.writes) == 1  # due 3 s after the fold
+    clock.now = 3.0
+    act(ctl)
+    assert len(api.writes) == 2 and last_status(api)["nodes"]["failed"] == 1
+    for name in "cdef":  # a small cluster again: back to the settings' floor
+        ctl.node_event("DELETED", node(name))
+    assert ctl.status_interval() == 1.0
+
+
 def test_savings_alone_are_written_at_the_slower_pace() -> None:
     clock, api = Clock(), FakeApi()
     ctl = cluster(clock, api)
