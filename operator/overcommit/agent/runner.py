@@ -25,7 +25,6 @@ import kopf
 from overcommit.agent.api import AgentApi
 from overcommit.agent.events import EventMemory, cycle_news, failure_news
 from overcommit.agent.health import CycleHealth, serve_health
-from overcommit.agent.heap import release_free_heap
 from overcommit.agent.relief import Relief, migration_summary
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import node_status, should_write, with_relief
@@ -172,7 +171,6 @@ class Agent:
             if stop.is_set():
                 break
             delay = await self.reconcile_safely()
-            release_free_heap()  # what the cycle's threads freed: back to the node
 
     async def reconcile_safely(self) -> float:
         try:
