@@ -357,7 +357,7 @@ class AgentRun:
 def shipped_env(manifest: Path = DAEMONSET) -> dict[str, str]:
     """The agent container's literal environment (the DaemonSet's ``value`` entries; the
     ``valueFrom`` ones are the demo's business): the bench measures the agent with the
-    environment it ships with, malloc settings included."""
+    environment it ships with."""
     for doc in yaml.safe_load_all(manifest.read_text()):
         if doc and doc.get("kind") == "DaemonSet":
             [container] = [c for c in doc["spec"]["template"]["spec"]["containers"]

@@ -295,7 +295,7 @@ def boot(conn: Any, settings: Settings, log: Callable[[str], None]) -> list[gues
         for domain in domains:
             guests.wait_booted(domain, timeout=180)
     except BaseException:
-        destroy(domains)
+        guests.destroy_guests(domains)
         raise
     log(f"{len(domains)} guests booted in {time.monotonic() - started:.1f} s")
     return domains
@@ -312,15 +312,6 @@ def wait_reporting(fleet: Fleet, spec: BalloonSpec) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"guests not reporting statistics: {fleet.mine()}")
         time.sleep(POLL_S)
-
-
-def destroy(domains: Sequence[guests.Domain]) -> None:
-    guests.destroy_guests(domains)
-
-
-def destroy_leftovers(conn: Any) -> None:
-    """Guests of an earlier run that was killed before its cleanup (its pid is gone)."""
-    guests.destroy_stale(conn, PREFIX)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -961,7 +952,7 @@ def fleet_of(settings: Settings, spec: BalloonSpec, log: Callable[[str], None]
     domains: list[guests.Domain] = []
     fleet: Fleet | None = None
     try:
-        destroy_leftovers(conn)
+        guests.destroy_stale(conn, PREFIX)  # an earlier run killed before its clean-up
         domains = boot(conn, settings, log)
         fleet = Fleet(domains, settings.stats_period_s)
         wait_reporting(fleet, spec)
@@ -969,7 +960,7 @@ def fleet_of(settings: Settings, spec: BalloonSpec, log: Callable[[str], None]
     finally:
         if fleet is not None:
             fleet.close()
-        destroy(domains)
+        guests.destroy_guests(domains)
         with suppress(libvirt.libvirtError):
             conn.close()
         print(f"{len(domains)} guests destroyed", flush=True)

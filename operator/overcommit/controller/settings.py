@@ -44,7 +44,7 @@ class ControllerSettings:
     node for the API server to send. The status interval grows with the nodes the controller
     knows so that its writes cost at most this many watch events per second per policy:
     ``max(status_interval_seconds, nodes / status_fanout_per_second)``, 5 s up to 1,250
-    nodes, 20 s at 5,000 (bench/README-scale.md: at 5,000 nodes one write every 5 s was
+    nodes, 20 s at 5,000 (bench/README.md, scale: at 5,000 nodes one write every 5 s was
     100,000 events in a 100 s burst, against 16,800 node-state writes)."""
 
     savings_interval_seconds: float = 60.0
