@@ -844,6 +844,11 @@ def parse_args(argv: Sequence[str] | None) -> Params:
                         help="the simulated agents' cycle (the agent's shipped --interval, 30)")
     parser.add_argument("--agent-status-interval", type=float, default=60.0, metavar="S",
                         help="counter-only writes at most this often (shipped: 60)")
+    parser.add_argument("--agent-policy-change-rate", type=float,
+                        default=Timing(0, 0).policy_change_rate, metavar="N",
+                        help="per_node_state: the agents' --policy-change-rate, their writes "
+                             "of a policy change spread over nodes/N s (shipped: 250; 0: all "
+                             "at once, as before it existed)")
     args = parser.parse_args(argv)
     quick = args.quick
     sizes = tuple(int(s) for s in (args.sizes or ("20,100" if quick else "100,1000,5000"))
@@ -862,7 +867,8 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         controller_lease_s=args.controller_lease or (5 if quick else None),
         controller_sweep_s=args.controller_sweep or (2.0 if quick else None),
         churn_after_s=0.0 if quick else 61.0,
-        timing=Timing(args.agent_interval, args.agent_status_interval))
+        timing=Timing(args.agent_interval, args.agent_status_interval,
+                      args.agent_policy_change_rate))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -901,6 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "steady_s": params.steady_s, "churn_s": params.churn_s,
                          "agent_interval_s": params.timing.interval_s,
                          "agent_status_interval_s": params.timing.status_interval_s,
+                         "agent_policy_change_rate": params.timing.policy_change_rate,
                          "controller_status_interval_s": params.controller_status_interval_s,
                          "controller_lease_s": params.controller_lease_s,
                          "controller_sweep_s": params.controller_sweep_s,

@@ -44,7 +44,7 @@ from bench.scale_model import (
 )
 from overcommit.agent.api import AgentApi
 from overcommit.agent.settings import AgentSettings
-from overcommit.agent.status import should_write
+from overcommit.agent.status import policy_news_delay, should_write
 from overcommit.api.schema import to_json
 from overcommit.api.status import NodeStateStatus
 from overcommit.kube.backoff import retry_delay
@@ -94,11 +94,13 @@ class Agent:
 
 @dataclass
 class Timing:
-    """The agent's --interval (one cycle each) and --status-interval (counter-only changes are
-    written at most this often)."""
+    """The agent's --interval (one cycle each), --status-interval (counter-only changes are
+    written at most this often) and --policy-change-rate (the spread of a policy change's
+    writes; 0: none)."""
 
     interval_s: float
     status_interval_s: float
+    policy_change_rate: float = AgentSettings("-").policy_change_writes_per_second
 
 
 class Fleet:
@@ -193,6 +195,13 @@ class Fleet:
         try:
             # A vanished node's agent stops reacting (its client is closed).
             failures = 0
+            if self.design == PER_NODE:
+                # The real agent holds its report of a policy change back a random moment of
+                # a window scaled to the nodes the policy matches (Agent._hold_policy_news);
+                # the naive designs are the baselines without it.
+                await asyncio.sleep(policy_news_delay(len(self.agents),
+                                                      self.timing.policy_change_rate,
+                                                      self.rng.random))
             while agent.view.generation < self.generation and \
                     self.agents.get(agent.view.node) is agent:
                 try:

@@ -27,11 +27,18 @@ from overcommit.agent.events import EventMemory, cycle_news, failure_news
 from overcommit.agent.health import CycleHealth, serve_health
 from overcommit.agent.relief import Relief, migration_summary
 from overcommit.agent.settings import AgentSettings
-from overcommit.agent.status import node_status, should_write, with_relief
+from overcommit.agent.status import (
+    node_status,
+    policy_news,
+    policy_news_delay,
+    policy_news_window,
+    should_write,
+    with_relief,
+)
 from overcommit.api.model import Policy, PolicyError, policy_from_object
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
-from overcommit.api.schema import plain, to_json
-from overcommit.api.status import NodeStateStatus
+from overcommit.api.schema import parse, plain, to_json
+from overcommit.api.status import NodeStateStatus, PolicyRef, PolicyStatus
 from overcommit.kube.backoff import retry_delay
 from overcommit.kube.client import ApiError, make_login
 from overcommit.kube.clock import now_rfc3339
@@ -73,6 +80,10 @@ class Agent:
         self.recreate_state = True
         self.last_status: NodeStateStatus | None = None
         self.last_write = 0.0
+        # A policy change's write held back until then (monotonic), and the policy it reports:
+        # see AgentSettings.policy_change_writes_per_second.
+        self.policy_news_due: tuple[PolicyRef | None, float] | None = None
+        self.held_seconds = 0.0  # what the last publish held back, for the loop's next wake-up
         self.failures = 0  # failed cycles in a row: the retry backs off (overcommit.kube.backoff)
         self.events = EventMemory()
         self.health = CycleHealth()  # what the probes report
@@ -232,7 +243,8 @@ class Agent:
         await self.publish(status, node["uid"])
         self.health.reported = True
         await self.emit_events(report, invalid, relief.news)
-        return self._interval(report)
+        interval = self._interval(report)
+        return min(interval, self.held_seconds) if self.held_seconds else interval
 
     def _node(self) -> dict[str, Any] | None:
         if self.node_index is None:
@@ -267,7 +279,9 @@ class Agent:
 
     # -- reporting -------------------------------------------------------------------------
     async def publish(self, status: NodeStateStatus, node_uid: str | None) -> bool:
-        """Write the status if it changed (counter-only changes at most once per interval)."""
+        """Write the status if it changed (counter-only changes at most once per interval;
+        a change of the policy in force within its spread, ``held_seconds`` from now)."""
+        self.held_seconds = 0.0
         force = False
         if self.recreate_state or self.state_uid is None:
             obj = await self.api.get_node_state(self.settings.node_name) or \
@@ -279,10 +293,43 @@ class Agent:
         if not (force or should_write(status, self.last_status, since_write,
                                       self.settings.status_interval_seconds)):
             return False
+        self.held_seconds = 0.0 if force else self._hold_policy_news(status)
+        if self.held_seconds:
+            return False
         status = dataclasses.replace(status, last_update=now_rfc3339())
         await self.api.replace_status(self.settings.node_name, to_json(status))
         self.last_status, self.last_write = status, time.monotonic()
         return True
+
+    def _hold_policy_news(self, status: NodeStateStatus) -> float:
+        """Seconds to hold back this write (0: write now). A change of the policy in force
+        reaches every agent at once: each writes it at a random moment of a window scaled to
+        the nodes the policy matches, drawn once per change."""
+        if not policy_news(status, self.last_status):
+            return 0.0
+        due = self.policy_news_due
+        if due is None or due[0] != status.policy:
+            matched = self._matched_nodes(status.policy)
+            rate = self.settings.policy_change_writes_per_second
+            window = policy_news_window(matched, rate)
+            due = self.policy_news_due = (
+                status.policy, time.monotonic() + policy_news_delay(matched, rate))
+            if window and status.policy is not None:
+                self.log.info("reporting policy %s generation %s in %.1fs (the spread of its "
+                              "%d nodes' reports: %.1fs)", status.policy.name,
+                              status.policy.generation, due[1] - time.monotonic(),
+                              matched or 0,
+                              window)
+        return max(0.0, due[1] - time.monotonic())
+
+    def _matched_nodes(self, ref: PolicyRef | None) -> int | None:
+        """The nodes ``ref``'s policy matches, as its status (the controller's count) says."""
+        if ref is None or ref.name is None:
+            return None
+        for body in (self.policy_index or {}).get(ref.name, []):
+            status = parse(PolicyStatus, body.get("status") or {})
+            return status.nodes.matched if status is not None and status.nodes else None
+        return None
 
     async def emit_events(self, report: CycleResult, invalid: Sequence[PolicyError] = (),
                           relief: Sequence[EventIntent] = ()) -> None:

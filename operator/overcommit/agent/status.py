@@ -7,7 +7,8 @@ The status is the API's typed ``NodeStateStatus``: built here, cut to the CRD's 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 
 from overcommit.api.model import PolicyError
 from overcommit.api.schema import fit
@@ -154,6 +155,28 @@ def should_write(new: NodeStateStatus, last: NodeStateStatus | None, since_write
     if news_of(new) != news_of(last):
         return True
     return since_write_s >= status_interval_s and detail_of(new) != detail_of(last)
+
+
+def policy_news(new: NodeStateStatus, last: NodeStateStatus | None) -> bool:
+    """Whether ``new`` reports another policy in force, or another generation of it, than the
+    last write: news that every agent the policy reaches learns of at the same moment."""
+    return last is not None and new.policy != last.policy
+
+
+def policy_news_window(matched_nodes: int | None, writes_per_second: float) -> float:
+    """The seconds over which a policy's agents spread their writes of a change to it: the
+    nodes it matches at ``writes_per_second``; 0 when the count is not known yet (a new
+    policy's status is not written yet) or the spread is off."""
+    if not matched_nodes or writes_per_second <= 0:
+        return 0.0
+    return matched_nodes / writes_per_second
+
+
+def policy_news_delay(matched_nodes: int | None, writes_per_second: float,
+                      draw: Callable[[], float] = random.random) -> float:
+    """How long one agent holds back its write of a policy change: a uniform moment of
+    ``policy_news_window``; ``draw`` returns a number in [0, 1) (tests pass their own)."""
+    return draw() * policy_news_window(matched_nodes, writes_per_second)
 
 
 def with_relief(status: NodeStateStatus, relief_status: str, last: ReliefRequest | None,

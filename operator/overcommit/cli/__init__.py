@@ -190,6 +190,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     settings = AgentSettings(node_name=node, host_root=args.host_root, state_dir=args.state_dir,
                              interval_seconds=args.interval,
                              status_interval_seconds=args.status_interval,
+                             policy_change_writes_per_second=args.policy_change_rate,
                              kubeconfig=args.kubeconfig,
                              libvirt_uris=tuple(args.libvirt_uri or ()),
                              kubevirt_pods_dir=args.kubevirt_pods_dir,
@@ -205,6 +206,13 @@ def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number at least 0")
     return value
 
 
@@ -336,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     _defaulted(agent, "--status-interval", AgentSettings, "status_interval_seconds",
                type=_positive, metavar="S",
                help="at most one counter-only status write per S seconds")
+    _defaulted(agent, "--policy-change-rate", AgentSettings, "policy_change_writes_per_second",
+               type=_not_negative, metavar="N", help="after a policy changes, write this "
+               "node's report of it at a random moment within (nodes it matches)/N seconds, so "
+               "the agents together write about N per second; 0: at once")
     agent.add_argument("--kubeconfig", help="a kubeconfig (default: the pod's service account)")
     agent.add_argument("-v", "--verbose", action="store_true", help="log each cycle's news")
     _defaulted(agent, "--health-port", AgentSettings, "health_port", type=int, metavar="PORT",

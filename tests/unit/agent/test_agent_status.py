@@ -12,10 +12,18 @@ import pytest
 
 from overcommit.agent.runner import Agent
 from overcommit.agent.settings import AgentSettings
-from overcommit.agent.status import detail_of, news_of, node_status, should_write
+from overcommit.agent.status import (
+    detail_of,
+    news_of,
+    node_status,
+    policy_news,
+    policy_news_delay,
+    policy_news_window,
+    should_write,
+)
 from overcommit.api.model import PolicyError, policy_from_object
 from overcommit.api.schema import openapi_schema, to_json, validate
-from overcommit.api.status import NodeStateStatus, find_condition
+from overcommit.api.status import NodeStateStatus, PolicyRef, find_condition
 from overcommit.reconcile.node import CycleResult, NodeReconciler
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
@@ -202,6 +210,83 @@ def test_publish_writes_once_then_only_on_news(kernel: FakeKernel, tmp_path: Pat
     asyncio.run(scenario())
     assert len(api.writes) == 3
     assert all("lastUpdate" in w for w in api.writes)
+
+
+def test_policy_news_is_a_change_of_the_policy_in_force_or_its_generation() -> None:
+    first = NodeStateStatus(policy=PolicyRef("p", "u", 1))
+    assert not policy_news(first, None)  # the first report: nothing to spread
+    assert not policy_news(replace(first, guest_count=3), first)
+    assert policy_news(replace(first, policy=PolicyRef("p", "u", 2)), first)
+    assert policy_news(replace(first, policy=PolicyRef("q", "v", 1)), first)
+    assert policy_news(replace(first, policy=None), first)  # the policy went: restored
+
+
+def test_the_spread_window_is_the_matched_nodes_at_the_write_rate() -> None:
+    assert policy_news_window(5000, 250.0) == 20.0
+    assert policy_news_window(3, 250.0) == pytest.approx(0.012)
+    assert policy_news_window(None, 250.0) == 0.0  # a new policy: no count yet
+    assert policy_news_window(0, 250.0) == 0.0
+    assert policy_news_window(5000, 0.0) == 0.0  # the spread turned off
+
+
+def test_each_agent_s_delay_is_a_uniform_moment_of_the_window() -> None:
+    assert policy_news_delay(5000, 250.0, lambda: 0.0) == 0.0
+    assert policy_news_delay(5000, 250.0, lambda: 0.5) == 10.0
+    assert policy_news_delay(None, 250.0, lambda: 0.9) == 0.0
+
+
+def policy_body(name: str, generation: int, matched: int | None) -> dict[str, Any]:
+    status = {} if matched is None else {"nodes": {"matched": matched}}
+    return {"metadata": {"name": name, "generation": generation}, "status": status}
+
+
+def test_a_policy_change_is_written_within_its_spread(kernel: FakeKernel,
+                                                      tmp_path: Path) -> None:
+    api = RecordingApi()
+    agent = agent_with(api, tmp_path)
+    agent.policy_index = {"p": [policy_body("p", 2, matched=5000)]}
+    status = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), now=NOW)
+    assert status.policy is not None
+    changed = replace(status, policy=replace(status.policy, generation=2))
+    assert status.policy.generation != 2
+
+    async def scenario() -> None:
+        assert await agent.publish(status, "node-uid")  # the first report: at once
+        assert agent.held_seconds == 0.0
+        # generation 2 reaches all 5,000 nodes at once: held within 5000/250 = 20 s
+        assert not await agent.publish(changed, "node-uid")
+        held = agent.held_seconds
+        assert 0.0 < held <= 20.0
+        # drawn once per change: a later cycle waits for the same moment, not a new draw
+        assert not await agent.publish(changed, "node-uid")
+        assert 0.0 < agent.held_seconds <= held
+        # the moment comes: written
+        assert agent.policy_news_due is not None
+        agent.policy_news_due = (agent.policy_news_due[0], agent.policy_news_due[1] - held)
+        assert await agent.publish(changed, "node-uid")
+        assert agent.held_seconds == 0.0
+
+    asyncio.run(scenario())
+    assert [w["policy"]["generation"] for w in api.writes] == [status.policy.generation, 2]
+
+
+@pytest.mark.parametrize(("matched", "rate"), [(None, 250.0), (5000, 0.0)])
+def test_a_policy_change_is_written_at_once_without_a_count_or_a_rate(
+        kernel: FakeKernel, tmp_path: Path, matched: int | None, rate: float) -> None:
+    api = RecordingApi()
+    agent = agent_with(api, tmp_path)
+    agent.settings = replace(agent.settings, policy_change_writes_per_second=rate)
+    agent.policy_index = {"p": [policy_body("p", 2, matched)]}
+    status = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), now=NOW)
+    assert status.policy is not None
+    changed = replace(status, policy=replace(status.policy, generation=2))
+
+    async def scenario() -> None:
+        assert await agent.publish(status, "node-uid")
+        assert await agent.publish(changed, "node-uid")
+
+    asyncio.run(scenario())
+    assert len(api.writes) == 2
 
 
 def test_events_are_posted_once_per_news(kernel: FakeKernel, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from overcommit.agent.settings import AgentSettings
 from overcommit.cli import EXIT_FAILED, EXIT_INVALID, EXIT_OK, build_parser, cmd_run, main
 from testkit.cases import policy_document
 from testkit.fakes.kernel import FakeKernel
@@ -382,3 +383,14 @@ def test_status_shows_the_supported_ratio_from_the_history_run_kept(
     main(["status", "-f", path, *host_args(host, tmp_path)[:-2]])  # as text
     text = capsys.readouterr().out
     assert f"capacity: supports {capacity['supportedPercent']}%" in text
+
+
+def test_the_agent_s_policy_change_rate_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    shipped = AgentSettings("-").policy_change_writes_per_second
+    assert parser.parse_args(["agent"]).policy_change_rate == shipped
+    assert parser.parse_args(["agent", "--policy-change-rate", "0"]).policy_change_rate == 0.0
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["agent", "--policy-change-rate", "-5"])
+    assert exc.value.code == EXIT_INVALID
+    assert "-5 is not a number at least 0" in capsys.readouterr().err
