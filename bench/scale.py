@@ -416,6 +416,8 @@ def window_figures(before: Snapshot, after: Snapshot, design: str) -> JSON:
         "agent_writes": agent.attempts - was.attempts,
         "agent_writes_done": agent.done - was.done,
         "agent_writes_failed": agent.failed - was.failed,
+        "agent_event_posts": agent.event_posts - was.event_posts,
+        "agent_event_posts_failed": agent.event_posts_failed - was.event_posts_failed,
         "conflicts": agent.conflicts - was.conflicts,
         "conflicts_per_min": per_minute(agent.conflicts - was.conflicts, seconds),
         "summary_writes_per_min": per_minute(summary, seconds),

@@ -43,8 +43,10 @@ from bench.scale_model import (
     with_naive_entry,
 )
 from overcommit.agent.api import AgentApi
+from overcommit.agent.runner import COMPONENT
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import policy_news_delay, should_write
+from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
 from overcommit.api.schema import to_json
 from overcommit.api.status import NodeStateStatus
 from overcommit.kube.backoff import retry_delay
@@ -55,6 +57,7 @@ JSON = dict[str, Any]
 # the API server gave up on the request), a dropped connection, or a request timeout.
 FAILURES = (ApiError, ProductApiError, aiohttp.ClientError, OSError, TimeoutError)
 RETRY_S = AgentSettings("-").retry_seconds  # the shipped agent's
+EVENT_NAMESPACE = AgentSettings("-").event_namespace
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Writes:
     conflicts: int = 0
     failed: int = 0  # answered with another error (429, 5xx) or none at all
     done: int = 0
+    event_posts: int = 0  # the Events a policy change makes each agent post (core v1)
+    event_posts_failed: int = 0  # best effort, as in the agent: not retried
 
     def copy(self) -> Writes:
         return replace(self)
@@ -210,8 +215,29 @@ class Fleet:
                     # The agent's retry after a failed cycle: its backoff, with its settings.
                     failures += 1
                     await asyncio.sleep(retry_delay(failures, RETRY_S, self.timing.interval_s))
+            if self.agents.get(agent.view.node) is agent:
+                await self._post_policy_events(agent)
         finally:
             agent.reacting = False
+
+    async def _post_policy_events(self, agent: Agent) -> None:
+        """The two Events the real agent posts with its report of a policy change
+        (agent.events: SettingsApplied for what it changed, PolicyInForce for the new
+        generation), after the report; best effort, as there."""
+        node = agent.view.node
+        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": NODE_STATE_KIND, "name": node,
+                    "uid": ""}
+        for reason, message in (
+                ("SettingsApplied", f"policy {self.policy}: pages_to_scan "
+                                    f"{999 + self.generation}->{1000 + self.generation}"),
+                ("PolicyInForce", f"policy {self.policy} generation {self.generation} is in "
+                                  "force")):
+            try:
+                await agent.api.post_event(EVENT_NAMESPACE, involved, "Normal", reason, message,
+                                           COMPONENT, node)
+                self.writes.event_posts += 1
+            except FAILURES:
+                self.writes.event_posts_failed += 1
 
     async def _loop(self, agent: Agent, offset: float) -> None:
         await asyncio.sleep(offset)

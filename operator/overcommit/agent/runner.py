@@ -84,6 +84,7 @@ class Agent:
         # see AgentSettings.policy_change_writes_per_second.
         self.policy_news_due: tuple[PolicyRef | None, float] | None = None
         self.held_seconds = 0.0  # what the last publish held back, for the loop's next wake-up
+        self.held_news: list[EventIntent] = []  # Events held back with it
         self.failures = 0  # failed cycles in a row: the retry backs off (overcommit.kube.backoff)
         self.events = EventMemory()
         self.health = CycleHealth()  # what the probes report
@@ -334,8 +335,14 @@ class Agent:
     async def emit_events(self, report: CycleResult, invalid: Sequence[PolicyError] = (),
                           relief: Sequence[EventIntent] = ()) -> None:
         """An Event for every change, and for every fact (policy, error, problem) once while
-        it holds (see overcommit.agent.events); ``relief``: what relief had to say."""
-        await self._post_news(self.events.to_post([*cycle_news(report, invalid), *relief]))
+        it holds (see overcommit.agent.events); ``relief``: what relief had to say. While the
+        report of a policy change is held back (``publish``) so are the Events, in order: they
+        tell the same news, and every node posting them at once is the same burst."""
+        self.held_news.extend(self.events.to_post([*cycle_news(report, invalid), *relief]))
+        if self.held_seconds:
+            return
+        news, self.held_news = self.held_news, []
+        await self._post_news(news)
 
     async def _post_news(self, news: Sequence[EventIntent]) -> None:
         for item in news:

@@ -270,6 +270,29 @@ def test_a_policy_change_is_written_within_its_spread(kernel: FakeKernel,
     assert [w["policy"]["generation"] for w in api.writes] == [status.policy.generation, 2]
 
 
+def test_events_of_a_held_report_are_held_with_it_and_posted_in_order(
+        kernel: FakeKernel, tmp_path: Path) -> None:
+    api = RecordingApi()
+    agent = agent_with(api, tmp_path)
+    first = cycle(kernel, tmp_path, {"ksm": {"enabled": True}})
+    second = cycle(kernel, tmp_path, {"ksm": {"enabled": True, "sleepMillisecs": 7}})
+
+    async def scenario() -> None:
+        agent.held_seconds = 12.0  # publish held the report of this cycle back
+        await agent.emit_events(first)
+        assert api.events == []
+        agent.held_seconds = 0.0  # written: its Events go, then this cycle's
+        await agent.emit_events(second)
+
+    asyncio.run(scenario())
+    messages = [message for _, _, message in api.events]
+    applied = [m for m in messages if "->" in m]  # SettingsApplied: each cycle's changes
+    assert len(applied) == 2 and "sleep_millisecs" in applied[1]
+    assert messages.index(applied[0]) < messages.index(applied[1])
+    assert any("is in force" in m for m in messages[:messages.index(applied[1])])
+    assert agent.held_news == []
+
+
 @pytest.mark.parametrize(("matched", "rate"), [(None, 250.0), (5000, 0.0)])
 def test_a_policy_change_is_written_at_once_without_a_count_or_a_rate(
         kernel: FakeKernel, tmp_path: Path, matched: int | None, rate: float) -> None:

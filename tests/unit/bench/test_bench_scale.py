@@ -408,10 +408,11 @@ def test_window_figures_count_only_agents_present_in_both_snapshots() -> None:
 
 
 @pytest.mark.parametrize(("design", "held"), [(PER_NODE, True), (NAIVE, False)])
-def test_simulated_agents_hold_a_policy_change_as_the_real_agent_does(
+def test_simulated_agents_report_a_policy_change_as_the_real_agent_does(
         tmp_path: Path, design: str, held: bool) -> None:
     """per_node_state's agents wait the product's policy_news_delay before writing a policy
-    change (20 nodes at 100 writes/s: within 0.2 s); the naive baselines write at once."""
+    change (20 nodes at 100 writes/s: within 0.2 s); the naive baselines write at once; then
+    each posts the agent's two Events."""
     views = [NodeView(f"n{i}", i, "uid", 1, 0) for i in range(20)]
     cycled: list[float] = []
 
@@ -428,12 +429,23 @@ def test_simulated_agents_hold_a_policy_change_as_the_real_agent_does(
             return True
 
         fleet.cycle = cycle  # type: ignore[method-assign]
+        posted: list[tuple[float, str]] = []
+
+        async def post_event(namespace: str, involved: Any, event_type: str, reason: str,
+                             *_: Any) -> None:
+            posted.append((time.monotonic(), reason))
+
+        fleet.agents["n0"].api.post_event = post_event  # type: ignore[method-assign,assignment]
         fleet.generation = 2
         start = time.monotonic()
         fleet._on_policy_event(fleet.agents["n0"])
         await asyncio.gather(*fleet.reactions)
         await fleet.stop()
         await watches.close()
+        # the real agent's two Events of a policy change, after its report
+        assert [reason for _, reason in posted] == ["SettingsApplied", "PolicyInForce"]
+        assert posted[0][0] >= cycled[0]
+        assert fleet.writes.event_posts == 2
         return start
 
     start = asyncio.run(scenario())
