@@ -204,9 +204,10 @@ class Fleet:
                 # The real agent holds its report of a policy change back a random moment of
                 # a window scaled to the nodes the policy matches (Agent._hold_policy_news);
                 # the naive designs are the baselines without it.
-                await asyncio.sleep(policy_news_delay(len(self.agents),
-                                                      self.timing.policy_change_rate,
-                                                      self.rng.random))
+                # One policy matches every node: its count is the fleet's.
+                await asyncio.sleep(policy_news_delay(
+                    len(self.agents), self.timing.policy_change_rate, self.timing.interval_s,
+                    self.rng.random))
             while agent.view.generation < self.generation and \
                     self.agents.get(agent.view.node) is agent:
                 try:
@@ -242,9 +243,11 @@ class Fleet:
     async def _loop(self, agent: Agent, offset: float) -> None:
         await asyncio.sleep(offset)
         while True:
-            # The real agent logs a failed cycle and tries again at its next one.
+            # The real agent logs a failed cycle and tries again at its next one; while it
+            # holds back the report of a policy change (_react) it writes nothing.
             with contextlib.suppress(*FAILURES):
-                await self.cycle(agent)
+                if not agent.reacting:
+                    await self.cycle(agent)
             await asyncio.sleep(self.timing.interval_s)
 
     async def cycle(self, agent: Agent, failed: bool | None = None,

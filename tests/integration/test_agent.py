@@ -123,8 +123,8 @@ def test_agent_applies_reports_follows_and_restores(cluster: ControlPlane, host:
 
 def test_a_policy_change_is_applied_at_once_and_reported_within_its_spread(
         cluster: ControlPlane, host: FakeKernel, names: dict[str, str], tmp_path: Path) -> None:
-    """The controller says the policy matches 1,000 nodes: at 100 writes/s the agent reports a
-    change within 10 s of it, at a random moment drawn once, while the host changes at once."""
+    """The controller counted 1,000 nodes: at 100 writes/s the agent reports a policy change
+    within 10 s of it, at a random moment drawn once, while the host changes at once."""
     n, p, role = names["node"], names["policy"], names["role"]
     apply(cluster, node(n, {"role": role}))
     spec: dict[str, Any] = {"nodeSelector": {"matchLabels": {"role": role}},
@@ -134,7 +134,8 @@ def test_a_policy_change_is_applied_at_once_and_reported_within_its_spread(
     cluster.kubectl("patch", "mop", p, "--subresource=status", "--type=merge", "-p",
                     json.dumps({"status": {"nodes": {"matched": 1000}}}))
     state_dir = tmp_path / "state"
-    with agent_process(cluster, n, host.root, state_dir,
+    # --interval caps the spread: 15 s, so the 10 s of 1,000 nodes at 100 writes/s hold
+    with agent_process(cluster, n, host.root, state_dir, interval=15.0,
                        extra_args=["--policy-change-rate", "100"]):
         wait_for(lambda: (status_of(cluster, n).get("policy") or {}).get("generation") == 1,
                  30, "generation 1 in the node state (the first report: at once)")
@@ -145,11 +146,12 @@ def test_a_policy_change_is_applied_at_once_and_reported_within_its_spread(
         wait_for(lambda: status_of(cluster, n)["policy"]["generation"] == 2, 30,
                  "generation 2 in the node state")
         reported = time.monotonic() - applied
-    said = re.search(r"reporting policy \S+ generation 2 in ([\d.]+)s \(the spread of its "
-                     r"1000 nodes' reports: 10\.0s\)", agent_log(state_dir, n))
+    said = re.search(r"reporting the change of the policy in force in ([\d.]+)s \(reports "
+                     r"spread over 10\.0s: 1000 nodes at 100 writes/s\)",
+                     agent_log(state_dir, n))
     assert said, "the agent did not say it held the report back"
     held = float(said.group(1))
-    # reported when it said (the 0.1 s polling and one cycle late at most), never sooner
+    # reported when it said, as far as polling kubectl and sysfs can tell (1.5 s early, 3 s late)
     assert held - 1.5 <= reported <= held + 3.0, (held, reported)
 
 

@@ -28,6 +28,7 @@ from overcommit.agent.health import CycleHealth, serve_health
 from overcommit.agent.relief import Relief, migration_summary
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import (
+    largest_node_count,
     node_status,
     policy_news,
     policy_news_delay,
@@ -37,8 +38,8 @@ from overcommit.agent.status import (
 )
 from overcommit.api.model import Policy, PolicyError, policy_from_object
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
-from overcommit.api.schema import parse, plain, to_json
-from overcommit.api.status import NodeStateStatus, PolicyRef, PolicyStatus
+from overcommit.api.schema import plain, to_json
+from overcommit.api.status import NodeStateStatus
 from overcommit.kube.backoff import retry_delay
 from overcommit.kube.client import ApiError, make_login
 from overcommit.kube.clock import now_rfc3339
@@ -80,9 +81,11 @@ class Agent:
         self.recreate_state = True
         self.last_status: NodeStateStatus | None = None
         self.last_write = 0.0
-        # A policy change's write held back until then (monotonic), and the policy it reports:
-        # see AgentSettings.policy_change_writes_per_second.
-        self.policy_news_due: tuple[PolicyRef | None, float] | None = None
+        # The report of a policy change is held back until then (monotonic; None: nothing
+        # held), see AgentSettings.policy_change_writes_per_second; nodes_seen is the largest
+        # node count of any policy's status seen so far (kept when the policies go).
+        self.policy_news_due: float | None = None
+        self.nodes_seen: int | None = None
         self.held_seconds = 0.0  # what the last publish held back, for the loop's next wake-up
         self.held_news: list[EventIntent] = []  # Events held back with it
         self.failures = 0  # failed cycles in a row: the retry backs off (overcommit.kube.backoff)
@@ -267,8 +270,9 @@ class Agent:
 
     def _policies(self) -> tuple[list[Policy], list[PolicyError]]:
         policies, invalid = [], []
-        for store in (self.policy_index or {}).values():
-            for body in store:
+        bodies = [body for store in (self.policy_index or {}).values() for body in store]
+        self.nodes_seen = largest_node_count(bodies) or self.nodes_seen
+        for body in bodies:
                 try:
                     policies.append(policy_from_object(body, "cluster"))
                 except PolicyError as err:  # admission bypassed or an older CRD: report it
@@ -283,6 +287,8 @@ class Agent:
         """Write the status if it changed (counter-only changes at most once per interval;
         a change of the policy in force within its spread, ``held_seconds`` from now)."""
         self.held_seconds = 0.0
+        if not policy_news(status, self.last_status):
+            self.policy_news_due = None  # back to what was written: nothing to hold any more
         force = False
         if self.recreate_state or self.state_uid is None:
             obj = await self.api.get_node_state(self.settings.node_name) or \
@@ -300,44 +306,36 @@ class Agent:
         status = dataclasses.replace(status, last_update=now_rfc3339())
         await self.api.replace_status(self.settings.node_name, to_json(status))
         self.last_status, self.last_write = status, time.monotonic()
+        self.policy_news_due = None
         return True
 
     def _hold_policy_news(self, status: NodeStateStatus) -> float:
-        """Seconds to hold back this write (0: write now). A change of the policy in force
-        reaches every agent at once: each writes it at a random moment of a window scaled to
-        the nodes the policy matches, drawn once per change."""
+        """Seconds to hold back this write (0: write now). A change of a policy (its spec, a
+        new one, a deleted one) usually reaches every agent it concerns at once: each writes
+        at a random moment of a window scaled to the largest node count of any policy (the
+        agent cannot tell a fleet-wide change from its own node's relabelling, so that waits
+        too). The moment is drawn once per hold: further changes during it keep it."""
         if not policy_news(status, self.last_status):
             return 0.0
-        due = self.policy_news_due
-        if due is None or due[0] != status.policy:
-            matched = self._matched_nodes(status.policy)
-            rate = self.settings.policy_change_writes_per_second
-            window = policy_news_window(matched, rate)
-            due = self.policy_news_due = (
-                status.policy, time.monotonic() + policy_news_delay(matched, rate))
-            if window and status.policy is not None:
-                self.log.info("reporting policy %s generation %s in %.1fs (the spread of its "
-                              "%d nodes' reports: %.1fs)", status.policy.name,
-                              status.policy.generation, due[1] - time.monotonic(),
-                              matched or 0,
-                              window)
-        return max(0.0, due[1] - time.monotonic())
-
-    def _matched_nodes(self, ref: PolicyRef | None) -> int | None:
-        """The nodes ``ref``'s policy matches, as its status (the controller's count) says."""
-        if ref is None or ref.name is None:
-            return None
-        for body in (self.policy_index or {}).get(ref.name, []):
-            status = parse(PolicyStatus, body.get("status") or {})
-            return status.nodes.matched if status is not None and status.nodes else None
-        return None
+        if self.policy_news_due is None:
+            rate, cap = (self.settings.policy_change_writes_per_second,
+                         self.settings.interval_seconds)
+            delay = policy_news_delay(self.nodes_seen, rate, cap)
+            self.policy_news_due = time.monotonic() + delay
+            if delay:
+                self.log.info("reporting the change of the policy in force in %.1fs (reports "
+                              "spread over %.1fs: %d nodes at %g writes/s)", delay,
+                              policy_news_window(self.nodes_seen, rate, cap),
+                              self.nodes_seen or 0, rate)
+        return max(0.0, self.policy_news_due - time.monotonic())
 
     async def emit_events(self, report: CycleResult, invalid: Sequence[PolicyError] = (),
                           relief: Sequence[EventIntent] = ()) -> None:
         """An Event for every change, and for every fact (policy, error, problem) once while
         it holds (see overcommit.agent.events); ``relief``: what relief had to say. While the
-        report of a policy change is held back (``publish``) so are the Events, in order: they
-        tell the same news, and every node posting them at once is the same burst."""
+        report of a policy change is held back (``publish``, at most one ``--interval``), so
+        are every Event of those cycles, then posted in order: every node posting a policy
+        change's Events at once is the same burst."""
         self.held_news.extend(self.events.to_post([*cycle_news(report, invalid), *relief]))
         if self.held_seconds:
             return

@@ -34,11 +34,12 @@ class AgentSettings:
 
     policy_change_writes_per_second: float = 250.0
     """After a policy changes, every agent it reaches has the change to report at the same
-    moment. Each holds that write back a random time within (nodes the policy matches) / this
-    seconds (the count from the controller's status of the policy), so the cluster's agents
-    together write about this many per second instead of all at once, which API Priority and
-    Fairness answers with 429s and retries (bench.scale, bench/README.md). 20 s at 5,000 nodes,
-    under 1 s up to 250; the host is changed at once, only the report waits. 0: no spread."""
+    moment. Each holds that report (its status write and its Events) back a random time within
+    N / this seconds, at most ``interval_seconds``, where N is the largest node count the
+    controller wrote into any policy's status, so the cluster's agents together write about
+    this many per second instead of all at once, which API Priority and Fairness answers with
+    429s and retries (bench.scale, bench/README.md). 20 s at 5,000 nodes, 1 s at 250; the
+    host is changed at once, only the report waits. 0: no spread."""
 
     kubeconfig: str | None = None
     """A kubeconfig file; None means in-cluster (the pod's service account)."""

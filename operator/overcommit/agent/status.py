@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from overcommit.api.model import PolicyError
-from overcommit.api.schema import fit
+from overcommit.api.schema import fit, parse
 from overcommit.api.status import (
     FALSE,
     TRUE,
@@ -20,6 +21,7 @@ from overcommit.api.status import (
     NodeStateStatus,
     OverriddenPolicy,
     PolicyRef,
+    PolicyStatus,
     ReliefRequest,
     condition,
     without_timestamps,
@@ -163,20 +165,30 @@ def policy_news(new: NodeStateStatus, last: NodeStateStatus | None) -> bool:
     return last is not None and new.policy != last.policy
 
 
-def policy_news_window(matched_nodes: int | None, writes_per_second: float) -> float:
-    """The seconds over which a policy's agents spread their writes of a change to it: the
-    nodes it matches at ``writes_per_second``; 0 when the count is not known yet (a new
-    policy's status is not written yet) or the spread is off."""
-    if not matched_nodes or writes_per_second <= 0:
+def largest_node_count(policies: Iterable[Mapping[str, Any]]) -> int | None:
+    """The largest node count (``status.nodes.matched``, the controller's) of any of these
+    policy objects: how many agents one policy change can reach at once, as far as an agent
+    can tell (it does not list Nodes). None when no policy has a count yet."""
+    counts = [status.nodes.matched for body in policies
+              if (status := parse(PolicyStatus, body.get("status") or {})) is not None
+              and status.nodes is not None and status.nodes.matched]
+    return max(counts, default=None)
+
+
+def policy_news_window(nodes: int | None, writes_per_second: float, cap_s: float) -> float:
+    """The seconds over which the agents spread their writes of a policy change: ``nodes``
+    at ``writes_per_second``, at most ``cap_s``; 0 when no count is known or the spread is
+    off."""
+    if not nodes or writes_per_second <= 0:
         return 0.0
-    return matched_nodes / writes_per_second
+    return min(cap_s, nodes / writes_per_second)
 
 
-def policy_news_delay(matched_nodes: int | None, writes_per_second: float,
+def policy_news_delay(nodes: int | None, writes_per_second: float, cap_s: float,
                       draw: Callable[[], float] = random.random) -> float:
     """How long one agent holds back its write of a policy change: a uniform moment of
     ``policy_news_window``; ``draw`` returns a number in [0, 1) (tests pass their own)."""
-    return draw() * policy_news_window(matched_nodes, writes_per_second)
+    return draw() * policy_news_window(nodes, writes_per_second, cap_s)
 
 
 def with_relief(status: NodeStateStatus, relief_status: str, last: ReliefRequest | None,

@@ -346,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                help="at most one counter-only status write per S seconds")
     _defaulted(agent, "--policy-change-rate", AgentSettings, "policy_change_writes_per_second",
                type=_not_negative, metavar="N", help="after a policy changes, write this "
-               "node's report of it at a random moment within (nodes it matches)/N seconds, so "
-               "the agents together write about N per second; 0: at once")
+               "node's report of it at a random moment within nodes/N seconds (nodes: the "
+               "largest count in any policy's status; at most --interval), so the agents "
+               "together write about N per second; 0: at once")
     agent.add_argument("--kubeconfig", help="a kubeconfig (default: the pod's service account)")
     agent.add_argument("-v", "--verbose", action="store_true", help="log each cycle's news")
     _defaulted(agent, "--health-port", AgentSettings, "health_port", type=int, metavar="PORT",

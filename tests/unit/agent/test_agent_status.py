@@ -14,6 +14,7 @@ from overcommit.agent.runner import Agent
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import (
     detail_of,
+    largest_node_count,
     news_of,
     node_status,
     policy_news,
@@ -221,18 +222,20 @@ def test_policy_news_is_a_change_of_the_policy_in_force_or_its_generation() -> N
     assert policy_news(replace(first, policy=None), first)  # the policy went: restored
 
 
-def test_the_spread_window_is_the_matched_nodes_at_the_write_rate() -> None:
-    assert policy_news_window(5000, 250.0) == 20.0
-    assert policy_news_window(3, 250.0) == pytest.approx(0.012)
-    assert policy_news_window(None, 250.0) == 0.0  # a new policy: no count yet
-    assert policy_news_window(0, 250.0) == 0.0
-    assert policy_news_window(5000, 0.0) == 0.0  # the spread turned off
+def test_the_spread_window_is_the_nodes_at_the_write_rate_capped() -> None:
+    assert policy_news_window(5000, 250.0, 30.0) == 20.0
+    assert policy_news_window(3, 250.0, 30.0) == pytest.approx(0.012)
+    assert policy_news_window(50_000, 250.0, 30.0) == 30.0  # never more than the cap
+    assert policy_news_window(5000, 0.01, 30.0) == 30.0
+    assert policy_news_window(None, 250.0, 30.0) == 0.0  # no count known yet
+    assert policy_news_window(0, 250.0, 30.0) == 0.0
+    assert policy_news_window(5000, 0.0, 30.0) == 0.0  # the spread turned off
 
 
 def test_each_agent_s_delay_is_a_uniform_moment_of_the_window() -> None:
-    assert policy_news_delay(5000, 250.0, lambda: 0.0) == 0.0
-    assert policy_news_delay(5000, 250.0, lambda: 0.5) == 10.0
-    assert policy_news_delay(None, 250.0, lambda: 0.9) == 0.0
+    assert policy_news_delay(5000, 250.0, 30.0, lambda: 0.0) == 0.0
+    assert policy_news_delay(5000, 250.0, 30.0, lambda: 0.5) == 10.0
+    assert policy_news_delay(None, 250.0, 30.0, lambda: 0.9) == 0.0
 
 
 def policy_body(name: str, generation: int, matched: int | None) -> dict[str, Any]:
@@ -240,15 +243,25 @@ def policy_body(name: str, generation: int, matched: int | None) -> dict[str, An
     return {"metadata": {"name": name, "generation": generation}, "status": status}
 
 
+def test_the_largest_node_count_of_any_policy_status() -> None:
+    bodies = [policy_body("canary", 1, 50), policy_body("all", 3, 5000),
+              policy_body("new", 1, None), {"status": {"nodes": {"matched": "many"}}}]
+    assert largest_node_count(bodies) == 5000  # a broken status is ignored, not fatal
+    assert largest_node_count([policy_body("new", 1, None)]) is None
+    assert largest_node_count([]) is None
+
+
 def test_a_policy_change_is_written_within_its_spread(kernel: FakeKernel,
                                                       tmp_path: Path) -> None:
     api = RecordingApi()
     agent = agent_with(api, tmp_path)
     agent.policy_index = {"p": [policy_body("p", 2, matched=5000)]}
+    agent._policies()  # every cycle reads the counts
     status = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), now=NOW)
     assert status.policy is not None
     changed = replace(status, policy=replace(status.policy, generation=2))
-    assert status.policy.generation != 2
+    again = replace(status, policy=replace(status.policy, generation=3))
+    assert status.policy.generation not in (2, 3)
 
     async def scenario() -> None:
         assert await agent.publish(status, "node-uid")  # the first report: at once
@@ -257,17 +270,51 @@ def test_a_policy_change_is_written_within_its_spread(kernel: FakeKernel,
         assert not await agent.publish(changed, "node-uid")
         held = agent.held_seconds
         assert 0.0 < held <= 20.0
-        # drawn once per change: a later cycle waits for the same moment, not a new draw
-        assert not await agent.publish(changed, "node-uid")
+        # a later cycle, even one with a newer generation, keeps the moment: no new draw
+        assert not await agent.publish(again, "node-uid")
         assert 0.0 < agent.held_seconds <= held
-        # the moment comes: written
+        # the moment comes: written, and nothing is held any more
         assert agent.policy_news_due is not None
-        agent.policy_news_due = (agent.policy_news_due[0], agent.policy_news_due[1] - held)
-        assert await agent.publish(changed, "node-uid")
-        assert agent.held_seconds == 0.0
+        agent.policy_news_due -= held
+        assert await agent.publish(again, "node-uid")
+        assert agent.held_seconds == 0.0 and agent.policy_news_due is None
 
     asyncio.run(scenario())
-    assert [w["policy"]["generation"] for w in api.writes] == [status.policy.generation, 2]
+    assert [w["policy"]["generation"] for w in api.writes] == [status.policy.generation, 3]
+
+
+def test_a_change_undone_during_its_hold_leaves_no_stale_moment(kernel: FakeKernel,
+                                                                tmp_path: Path) -> None:
+    api = RecordingApi()
+    agent = agent_with(api, tmp_path)
+    agent.policy_index = {"p": [policy_body("p", 2, matched=5000)]}
+    agent._policies()
+    status = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), now=NOW)
+    assert status.policy is not None
+    changed = replace(status, policy=replace(status.policy, generation=2))
+
+    async def scenario() -> None:
+        assert await agent.publish(status, "node-uid")
+        assert not await agent.publish(changed, "node-uid")  # held
+        assert not await agent.publish(status, "node-uid")  # undone: nothing to write
+        assert agent.policy_news_due is None
+        assert not await agent.publish(changed, "node-uid")  # again: a new hold, a new draw
+        assert agent.held_seconds > 0.0
+
+    asyncio.run(scenario())
+    assert len(api.writes) == 1
+
+
+def test_the_count_is_remembered_when_the_policies_go(tmp_path: Path) -> None:
+    agent = agent_with(RecordingApi(), tmp_path)
+    agent.policy_index = {"p": [policy_body("p", 2, matched=5000)]}
+    agent._policies()
+    agent.policy_index = {}  # deleted: 5,000 nodes restore at once, the count still holds
+    agent._policies()
+    assert agent.nodes_seen == 5000
+    agent.policy_index = {"q": [policy_body("q", 1, matched=800)]}
+    agent._policies()  # the cluster's counts now say 800
+    assert agent.nodes_seen == 800
 
 
 def test_events_of_a_held_report_are_held_with_it_and_posted_in_order(
@@ -300,6 +347,7 @@ def test_a_policy_change_is_written_at_once_without_a_count_or_a_rate(
     agent = agent_with(api, tmp_path)
     agent.settings = replace(agent.settings, policy_change_writes_per_second=rate)
     agent.policy_index = {"p": [policy_body("p", 2, matched)]}
+    agent._policies()
     status = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), now=NOW)
     assert status.policy is not None
     changed = replace(status, policy=replace(status.policy, generation=2))
