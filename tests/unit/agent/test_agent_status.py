@@ -243,6 +243,24 @@ def policy_body(name: str, generation: int, matched: int | None) -> dict[str, An
     return {"metadata": {"name": name, "generation": generation}, "status": status}
 
 
+def counted_agent(api: RecordingApi, tmp_path: Path, matched: int | None,
+                  rate: float = 250.0) -> Agent:
+    """An agent whose policies' statuses count ``matched`` nodes, read as every cycle does."""
+    agent = agent_with(api, tmp_path)
+    agent.settings = replace(agent.settings, policy_change_writes_per_second=rate)
+    agent.policy_index = {"p": [policy_body("p", 2, matched)]}
+    agent._policies()
+    return agent
+
+
+def report_and_change(kernel: FakeKernel, tmp_path: Path,
+                      generation: int = 2) -> tuple[NodeStateStatus, NodeStateStatus]:
+    """A first report, and the same with the policy at ``generation``."""
+    status = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), now=NOW)
+    assert status.policy is not None and status.policy.generation != generation
+    return status, replace(status, policy=replace(status.policy, generation=generation))
+
+
 def test_the_largest_node_count_of_any_policy_status() -> None:
     bodies = [policy_body("canary", 1, 50), policy_body("all", 3, 5000),
               policy_body("new", 1, None), {"status": {"nodes": {"matched": "many"}}}]
@@ -254,14 +272,9 @@ def test_the_largest_node_count_of_any_policy_status() -> None:
 def test_a_policy_change_is_written_within_its_spread(kernel: FakeKernel,
                                                       tmp_path: Path) -> None:
     api = RecordingApi()
-    agent = agent_with(api, tmp_path)
-    agent.policy_index = {"p": [policy_body("p", 2, matched=5000)]}
-    agent._policies()  # every cycle reads the counts
-    status = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), now=NOW)
-    assert status.policy is not None
-    changed = replace(status, policy=replace(status.policy, generation=2))
-    again = replace(status, policy=replace(status.policy, generation=3))
-    assert status.policy.generation not in (2, 3)
+    agent = counted_agent(api, tmp_path, matched=5000)
+    status, changed = report_and_change(kernel, tmp_path)
+    again = report_and_change(kernel, tmp_path, generation=3)[1]
 
     async def scenario() -> None:
         assert await agent.publish(status, "node-uid")  # the first report: at once
@@ -280,18 +293,15 @@ def test_a_policy_change_is_written_within_its_spread(kernel: FakeKernel,
         assert agent.held_seconds == 0.0 and agent.policy_news_due is None
 
     asyncio.run(scenario())
-    assert [w["policy"]["generation"] for w in api.writes] == [status.policy.generation, 3]
+    assert [w["policy"]["generation"] for w in api.writes] == [to_json(status)["policy"][
+        "generation"], 3]
 
 
 def test_a_change_undone_during_its_hold_leaves_no_stale_moment(kernel: FakeKernel,
                                                                 tmp_path: Path) -> None:
     api = RecordingApi()
-    agent = agent_with(api, tmp_path)
-    agent.policy_index = {"p": [policy_body("p", 2, matched=5000)]}
-    agent._policies()
-    status = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), now=NOW)
-    assert status.policy is not None
-    changed = replace(status, policy=replace(status.policy, generation=2))
+    agent = counted_agent(api, tmp_path, matched=5000)
+    status, changed = report_and_change(kernel, tmp_path)
 
     async def scenario() -> None:
         assert await agent.publish(status, "node-uid")
@@ -344,13 +354,8 @@ def test_events_of_a_held_report_are_held_with_it_and_posted_in_order(
 def test_a_policy_change_is_written_at_once_without_a_count_or_a_rate(
         kernel: FakeKernel, tmp_path: Path, matched: int | None, rate: float) -> None:
     api = RecordingApi()
-    agent = agent_with(api, tmp_path)
-    agent.settings = replace(agent.settings, policy_change_writes_per_second=rate)
-    agent.policy_index = {"p": [policy_body("p", 2, matched)]}
-    agent._policies()
-    status = node_status(cycle(kernel, tmp_path, {"ksm": {"enabled": True}}), now=NOW)
-    assert status.policy is not None
-    changed = replace(status, policy=replace(status.policy, generation=2))
+    agent = counted_agent(api, tmp_path, matched, rate)
+    status, changed = report_and_change(kernel, tmp_path)
 
     async def scenario() -> None:
         assert await agent.publish(status, "node-uid")
