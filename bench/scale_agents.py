@@ -43,10 +43,9 @@ from bench.scale_model import (
     with_naive_entry,
 )
 from overcommit.agent.api import AgentApi
-from overcommit.agent.runner import COMPONENT
+from overcommit.agent.runner import COMPONENT, node_state_ref
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import policy_news_delay, should_write
-from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
 from overcommit.api.schema import to_json
 from overcommit.api.status import NodeStateStatus
 from overcommit.kube.backoff import retry_delay
@@ -226,8 +225,7 @@ class Fleet:
         (agent.events: SettingsApplied for what it changed, PolicyInForce for the new
         generation), after the report; best effort, as there."""
         node = agent.view.node
-        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": NODE_STATE_KIND, "name": node,
-                    "uid": ""}
+        involved = node_state_ref(node, "")
         for reason, message in (
                 ("SettingsApplied", f"policy {self.policy}: pages_to_scan "
                                     f"{999 + self.generation}->{1000 + self.generation}"),

@@ -273,10 +273,10 @@ class Agent:
         bodies = [body for store in (self.policy_index or {}).values() for body in store]
         self.nodes_seen = largest_node_count(bodies) or self.nodes_seen
         for body in bodies:
-                try:
-                    policies.append(policy_from_object(body, "cluster"))
-                except PolicyError as err:  # admission bypassed or an older CRD: report it
-                    invalid.append(err)
+            try:
+                policies.append(policy_from_object(body, "cluster"))
+            except PolicyError as err:  # admission bypassed or an older CRD: report it
+                invalid.append(err)
         return policies, invalid
 
     def _interval(self, report: CycleResult) -> float:
@@ -287,7 +287,8 @@ class Agent:
         """Write the status if it changed (counter-only changes at most once per interval;
         a change of the policy in force within its spread, ``held_seconds`` from now)."""
         self.held_seconds = 0.0
-        if not policy_news(status, self.last_status):
+        news = policy_news(status, self.last_status)
+        if not news:
             self.policy_news_due = None  # back to what was written: nothing to hold any more
         force = False
         if self.recreate_state or self.state_uid is None:
@@ -300,7 +301,7 @@ class Agent:
         if not (force or should_write(status, self.last_status, since_write,
                                       self.settings.status_interval_seconds)):
             return False
-        self.held_seconds = 0.0 if force else self._hold_policy_news(status)
+        self.held_seconds = self._hold_policy_news() if news and not force else 0.0
         if self.held_seconds:
             return False
         status = dataclasses.replace(status, last_update=now_rfc3339())
@@ -309,14 +310,13 @@ class Agent:
         self.policy_news_due = None
         return True
 
-    def _hold_policy_news(self, status: NodeStateStatus) -> float:
-        """Seconds to hold back this write (0: write now). A change of a policy (its spec, a
-        new one, a deleted one) usually reaches every agent it concerns at once: each writes
-        at a random moment of a window scaled to the largest node count of any policy (the
-        agent cannot tell a fleet-wide change from its own node's relabelling, so that waits
-        too). The moment is drawn once per hold: further changes during it keep it."""
-        if not policy_news(status, self.last_status):
-            return 0.0
+    def _hold_policy_news(self) -> float:
+        """Seconds to hold back a write of policy news (0: write now). A change of a policy
+        (its spec, a new one, a deleted one) usually reaches every agent it concerns at once:
+        each writes at a random moment of a window scaled to the largest node count of any
+        policy (the agent cannot tell a fleet-wide change from its own node's relabelling, so
+        that waits too). The moment is drawn once per hold: further changes during it keep
+        it."""
         if self.policy_news_due is None:
             rate, cap = (self.settings.policy_change_writes_per_second,
                          self.settings.interval_seconds)
@@ -347,8 +347,7 @@ class Agent:
             await self._post(item.type, item.reason, item.message)
 
     async def _post(self, event_type: str, reason: str, message: str) -> None:
-        involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": NODE_STATE_KIND,
-                    "name": self.settings.node_name, "uid": self.state_uid or ""}
+        involved = node_state_ref(self.settings.node_name, self.state_uid or "")
         try:
             await self.api.post_event(self.settings.event_namespace, involved, event_type,
                                       reason, message, COMPONENT, self.settings.node_name)
@@ -358,6 +357,12 @@ class Agent:
             self.log.warning("could not post event %s: %s", reason, exc)
             return
         self.metrics.event_posted(event_type, reason)
+
+
+def node_state_ref(node_name: str, uid: str) -> dict[str, str]:
+    """The node state an agent's Events are about (their involvedObject)."""
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": NODE_STATE_KIND, "name": node_name,
+            "uid": uid}
 
 
 def cycle_errors(report: CycleResult, invalid_policies: int) -> dict[str, int]:
