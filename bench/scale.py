@@ -58,7 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -418,6 +418,7 @@ def window_figures(before: Snapshot, after: Snapshot, design: str) -> JSON:
         "agent_writes_failed": agent.failed - was.failed,
         "agent_event_posts": agent.event_posts - was.event_posts,
         "agent_event_posts_failed": agent.event_posts_failed - was.event_posts_failed,
+        "agent_events_dropped": agent.events_dropped - was.events_dropped,
         "conflicts": agent.conflicts - was.conflicts,
         "conflicts_per_min": per_minute(agent.conflicts - was.conflicts, seconds),
         "summary_writes_per_min": per_minute(summary, seconds),
@@ -505,15 +506,37 @@ async def burst(probe: Probe, params: Params) -> JSON:
     fleet.generation = generation  # before the PATCH: an agent may see the event first
     alive = set(fleet.agents)
 
+    events_done: list[float] = []
+
     async def until(timeout: float) -> float | None:
+        start = time.monotonic()
         await kube.call("PATCH", f"{policy_collection(fleet.design)}/{POLICY}",
                         policy_change(1000 + generation), "application/merge-patch+json")
         if fleet.design == PER_NODE:
-            return await observer.wait_for(
+            seen = await observer.wait_for(
                 lambda s: complete(PER_NODE, s, len(alive), generation), timeout)
-        return await observer.wait_for(lambda s: naive_at(s, alive, generation), timeout)
+        else:
+            seen = await observer.wait_for(lambda s: naive_at(s, alive, generation), timeout)
+        # Then every agent's Events of the change, retried ones included, are out.
+        left = timeout - (time.monotonic() - start)
+        if seen is not None and await wait_until(lambda: fleet.events_outstanding() == 0, left):
+            events_done.append(time.monotonic() - start)
+        return seen
 
-    return await timed(probe, 2.0, until, params.scenario_timeout_s)
+    result = await timed(probe, 2.0, until, params.scenario_timeout_s)
+    result["events_done_s"] = events_done[0] if events_done else None
+    result["agent_events_waiting"] = fleet.events_outstanding()
+    return result
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float,
+                     poll_s: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(poll_s)
+    return True
 
 
 async def leader(kube: Kube) -> str | None:

@@ -21,7 +21,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ from overcommit.api.schema import to_json
 from overcommit.api.status import NodeStateStatus
 from overcommit.kube.backoff import retry_delay
 from overcommit.kube.client import ApiError as ProductApiError
+from overcommit.kube.events import NORMAL, EventIntent
+from overcommit.kube.outbox import EventOutbox
 
 JSON = dict[str, Any]
 # What a write can fail with: an error answer (e.g. 429 from API Priority and Fairness, 504 when
@@ -68,7 +70,8 @@ class Writes:
     failed: int = 0  # answered with another error (429, 5xx) or none at all
     done: int = 0
     event_posts: int = 0  # the Events a policy change makes each agent post (core v1)
-    event_posts_failed: int = 0  # best effort, as in the agent: not retried
+    event_posts_failed: int = 0  # failed posts, kept and tried again as in the agent
+    events_dropped: int = 0  # given up on (refused, or the outbox overflowed)
 
     def copy(self) -> Writes:
         return replace(self)
@@ -94,6 +97,14 @@ class Agent:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     reacting: bool = False
+    outbox: EventOutbox | None = None  # the agent's own (Fleet sets it up)
+
+
+def events_of(agent: Agent) -> Callable[[str, JSON], Awaitable[JSON]]:
+    """Posts an Event as ``agent`` (its client looked up at each post, as tests replace it)."""
+    async def post(namespace: str, body: JSON) -> JSON:
+        return await agent.api.create_event(namespace, body)
+    return post
 
 
 @dataclass
@@ -114,6 +125,11 @@ class Fleet:
         self.agents = {v.node: Agent(v, tokens[v.node], AgentApi(
             token_login(watches.server, ca_path, tokens[v.node]))) for v in views}
         self.writes = Writes()
+        for agent in self.agents.values():
+            agent.outbox = EventOutbox(
+                events_of(agent), component=COMPONENT,
+                                       host=agent.view.node, on_posted=self._event_posted,
+                                       on_dropped=self._event_dropped)
         self.churn = False  # counters move: every cycle observes new values
         self.generation = views[0].generation if views else 1  # the policy's, as last known
         self.rng = random.Random(seed)
@@ -223,20 +239,33 @@ class Fleet:
     async def _post_policy_events(self, agent: Agent) -> None:
         """The two Events the real agent posts with its report of a policy change
         (agent.events: SettingsApplied for what it changed, PolicyInForce for the new
-        generation), after the report; best effort, as there."""
+        generation), after the report, through the agent's own outbox: what fails is tried
+        again at the next cycle, as there."""
+        assert agent.outbox is not None
         node = agent.view.node
-        involved = node_state_ref(node, "")
-        for reason, message in (
-                ("SettingsApplied", f"policy {self.policy}: pages_to_scan "
-                                    f"{999 + self.generation}->{1000 + self.generation}"),
-                ("PolicyInForce", f"policy {self.policy} generation {self.generation} is in "
-                                  "force")):
-            try:
-                await agent.api.post_event(EVENT_NAMESPACE, involved, "Normal", reason, message,
-                                           COMPONENT, node)
-                self.writes.event_posts += 1
-            except FAILURES:
-                self.writes.event_posts_failed += 1
+        agent.outbox.add(EVENT_NAMESPACE, node_state_ref(node, ""), [
+            EventIntent(NORMAL, "SettingsApplied", f"policy {self.policy}: pages_to_scan "
+                        f"{999 + self.generation}->{1000 + self.generation}", change=True),
+            EventIntent(NORMAL, "PolicyInForce", f"policy {self.policy} generation "
+                        f"{self.generation} is in force")])
+        await self._flush(agent)
+
+    async def _flush(self, agent: Agent) -> None:
+        if agent.outbox is not None and agent.outbox.pending and \
+                await agent.outbox.flush() is not None:
+            self.writes.event_posts_failed += 1
+
+    def _event_posted(self, event_type: str, reason: str) -> None:
+        self.writes.event_posts += 1
+
+    def _event_dropped(self, event_type: str, reason: str, cause: str) -> None:
+        self.writes.events_dropped += 1
+
+    def events_outstanding(self) -> int:
+        """Events not posted yet: waiting in an outbox, or still to come from an agent that
+        is reacting to a policy change."""
+        return sum(len(a.outbox.pending) if a.outbox else 0 for a in self.agents.values()) + \
+            sum(2 for a in self.agents.values() if a.reacting)
 
     async def _loop(self, agent: Agent, offset: float) -> None:
         await asyncio.sleep(offset)
@@ -246,6 +275,8 @@ class Fleet:
             with contextlib.suppress(*FAILURES):
                 if not agent.reacting:
                     await self.cycle(agent)
+            if not agent.reacting:  # Events still waiting go out with each cycle
+                await self._flush(agent)
             await asyncio.sleep(self.timing.interval_s)
 
     async def cycle(self, agent: Agent, failed: bool | None = None,

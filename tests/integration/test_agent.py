@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,48 @@ def test_agent_survives_an_api_server_restart(cluster: ControlPlane, host: FakeK
     assert after is not None and after["metadata"]["uid"] == before["metadata"]["uid"]
     states = get_json(cluster, "mons")["items"]
     assert [s["metadata"]["name"] for s in states if s["spec"]["nodeName"] == n] == [n]
+    cluster.kubectl("delete", "mop", p)
+
+
+def events_about(cluster: ControlPlane, name: str, reason: str) -> list[dict[str, Any]]:
+    found = get_json(cluster, "events", "-n", "default", "--field-selector",
+                     f"involvedObject.name={name},reason={reason}")
+    items: list[dict[str, Any]] = found["items"]
+    return items
+
+
+def test_an_event_meant_while_the_api_server_is_down_is_posted_when_it_is_back(
+        cluster: ControlPlane, host: FakeKernel, names: dict[str, str], tmp_path: Path) -> None:
+    """The agent puts back a drifted setting during an API outage: the Event of the change
+    cannot be posted and waits in the agent's outbox. When the API server is back it is posted
+    once, stamped with the moment the change was made."""
+    n, p = names["node"], names["policy"]
+    apply(cluster, node(n, {"pool": n}))
+    apply(cluster, policy(p, {"nodeSelector": {"matchLabels": {"pool": n}},
+                              "ksm": {"enabled": True, "pagesToScan": 700}}))
+    with agent_process(cluster, n, host.root, tmp_path / "state", interval=0.5,
+                       status_interval=0.5, extra_args=["--no-libvirt"]):
+        wait_for(lambda: status_of(cluster, n).get("settings", {}).get(
+            f"{KSM}/pages_to_scan") == "700", 30, "the policy applied and reported")
+        cluster.stop_apiserver()
+        try:
+            host.set(f"{KSM}/pages_to_scan", "123")  # drift, while nobody can report it
+            wait_for(lambda: sysfs(host, "pages_to_scan") == "700", 30,
+                     "the drift put back during the outage")
+            fixed_at = time.time()
+        finally:
+            cluster.start_apiserver()
+        assert time.time() - fixed_at > 1.5  # an API server takes seconds to start
+        wait_for(lambda: any("123->700" in e["message"]
+                             for e in events_about(cluster, n, "SettingsApplied")), 60,
+                 "the Event of the change made during the outage")
+        fixed = [e for e in events_about(cluster, n, "SettingsApplied")
+                 if "123->700" in e["message"]]
+        assert len(fixed) == 1, fixed  # posted once
+        stamp = datetime.fromisoformat(fixed[0]["firstTimestamp"].replace("Z", "+00:00"))
+        assert stamp.timestamp() <= fixed_at, "stamped when it was posted, not when it happened"
+    # It did wait: its first post failed (the status itself had nothing new to write).
+    assert "could not post an Event" in agent_log(tmp_path / "state", n)
     cluster.kubectl("delete", "mop", p)
 
 

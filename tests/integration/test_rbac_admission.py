@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from overcommit.kube.clock import now_rfc3339
+from overcommit.kube.events import event_body
 from overcommit.localcluster import ControlPlane
 from testkit.cases import policy_document
 from testkit.kubevirt import CRDS, vmi
@@ -198,12 +200,10 @@ def test_agent_writes_its_own_node_state(agent: Identity) -> None:
 
 
 def posted_event(involved: dict[str, str], component: str, host: str) -> dict[str, Any]:
-    """An Event as kube/client.py post_event writes it (agent and controller alike): core v1,
+    """An Event as both components' outboxes post it (kube/events.py event_body): core v1,
     in "default"."""
-    return {"apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{involved['name']}.", "namespace": "default"},
-            "involvedObject": involved, "reason": "Applied", "message": "settings applied",
-            "type": "Normal", "source": {"component": component, "host": host}}
+    return event_body("default", involved, "Normal", "Applied", "settings applied", component,
+                      host, now_rfc3339())
 
 
 def test_agent_posts_events_and_nothing_more(agent: Identity) -> None:

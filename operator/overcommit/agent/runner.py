@@ -44,6 +44,7 @@ from overcommit.kube.backoff import retry_delay
 from overcommit.kube.client import ApiError, make_login
 from overcommit.kube.clock import now_rfc3339
 from overcommit.kube.events import EventIntent
+from overcommit.kube.outbox import EventOutbox
 from overcommit.observability.logs import context_logger
 from overcommit.observability.metrics import (
     AgentMetrics,
@@ -90,6 +91,11 @@ class Agent:
         self.held_news: list[EventIntent] = []  # Events held back with it
         self.failures = 0  # failed cycles in a row: the retry backs off (overcommit.kube.backoff)
         self.events = EventMemory()
+        self.outbox = EventOutbox(lambda namespace, body: self.api.create_event(namespace, body),
+                                  component=COMPONENT,
+                                  host=settings.node_name,
+                                  on_posted=self.metrics.events.posted_one,
+                                  on_dropped=self.metrics.events.dropped_one)
         self.health = CycleHealth()  # what the probes report
 
     # -- kopf wiring -----------------------------------------------------------------------
@@ -214,8 +220,10 @@ class Agent:
 
     async def _cycle_failed(self, kind: str, message: str) -> None:
         self.metrics.failed_cycle(kind)
-        # The API may be what failed: the Event is best effort (and posted once per message).
-        await self._post_news(self.events.to_post([failure_news(message)], whole_picture=False))
+        # The API may be what failed: the Event waits in the outbox until it can be posted
+        # (posted once per message).
+        self._queue(self.events.to_post([failure_news(message)], whole_picture=False))
+        await self.post_news()
 
     async def reconcile(self) -> float:
         node = self._node()
@@ -244,7 +252,14 @@ class Agent:
         self.metrics.observe_cycle(status, cycle_errors(report, len(invalid)))
         if relief.requested:
             self.metrics.relief_requested(relief.requested)
-        await self.publish(status, node["uid"])
+        try:
+            await self.publish(status, node["uid"])
+        except BaseException:
+            # The host changed all the same: the Events of this cycle's changes wait in the
+            # outbox, ahead of the failed cycle's own (reconcile_safely). Its facts wait for a
+            # cycle that completes: posting them would forget that this one failed.
+            self.queue_news(report, invalid, relief.news, changes_only=True)
+            raise
         self.health.reported = True
         await self.emit_events(report, invalid, relief.news)
         interval = self._interval(report)
@@ -331,32 +346,40 @@ class Agent:
 
     async def emit_events(self, report: CycleResult, invalid: Sequence[PolicyError] = (),
                           relief: Sequence[EventIntent] = ()) -> None:
+        """Queue this cycle's news (:meth:`queue_news`) and post what waits, unless the
+        report of a policy change is held back."""
+        self.queue_news(report, invalid, relief)
+        if not self.held_seconds:
+            await self.post_news()
+
+    def queue_news(self, report: CycleResult, invalid: Sequence[PolicyError] = (),
+                   relief: Sequence[EventIntent] = (), *, changes_only: bool = False) -> None:
         """An Event for every change, and for every fact (policy, error, problem) once while
         it holds (see overcommit.agent.events); ``relief``: what relief had to say. While the
         report of a policy change is held back (``publish``, at most one ``--interval``), so
-        are every Event of those cycles, then posted in order: every node posting a policy
+        are every Event of those cycles, then queued in order: every node posting a policy
         change's Events at once is the same burst."""
-        self.held_news.extend(self.events.to_post([*cycle_news(report, invalid), *relief]))
-        if self.held_seconds:
-            return
-        news, self.held_news = self.held_news, []
-        await self._post_news(news)
+        news = [*cycle_news(report, invalid), *relief]
+        if changes_only:
+            news = [n for n in news if n.change]
+        self.held_news.extend(self.events.to_post(news, whole_picture=not changes_only))
+        if not self.held_seconds:
+            news, self.held_news = self.held_news, []
+            self._queue(news)
 
-    async def _post_news(self, news: Sequence[EventIntent]) -> None:
-        for item in news:
-            await self._post(item.type, item.reason, item.message)
-
-    async def _post(self, event_type: str, reason: str, message: str) -> None:
+    def _queue(self, news: Sequence[EventIntent]) -> None:
         involved = node_state_ref(self.settings.node_name, self.state_uid or "")
-        try:
-            await self.api.post_event(self.settings.event_namespace, involved, event_type,
-                                      reason, message, COMPONENT, self.settings.node_name)
-        except Exception as exc:
-            # An Event is best effort (the status carries the truth), and it is also posted
-            # from a failed cycle's handler, where nothing may escape and stop the loop.
-            self.log.warning("could not post event %s: %s", reason, exc)
-            return
-        self.metrics.event_posted(event_type, reason)
+        self.outbox.add(self.settings.event_namespace, involved, news)
+
+    async def post_news(self) -> None:
+        """Post what the outbox holds; what fails for now waits for the next cycle
+        (overcommit.kube.outbox). Also called from a failed cycle's handler, where nothing
+        may escape and stop the loop: flush returns its failure instead of raising it."""
+        failure = await self.outbox.flush()
+        self.metrics.events.pending.set(len(self.outbox.pending))
+        if failure is not None:
+            self.log.warning("could not post an Event; %d waiting for the next cycle: %s",
+                             len(self.outbox.pending), failure)
 
 
 def node_state_ref(node_name: str, uid: str) -> dict[str, str]:

@@ -56,6 +56,7 @@ from overcommit.kube.client import TRANSPORT_ERRORS, ApiError
 from overcommit.kube.clock import now_rfc3339
 from overcommit.kube.events import EventIntent
 from overcommit.kube.informer import Informer
+from overcommit.kube.outbox import EventOutbox
 from overcommit.kube.resources import METADATA_LIST, METADATA_WATCH, NODE_STATES, NODES, POLICIES
 from overcommit.observability.metrics import ControllerMetrics
 
@@ -122,6 +123,11 @@ class Controller:
         self.status_writes = 0
         self.states_deleted = 0
         self.events_posted = 0
+        self.events_stalled = False  # an Event post failed for now in this pass
+        self.outbox = EventOutbox(lambda namespace, body: self.api.create_event(namespace, body),
+                                  component=COMPONENT, host=settings.identity,
+                                  on_posted=self._event_posted,
+                                  on_dropped=self.metrics.events.dropped_one)
 
     # -- cache updates (pure bookkeeping, called by the informers) -------------------------
     def mark_due(self, names: Iterable[str]) -> None:
@@ -194,6 +200,9 @@ class Controller:
     async def act(self) -> float | None:
         """Delete the node states whose Node is gone, then fold and write every due policy;
         returns the seconds until the next policy is due (None: none is)."""
+        self.events_stalled = False
+        if self.outbox.pending:  # what failed at an earlier pass goes first
+            await self.post_events()
         for name in sorted(self.to_delete):
             await self.delete_state(name)
         now = self.clock()
@@ -202,7 +211,10 @@ class Controller:
                 del self.due[name]
                 await self.reconcile(name, now)
         self.publish()
-        return max(0.0, min(self.due.values()) - self.clock()) if self.due else None
+        # Events still waiting are tried again a retry interval from now at the latest.
+        retry = self.settings.retry_seconds if self.outbox.pending else math.inf
+        due = min([*self.due.values(), self.clock() + retry])
+        return None if due == math.inf else max(0.0, due - self.clock())
 
     def publish(self) -> None:
         """The metrics of what this replica holds (nothing while it does not lead)."""
@@ -331,21 +343,29 @@ class Controller:
         await self.announce(policy, policy_news(policy.status, status))
 
     async def announce(self, policy: PolicyView, news: list[EventIntent]) -> None:
-        """Post ``news`` as Events on the policy. Best effort: the status carries the truth,
-        and a failed post is neither retried nor allowed to stop the controller."""
+        """Post ``news`` as Events on the policy, behind those still waiting. What fails for
+        now is posted again at the next pass (overcommit.kube.outbox); nothing of it may stop
+        the controller: the status carries the truth."""
         involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": POLICY_KIND,
                     "name": policy.name, "uid": policy.uid}
-        for item in news:
-            try:
-                await self.api.post_event(self.settings.event_namespace, involved, item.type,
-                                          item.reason, item.message, COMPONENT,
-                                          self.settings.identity)
-            except Exception as exc:
-                log.warning("could not post event %s on %s: %s", item.reason, policy.name, exc)
-                self.metrics.error("api" if isinstance(exc, API_ERRORS) else "internal")
-                return  # the rest would most likely fail (and wait) the same way
-            self.metrics.event_posted(item.type, item.reason)
-            self.events_posted += 1
+        self.outbox.add(self.settings.event_namespace, involved, news)
+        if not self.events_stalled:
+            await self.post_events()
+
+    async def post_events(self) -> None:
+        failure = await self.outbox.flush()
+        # A post that failed for now (429, 5xx, no answer) is tried once per pass at most:
+        # later news of this pass waits behind it.
+        self.events_stalled = bool(self.outbox.pending)
+        self.metrics.events.pending.set(len(self.outbox.pending))
+        if failure is not None:
+            log.warning("could not post an Event; %d waiting: %s", len(self.outbox.pending),
+                        failure)
+            self.metrics.error("api" if isinstance(failure, API_ERRORS) else "internal")
+
+    def _event_posted(self, event_type: str, reason: str) -> None:
+        self.metrics.events.posted_one(event_type, reason)
+        self.events_posted += 1
 
     def _retry_later(self, name: str, exc: Exception) -> None:
         log.warning("could not write the status of %s, retrying: %s", name, exc)

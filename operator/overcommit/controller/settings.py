@@ -52,7 +52,8 @@ class ControllerSettings:
     written at most this often; counts, conditions and problems follow status_interval."""
 
     retry_seconds: float = 2.0
-    """After a failed status write, fold and write that policy again this much later."""
+    """After a failed status write, fold and write that policy again this much later; Events
+    whose post failed for now are tried again at the same pace."""
 
     sweep_interval_seconds: float = 60.0
     """How often node states whose Node is gone are looked for (and deleted on the second

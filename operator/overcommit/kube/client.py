@@ -18,8 +18,6 @@ from urllib.parse import urlencode
 import aiohttp
 import kopf
 
-from overcommit.kube.clock import now_rfc3339
-from overcommit.kube.events import event_body
 from overcommit.kube.resources import SELF_ACCESS_REVIEWS, events, leases
 
 JSON = dict[str, Any]
@@ -185,11 +183,10 @@ class KubeClient:
         return await self.request("PUT", f"{leases(namespace)}/{name}", body)
 
     # -- events ----------------------------------------------------------------------------
-    async def post_event(self, namespace: str, involved: JSON, event_type: str, reason: str,
-                         message: str, component: str, host: str) -> None:
-        body = event_body(namespace, involved, event_type, reason, message, component, host,
-                          now_rfc3339())
-        await self.request("POST", events(namespace), body)
+    async def create_event(self, namespace: str, body: JSON) -> JSON:
+        """POST a core/v1 Event (``overcommit.kube.events.event_body``); components post
+        through an ``overcommit.kube.outbox.EventOutbox``, which retries."""
+        return await self.request("POST", events(namespace), body)
 
     # -- questions any identity may ask ----------------------------------------------------
     async def serves(self, group: str, version: str, plural: str) -> bool | None:

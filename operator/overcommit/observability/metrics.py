@@ -453,6 +453,29 @@ class ApiWrites:
             self.counter.labels(verb, api_resource(path), code).inc()
 
 
+class EventCounters:
+    """A component's Events (``overcommit_<component>_events_*``): posted, given up on, and
+    waiting in its outbox (``overcommit.kube.outbox``) to be posted again."""
+
+    def __init__(self, registry: CollectorRegistry, component: str, about: str) -> None:
+        name = f"{PREFIX}_{component}_events"
+        self.posted = Counter(f"{name}_total", f"Events the {component} posted{about}, by "
+                              "type and reason.", ("type", "reason"), registry=registry)
+        self.dropped = Counter(f"{name}_dropped_total",
+                               f"Events the {component} gave up on, by type, reason and cause: "
+                               "refused (the API server said no for good), overflow (its "
+                               "outbox was full: the oldest went), error (a bug).",
+                               ("type", "reason", "cause"), registry=registry)
+        self.pending = Gauge(f"{name}_pending", "Events waiting to be posted again after a "
+                             "failed post (429, 5xx, no answer).", registry=registry)
+
+    def posted_one(self, event_type: str, reason: str) -> None:
+        self.posted.labels(event_type, reason).inc()
+
+    def dropped_one(self, event_type: str, reason: str, cause: str) -> None:
+        self.dropped.labels(event_type, reason, cause).inc()
+
+
 class AgentMetrics:
     """The agent's registry: the node snapshot plus the agent's own counters."""
 
@@ -471,9 +494,7 @@ class AgentMetrics:
             self.errors.labels(kind)
         self.last_cycle = Gauge(f"{PREFIX}_agent_last_cycle_timestamp_seconds",
                                 "Unix time the last cycle completed.", registry=r)
-        self.events = Counter(f"{PREFIX}_agent_events_total",
-                              "Events the agent posted, by type and reason.", ("type", "reason"),
-                              registry=r)
+        self.events = EventCounters(r, "agent", "")
         Gauge(f"{PREFIX}_agent_info", "Always 1; the agent's node and version.",
               ("node", "version"), registry=r).labels(node, version()).set(1)
         self.transitions = Counter(f"{PREFIX}_ladder_transitions_total",
@@ -513,9 +534,6 @@ class AgentMetrics:
         if recent:
             self._last_transition = recent[0]
 
-    def event_posted(self, event_type: str, reason: str) -> None:
-        self.events.labels(event_type, reason).inc()
-
     def relief_requested(self, result: str) -> None:
         self.relief.labels(result).inc()
 
@@ -524,8 +542,8 @@ class ControllerMetrics:
     """The controller's registry. The controller calls: :meth:`fold` around each fold of node
     states into policy statuses, :meth:`status_written` per policy status write,
     :meth:`observe_policies` with the statuses it holds, :meth:`counts`, :meth:`set_leader`,
-    :meth:`error`, :meth:`event_posted` per Event, and passes :attr:`api_write` to its API
-    client."""
+    :meth:`error`, feeds :attr:`events` from its Event outbox, and passes :attr:`api_write` to
+    its API client."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -551,9 +569,7 @@ class ControllerMetrics:
                               "Errors by kind: api, internal.", ("kind",), registry=r)
         for kind in CONTROLLER_ERROR_KINDS:
             self.errors.labels(kind)
-        self.events = Counter(f"{PREFIX}_controller_events_total",
-                              "Events the controller posted on policies, by type and reason.",
-                              ("type", "reason"), registry=r)
+        self.events = EventCounters(r, "controller", " on policies")
         Gauge(f"{PREFIX}_controller_info", "Always 1; the controller's version.", ("version",),
               registry=r).labels(version()).set(1)
         self.api_write = ApiWrites(r)
@@ -579,9 +595,6 @@ class ControllerMetrics:
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind).inc()
-
-    def event_posted(self, event_type: str, reason: str) -> None:
-        self.events.labels(event_type, reason).inc()
 
 
 # -- serving -------------------------------------------------------------------------------

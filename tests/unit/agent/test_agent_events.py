@@ -163,9 +163,9 @@ class FailingApi:
             raise ApiError(503, '{"message": "etcd is down"}', "PATCH status")
         return {"status": status}
 
-    async def post_event(self, namespace: str, involved: dict[str, Any], event_type: str,
-                         reason: str, message: str, component: str, host: str) -> None:
-        self.events.append((event_type, reason, message))
+    async def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.events.append((body["type"], body["reason"], body["message"]))
+        return body
 
 
 def agent_on(api: FailingApi, tmp_path: Path) -> Agent:
@@ -207,8 +207,7 @@ def test_failures_are_classified(exc: BaseException, kind: str) -> None:
 class BrokenApi(FailingApi):
     """The API is gone altogether: status writes and Events fail."""
 
-    async def post_event(self, namespace: str, involved: dict[str, Any], event_type: str,
-                         reason: str, message: str, component: str, host: str) -> None:
+    async def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         raise aiohttp.ServerDisconnectedError()
 
 
@@ -237,3 +236,55 @@ def test_a_failing_event_post_does_not_escape_a_failed_cycle(tmp_path: Path) -> 
     assert agent.metrics.registry.get_sample_value("overcommit_agent_events_total",
                                                    {"type": "Warning",
                                                     "reason": "CycleFailed"}) is None
+
+
+class ThrottledApi(FailingApi):
+    """Status writes work; the first ``throttled`` Event posts meet a 429."""
+
+    def __init__(self, throttled: int) -> None:
+        super().__init__()
+        self.fail = False
+        self.throttled = throttled
+
+    async def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.throttled:
+            self.throttled -= 1
+            raise ApiError(429, '{"message": "too many requests"}', "POST")
+        return await super().create_event(namespace, body)
+
+
+def test_events_throttled_at_one_cycle_are_posted_at_the_next_in_order(
+        tmp_path: Path) -> None:
+    api = ThrottledApi(throttled=1)
+    agent = agent_on(api, tmp_path)
+    pending = "overcommit_agent_events_pending"
+    asyncio.run(agent.reconcile_safely())
+    meant = [body["reason"] for body in agent.outbox.pending]
+    assert api.events == [] and "NoPolicy" in meant  # one failed post, nothing lost
+    assert agent.metrics.registry.get_sample_value(pending) == len(meant)
+    assert agent.failures == 0  # an Event is not the cycle: its report was written
+    asyncio.run(agent.reconcile_safely())
+    assert [reason for _, reason, _ in api.events] == meant  # once each, in order
+    assert agent.metrics.registry.get_sample_value(pending) == 0
+    assert agent.metrics.registry.get_sample_value(
+        "overcommit_agent_events_total", {"type": "Normal", "reason": "NoPolicy"}) == 1
+
+
+def test_a_change_made_in_a_cycle_whose_report_failed_still_gets_its_event(
+        tmp_path: Path) -> None:
+    api = FailingApi()  # status writes fail, Events go through
+    agent = agent_on(api, tmp_path)
+    doc = policy_document("p", {"nodeSelector": {}, "ksm": {"enabled": True,
+                                                            "pagesToScan": 555}})
+    doc["metadata"].update(uid="uid-p", generation=1)
+    agent.policy_index = {"p": [doc]}
+    asyncio.run(agent.reconcile_safely())
+    assert (tmp_path / "host/sys/kernel/mm/ksm/pages_to_scan").read_text() == "555"
+    # the changes first (the ladder's start is one), then the failure; the policy in force,
+    # a fact, waits for a cycle that completes
+    assert [reason for _, reason, _ in api.events] == ["LadderStarted", "SettingsApplied",
+                                                      "CycleFailed"]
+    api.fail = False
+    asyncio.run(agent.reconcile_safely())
+    reasons = [reason for _, reason, _ in api.events]
+    assert reasons.count("SettingsApplied") == 1 and "PolicyInForce" in reasons

@@ -52,9 +52,9 @@ class RecordingApi:
         self.writes.append(status)
         return {}
 
-    async def post_event(self, namespace: str, involved: dict[str, Any], event_type: str,
-                         reason: str, message: str, component: str, host: str) -> None:
-        self.events.append((event_type, reason, message))
+    async def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.events.append((body["type"], body["reason"], body["message"]))
+        return body
 
 
 @pytest.fixture

@@ -63,6 +63,7 @@ from bench.scale_model import (
 from overcommit.agent.status import should_write
 from overcommit.api.schema import openapi_schema, to_json, validate
 from overcommit.api.status import NodeStateStatus
+from overcommit.kube.client import ApiError as ProductApiError
 
 VIEW = NodeView("node-7", 7, "uid-1", generation=3, tick=0)
 
@@ -431,11 +432,11 @@ def test_simulated_agents_report_a_policy_change_as_the_real_agent_does(
         fleet.cycle = cycle  # type: ignore[method-assign]
         posted: list[tuple[float, str]] = []
 
-        async def post_event(namespace: str, involved: Any, event_type: str, reason: str,
-                             *_: Any) -> None:
-            posted.append((time.monotonic(), reason))
+        async def create_event(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+            posted.append((time.monotonic(), body["reason"]))
+            return body
 
-        fleet.agents["n0"].api.post_event = post_event  # type: ignore[method-assign,assignment]
+        fleet.agents["n0"].api.create_event = create_event  # type: ignore[method-assign]
         fleet.generation = 2
         start = time.monotonic()
         fleet._on_policy_event(fleet.agents["n0"])
@@ -452,3 +453,48 @@ def test_simulated_agents_report_a_policy_change_as_the_real_agent_does(
     assert len(cycled) == 1
     waited = cycled[0] - start
     assert (waited >= 0.19) if held else (waited < 0.19)
+
+
+def test_simulated_agents_post_throttled_events_again_at_their_next_cycle(
+        tmp_path: Path) -> None:
+    """As the real agent's outbox: a 429 keeps both Events of the change, in order, and the
+    agent's next cycle posts them; until then the burst counts them as outstanding."""
+    views = [NodeView("n0", 0, "uid", 1, 0)]
+
+    async def scenario() -> tuple[Fleet, list[str], list[int]]:
+        watches = AgentWatches("https://127.0.0.1:1", ssl.create_default_context())
+        fleet = Fleet(watches, PER_NODE, "p", views, {"n0": "token"}, tmp_path / "ca.crt",
+                      Timing(30.0, 60.0, policy_change_rate=0.0))
+
+        async def cycle(agent: Any, failed: bool | None = None,
+                        generation: int | None = None) -> bool:
+            agent.view = replace(agent.view, generation=generation or agent.view.generation)
+            return True
+
+        fleet.cycle = cycle  # type: ignore[method-assign]
+        posted: list[str] = []
+        answers = [ProductApiError(429, '{"message": "too many requests"}', "POST")]
+
+        async def create_event(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+            if answers:
+                raise answers.pop()
+            posted.append(body["reason"])
+            return body
+
+        agent = fleet.agents["n0"]
+        agent.api.create_event = create_event  # type: ignore[method-assign]
+        fleet.generation = 2
+        fleet._on_policy_event(agent)
+        await asyncio.gather(*fleet.reactions)
+        outstanding = [fleet.events_outstanding()]
+        await fleet._flush(agent)  # what the agent's next cycle does
+        outstanding.append(fleet.events_outstanding())
+        await agent.api.close()
+        await watches.close()
+        return fleet, posted, outstanding
+
+    fleet, posted, outstanding = asyncio.run(scenario())
+    assert outstanding == [2, 0]
+    assert posted == ["SettingsApplied", "PolicyInForce"]
+    assert (fleet.writes.event_posts, fleet.writes.event_posts_failed,
+            fleet.writes.events_dropped) == (2, 1, 0)

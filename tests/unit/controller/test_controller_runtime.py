@@ -55,14 +55,16 @@ class FakeApi:
         self.deleted.append((name, uid))
         return True
 
-    async def post_event(self, namespace: str, involved: JSON, event_type: str, reason: str,
-                         message: str, component: str, host: str) -> None:
+    async def create_event(self, namespace: str, body: JSON) -> JSON:
         if self.event_fail is not None:
             exc, self.event_fail = self.event_fail, None
             raise exc
-        self.events.append({"namespace": namespace, "involved": involved, "type": event_type,
-                            "reason": reason, "message": message, "component": component,
-                            "host": host})
+        self.events.append({"namespace": namespace, "involved": body["involvedObject"],
+                            "type": body["type"], "reason": body["reason"],
+                            "message": body["message"],
+                            "component": body["source"]["component"],
+                            "host": body["source"]["host"]})
+        return body
 
     def reasons(self) -> list[str]:
         return [e["reason"] for e in self.events]
@@ -295,22 +297,47 @@ def test_no_event_before_the_status_is_written() -> None:
     assert api.reasons() == ["PolicyReady"]
 
 
-def test_a_failed_post_costs_that_fold_its_events_and_nothing_else() -> None:
+def failing_node() -> tuple[Clock, FakeApi, ControllerMetrics, Controller]:
+    """A controller whose next pass writes a status with news: the policy's one node fails."""
     clock, api = Clock(), FakeApi()
     metrics = ControllerMetrics()
     ctl = Controller(cast(ControllerApi, api), settings(), clock=clock, metrics=metrics)
     ctl.node_event("ADDED", node("a"))
     ctl.state_event("ADDED", state("a", ready="False"))
     ctl.policy_event("ADDED", policy_obj())
+    return clock, api, metrics, ctl
+
+
+def test_a_refused_event_is_dropped_and_counted_and_the_controller_goes_on() -> None:
+    clock, api, metrics, ctl = failing_node()
     api.event_fail = ApiError(403, '{"message": "forbidden"}', "POST")
     act(ctl)
-    assert len(api.writes) == 1 and api.events == []  # the rest of that fold's are dropped
+    assert len(api.writes) == 1 and api.reasons() == ["NodeProblem"]  # the refused one went
     assert metrics.registry.get_sample_value("overcommit_controller_errors_total",
                                              {"kind": "api"}) == 1
+    assert metrics.registry.get_sample_value(
+        "overcommit_controller_events_dropped_total",
+        {"type": "Warning", "reason": "PolicyStalled", "cause": "refused"}) == 1
     clock.now = 1.0
     ctl.state_event("MODIFIED", state("a"))
     act(ctl)  # the controller goes on: the next change is written and posted
-    assert len(api.writes) == 2 and api.reasons() == ["PolicyReady", "NodeRecovered"]
+    assert len(api.writes) == 2 and api.reasons()[-1] == "NodeRecovered"
+
+
+def test_an_event_that_fails_for_now_is_posted_at_the_next_pass_in_order() -> None:
+    clock, api, metrics, ctl = failing_node()
+    api.event_fail = ApiError(429, '{"message": "too many requests"}', "POST")
+    delay = act(ctl)
+    assert len(api.writes) == 1 and api.events == []
+    meant = [body["reason"] for body in ctl.outbox.pending]
+    assert meant and metrics.registry.get_sample_value(
+        "overcommit_controller_events_pending") == len(meant)
+    # Nothing else is due: the controller comes back for them after its retry interval.
+    assert delay == settings().retry_seconds
+    clock.now = delay
+    act(ctl)
+    assert api.reasons() == meant and len(api.writes) == 1
+    assert metrics.registry.get_sample_value("overcommit_controller_events_pending") == 0
 
 
 # -- cleanup ---------------------------------------------------------------------------------

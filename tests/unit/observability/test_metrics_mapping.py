@@ -247,7 +247,7 @@ def test_controller_set_maps_policy_statuses_and_its_own_work() -> None:
     metrics.status_written(ok=True)
     metrics.counts(policies=1, node_states=5)
     metrics.set_leader(True)
-    metrics.event_posted("Warning", "NodeProblem")
+    metrics.events.posted_one("Warning", "NodeProblem")
     got = scrape(metrics.registry)
     assert value(got, "overcommit_policy_nodes", policy="gold", state="applied") == 3
     assert value(got, "overcommit_policy_saved_bytes", policy="gold", kind="total") == 60
@@ -305,9 +305,11 @@ def test_docs_document_every_served_family_with_its_type_and_labels() -> None:
     served: dict[str, tuple[str, tuple[str, ...]]] = {}
     agent, controller = AgentMetrics("n"), ControllerMetrics()
     # one increment each, so labelled families show their labels
-    agent.event_posted("Normal", "SettingsApplied")
+    agent.events.posted_one("Normal", "SettingsApplied")
+    agent.events.dropped_one("Normal", "SettingsApplied", "overflow")
     agent.transitions.labels("Clear", "Soft").inc()
-    controller.event_posted("Warning", "PolicyStalled")
+    controller.events.posted_one("Warning", "PolicyStalled")
+    controller.events.dropped_one("Warning", "PolicyStalled", "refused")
     for metrics in (agent, controller):
         metrics.api_write("POST", "/api/v1/namespaces/default/events", 201)
     for registry in (agent.registry, controller.registry):
