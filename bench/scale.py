@@ -506,7 +506,7 @@ async def burst(probe: Probe, params: Params) -> JSON:
     fleet.generation = generation  # before the PATCH: an agent may see the event first
     alive = set(fleet.agents)
 
-    events_done: list[float] = []
+    events_done: list[float] = []  # when (monotonic) every Event of the change was out
 
     async def until(timeout: float) -> float | None:
         start = time.monotonic()
@@ -520,11 +520,14 @@ async def burst(probe: Probe, params: Params) -> JSON:
         # Then every agent's Events of the change, retried ones included, are out.
         left = timeout - (time.monotonic() - start)
         if seen is not None and await wait_until(lambda: fleet.events_outstanding() == 0, left):
-            events_done.append(time.monotonic() - start)
+            events_done.append(time.monotonic() - seen)
         return seen
 
     result = await timed(probe, 2.0, until, params.scenario_timeout_s)
-    result["events_done_s"] = events_done[0] if events_done else None
+    # From the same moment as converge_s: the status's convergence, plus the Events' rest.
+    converged = result["converge_s"]
+    result["events_done_s"] = converged + events_done[0] if events_done and \
+        converged is not None else None
     result["agent_events_waiting"] = fleet.events_outstanding()
     return result
 

@@ -70,7 +70,7 @@ class Writes:
     failed: int = 0  # answered with another error (429, 5xx) or none at all
     done: int = 0
     event_posts: int = 0  # the Events a policy change makes each agent post (core v1)
-    event_posts_failed: int = 0  # failed posts, kept and tried again as in the agent
+    event_posts_failed: int = 0  # posts that failed for now: kept, tried again as the agent
     events_dropped: int = 0  # given up on (refused, or the outbox overflowed)
 
     def copy(self) -> Writes:
@@ -126,8 +126,7 @@ class Fleet:
             token_login(watches.server, ca_path, tokens[v.node]))) for v in views}
         self.writes = Writes()
         for agent in self.agents.values():
-            agent.outbox = EventOutbox(
-                events_of(agent), component=COMPONENT,
+            agent.outbox = EventOutbox(events_of(agent), component=COMPONENT,
                                        host=agent.view.node, on_posted=self._event_posted,
                                        on_dropped=self._event_dropped)
         self.churn = False  # counters move: every cycle observes new values
@@ -251,9 +250,11 @@ class Fleet:
         await self._flush(agent)
 
     async def _flush(self, agent: Agent) -> None:
-        if agent.outbox is not None and agent.outbox.pending and \
-                await agent.outbox.flush() is not None:
-            self.writes.event_posts_failed += 1
+        if agent.outbox is None or not agent.outbox.pending:
+            return
+        failed = agent.outbox.failed_attempts
+        await agent.outbox.flush()
+        self.writes.event_posts_failed += agent.outbox.failed_attempts - failed
 
     def _event_posted(self, event_type: str, reason: str) -> None:
         self.writes.event_posts += 1

@@ -88,7 +88,7 @@ class Agent:
         self.policy_news_due: float | None = None
         self.nodes_seen: int | None = None
         self.held_seconds = 0.0  # what the last publish held back, for the loop's next wake-up
-        self.held_news: list[EventIntent] = []  # Events held back with it
+        self.held_news: list[tuple[str, EventIntent]] = []  # Events held with it, stamped
         self.failures = 0  # failed cycles in a row: the retry backs off (overcommit.kube.backoff)
         self.events = EventMemory()
         self.outbox = EventOutbox(lambda namespace, body: self.api.create_event(namespace, body),
@@ -220,10 +220,11 @@ class Agent:
 
     async def _cycle_failed(self, kind: str, message: str) -> None:
         self.metrics.failed_cycle(kind)
-        # The API may be what failed: the Event waits in the outbox until it can be posted
-        # (posted once per message).
+        # The API may be what failed: the Event waits until it can be posted (once per
+        # message), behind whatever is held back or waiting.
         self._queue(self.events.to_post([failure_news(message)], whole_picture=False))
-        await self.post_news()
+        if not self.holding():
+            await self.post_news()
 
     async def reconcile(self) -> float:
         node = self._node()
@@ -254,10 +255,10 @@ class Agent:
             self.metrics.relief_requested(relief.requested)
         try:
             await self.publish(status, node["uid"])
-        except BaseException:
-            # The host changed all the same: the Events of this cycle's changes wait in the
-            # outbox, ahead of the failed cycle's own (reconcile_safely). Its facts wait for a
-            # cycle that completes: posting them would forget that this one failed.
+        except Exception:
+            # The host changed all the same: the Events of this cycle's changes are queued,
+            # ahead of the failed cycle's own (reconcile_safely). This cycle's facts wait for
+            # a cycle that completes: posting them would forget that this one failed.
             self.queue_news(report, invalid, relief.news, changes_only=True)
             raise
         self.health.reported = True
@@ -349,7 +350,7 @@ class Agent:
         """Queue this cycle's news (:meth:`queue_news`) and post what waits, unless the
         report of a policy change is held back."""
         self.queue_news(report, invalid, relief)
-        if not self.held_seconds:
+        if not self.holding():
             await self.post_news()
 
     def queue_news(self, report: CycleResult, invalid: Sequence[PolicyError] = (),
@@ -362,14 +363,25 @@ class Agent:
         news = [*cycle_news(report, invalid), *relief]
         if changes_only:
             news = [n for n in news if n.change]
-        self.held_news.extend(self.events.to_post(news, whole_picture=not changes_only))
-        if not self.held_seconds:
-            news, self.held_news = self.held_news, []
-            self._queue(news)
+        self._queue(self.events.to_post(news, whole_picture=not changes_only))
 
     def _queue(self, news: Sequence[EventIntent]) -> None:
+        """Into the outbox, or held back with the report of a policy change; either way
+        stamped now, when they are meant."""
+        stamp = now_rfc3339()
+        self.held_news.extend((stamp, item) for item in news)
+        if self.holding():
+            return
         involved = node_state_ref(self.settings.node_name, self.state_uid or "")
-        self.outbox.add(self.settings.event_namespace, involved, news)
+        for stamp, item in self.held_news:
+            self.outbox.add(self.settings.event_namespace, involved, [item], stamp)
+        self.held_news = []
+        self.metrics.events.pending.set(len(self.outbox.pending))
+
+    def holding(self) -> bool:
+        """Whether the report of a policy change is held back now (``publish``), and with it
+        every Event (``queue_news``)."""
+        return self.policy_news_due is not None and time.monotonic() < self.policy_news_due
 
     async def post_news(self) -> None:
         """Post what the outbox holds; what fails for now waits for the next cycle
@@ -378,7 +390,7 @@ class Agent:
         failure = await self.outbox.flush()
         self.metrics.events.pending.set(len(self.outbox.pending))
         if failure is not None:
-            self.log.warning("could not post an Event; %d waiting for the next cycle: %s",
+            self.log.warning("could not post an Event (%d waiting for the next cycle): %s",
                              len(self.outbox.pending), failure)
 
 

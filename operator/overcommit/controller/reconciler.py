@@ -56,7 +56,7 @@ from overcommit.kube.client import TRANSPORT_ERRORS, ApiError
 from overcommit.kube.clock import now_rfc3339
 from overcommit.kube.events import EventIntent
 from overcommit.kube.informer import Informer
-from overcommit.kube.outbox import EventOutbox
+from overcommit.kube.outbox import RETRYABLE_ERRORS, EventOutbox
 from overcommit.kube.resources import METADATA_LIST, METADATA_WATCH, NODE_STATES, NODES, POLICIES
 from overcommit.observability.metrics import ControllerMetrics
 
@@ -123,7 +123,10 @@ class Controller:
         self.status_writes = 0
         self.states_deleted = 0
         self.events_posted = 0
-        self.events_stalled = False  # an Event post failed for now in this pass
+        # Events whose post failed for now are not tried again before events_retry_at
+        # (clock); meanwhile events_stalled, and new ones queue behind them.
+        self.events_stalled = False
+        self.events_retry_at = -math.inf
         self.outbox = EventOutbox(lambda namespace, body: self.api.create_event(namespace, body),
                                   component=COMPONENT, host=settings.identity,
                                   on_posted=self._event_posted,
@@ -199,9 +202,13 @@ class Controller:
     # -- acting ----------------------------------------------------------------------------
     async def act(self) -> float | None:
         """Delete the node states whose Node is gone, then fold and write every due policy;
-        returns the seconds until the next policy is due (None: none is)."""
-        self.events_stalled = False
-        if self.outbox.pending:  # what failed at an earlier pass goes first
+        returns the seconds until the next policy, or the next try of Events whose post
+        failed, is due (None: nothing is)."""
+        # Events whose post failed for now wait until their retry time, however many passes
+        # come first (every changed node state wakes the controller: in a 429 storm, trying
+        # at each pass would be part of the storm); new ones queue behind them.
+        self.events_stalled = self.clock() < self.events_retry_at
+        if self.outbox.pending and not self.events_stalled:  # earlier ones go first
             await self.post_events()
         for name in sorted(self.to_delete):
             await self.delete_state(name)
@@ -211,9 +218,8 @@ class Controller:
                 del self.due[name]
                 await self.reconcile(name, now)
         self.publish()
-        # Events still waiting are tried again a retry interval from now at the latest.
-        retry = self.settings.retry_seconds if self.outbox.pending else math.inf
-        due = min([*self.due.values(), self.clock() + retry])
+        retry = self.events_retry_at if self.outbox.pending else math.inf
+        due = min([*self.due.values(), retry])
         return None if due == math.inf else max(0.0, due - self.clock())
 
     def publish(self) -> None:
@@ -354,14 +360,15 @@ class Controller:
 
     async def post_events(self) -> None:
         failure = await self.outbox.flush()
-        # A post that failed for now (429, 5xx, no answer) is tried once per pass at most:
-        # later news of this pass waits behind it.
-        self.events_stalled = bool(self.outbox.pending)
+        if self.outbox.pending:  # a post failed for now (429, 5xx, no answer)
+            self.events_stalled = True
+            self.events_retry_at = self.clock() + self.settings.retry_seconds
         self.metrics.events.pending.set(len(self.outbox.pending))
         if failure is not None:
-            log.warning("could not post an Event; %d waiting: %s", len(self.outbox.pending),
+            log.warning("could not post an Event (%d waiting): %s", len(self.outbox.pending),
                         failure)
-            self.metrics.error("api" if isinstance(failure, API_ERRORS) else "internal")
+            self.metrics.error("api" if isinstance(failure, (*RETRYABLE_ERRORS, ApiError))
+                               else "internal")
 
     def _event_posted(self, event_type: str, reason: str) -> None:
         self.metrics.events.posted_one(event_type, reason)
@@ -393,6 +400,11 @@ class Controller:
         self.fresh_until = {}
         self.to_delete, self.strays_seen = set(), set()
         self.synced = False
+        # A standby posts nothing, and a leader regained hours later must not post stale
+        # news behind its successor's: what still waits is given up on (and counted).
+        self.outbox.discard("leadership")
+        self.metrics.events.pending.set(0)
+        self.events_retry_at = -math.inf
         self.informers = [
             Informer(self.api, NODES, _Store(self.node_event, lambda: self.nodes),
                      METADATA_LIST, METADATA_WATCH, on_error=self._api_error),

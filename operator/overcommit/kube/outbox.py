@@ -21,25 +21,26 @@ is the retry's backoff.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import kopf
 
-from overcommit.kube.client import TRANSPORT_ERRORS, ApiError
+from overcommit.kube.client import JSON, TRANSPORT_ERRORS, ApiError
 from overcommit.kube.clock import now_rfc3339
 from overcommit.kube.events import EventIntent, event_body
 
-JSON = dict[str, Any]
 OUTBOX_CAPACITY = 100  # a few cycles' news of a node, or of the controller's policies
 ALREADY_EXISTS = 409
 # No answer, or no credentials yet (a token being rotated): the same post may work later.
 RETRYABLE_ERRORS = (*TRANSPORT_ERRORS, kopf.LoginError)
 
 Post = Callable[[str, JSON], Awaitable[Any]]  # (namespace, Event body)
-# (type, reason, cause) of an Event given up on: "refused" by the API server, "overflow", or
-# "error" (an unexpected exception).
+OnPosted = Callable[[str, str], None]  # (type, reason)
+# (type, reason, cause) of an Event given up on: "refused" by the API server, "overflow",
+# "error" (an unexpected exception), or what the caller names in :meth:`EventOutbox.discard`.
 OnDropped = Callable[[str, str, str], None]
 
 
@@ -47,50 +48,74 @@ class EventOutbox:
     """Events in the order they were meant, posted through ``post`` by :meth:`flush`."""
 
     def __init__(self, post: Post, *, component: str, host: str,
-                 on_posted: Callable[[str, str], None] = lambda event_type, reason: None,
+                 on_posted: OnPosted = lambda event_type, reason: None,
                  on_dropped: OnDropped = lambda event_type, reason, cause: None,
                  capacity: int = OUTBOX_CAPACITY) -> None:
         self.post, self.component, self.host = post, component, host
         self.on_posted, self.on_dropped = on_posted, on_dropped
         self.capacity = capacity
         self.pending: deque[JSON] = deque()
-        self.failed_attempts = 0  # posts that failed and were kept to try again
+        self.failed_attempts = 0  # posts that failed for now (the Event was kept)
+        self._flushing = asyncio.Lock()  # one flush at a time: each posts the head
+        self._in_flight: JSON | None = None  # the head being posted
 
-    def add(self, namespace: str, involved: JSON, news: Iterable[EventIntent]) -> None:
-        """Queue ``news`` about ``involved``, stamped now."""
-        stamp = now_rfc3339()
+    def add(self, namespace: str, involved: JSON, news: Iterable[EventIntent],
+            stamp: str | None = None) -> None:
+        """Queue ``news`` about ``involved``, stamped ``stamp`` (RFC 3339; default now)."""
+        stamp = stamp or now_rfc3339()
         for item in news:
             self.pending.append(event_body(namespace, involved, item.type, item.reason,
                                            item.message, self.component, self.host, stamp))
             if len(self.pending) > self.capacity:
-                self._drop(self.pending.popleft(), "overflow")
+                # The oldest goes, unless it is on its way: then the one after it.
+                oldest = 1 if self.pending[0] is self._in_flight else 0
+                body = self.pending[oldest]
+                del self.pending[oldest]
+                self._drop(body, "overflow")
+
+    def discard(self, cause: str) -> None:
+        """Give up on everything pending (counted under ``cause``)."""
+        while self.pending:
+            self._drop(self.pending.popleft(), cause)
 
     async def flush(self) -> Exception | None:
         """Post what is pending, in order. Returns the last failure met (None: none): a
         retryable one stops the flush and keeps the Events from there on."""
-        failure: Exception | None = None
-        while self.pending:
-            body = self.pending[0]
-            try:
-                await self.post(body["metadata"]["namespace"], body)
-            except ApiError as exc:
-                if exc.status != ALREADY_EXISTS:  # else: an earlier attempt did land
-                    if retryable(exc):
-                        self.failed_attempts += 1
-                        return exc
+        async with self._flushing:
+            failure: Exception | None = None
+            while self.pending:
+                body = self._in_flight = self.pending[0]
+                try:
+                    await self.post(body["metadata"]["namespace"], body)
+                except ApiError as exc:
+                    if exc.status != ALREADY_EXISTS:  # else: an earlier attempt did land
+                        if retryable(exc):
+                            self.failed_attempts += 1
+                            return exc
+                        failure = exc
+                        self._done(body, "refused")
+                        continue
+                except RETRYABLE_ERRORS as exc:
+                    self.failed_attempts += 1
+                    return exc
+                except Exception as exc:  # a bug: retrying would block every later Event
                     failure = exc
-                    self._drop(self.pending.popleft(), "refused")
+                    self._done(body, "error")
                     continue
-            except RETRYABLE_ERRORS as exc:
-                self.failed_attempts += 1
-                return exc
-            except Exception as exc:  # a bug: retrying would block every later Event
-                failure = exc
-                self._drop(self.pending.popleft(), "error")
-                continue
+                finally:
+                    self._in_flight = None
+                self._done(body)
+            return failure
+
+    def _done(self, body: JSON, dropped: str | None = None) -> None:
+        """``body``, the head, was posted (or given up on: ``dropped``); a :meth:`discard`
+        while it was on its way has taken it off already."""
+        if self.pending and self.pending[0] is body:
             self.pending.popleft()
+        if dropped is None:
             self.on_posted(body["type"], body["reason"])
-        return failure
+        else:
+            self._drop(body, dropped)
 
     def _drop(self, body: JSON, cause: str) -> None:
         self.on_dropped(body["type"], body["reason"], cause)

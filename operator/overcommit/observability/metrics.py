@@ -457,14 +457,15 @@ class EventCounters:
     """A component's Events (``overcommit_<component>_events_*``): posted, given up on, and
     waiting in its outbox (``overcommit.kube.outbox``) to be posted again."""
 
-    def __init__(self, registry: CollectorRegistry, component: str, about: str) -> None:
+    def __init__(self, registry: CollectorRegistry, component: str, *, about: str = "") -> None:
         name = f"{PREFIX}_{component}_events"
         self.posted = Counter(f"{name}_total", f"Events the {component} posted{about}, by "
                               "type and reason.", ("type", "reason"), registry=registry)
         self.dropped = Counter(f"{name}_dropped_total",
                                f"Events the {component} gave up on, by type, reason and cause: "
                                "refused (the API server said no for good), overflow (its "
-                               "outbox was full: the oldest went), error (a bug).",
+                               "outbox was full: the oldest went), error (a bug), leadership "
+                               "(the controller stopped leading while they waited).",
                                ("type", "reason", "cause"), registry=registry)
         self.pending = Gauge(f"{name}_pending", "Events waiting to be posted again after a "
                              "failed post (429, 5xx, no answer).", registry=registry)
@@ -494,7 +495,7 @@ class AgentMetrics:
             self.errors.labels(kind)
         self.last_cycle = Gauge(f"{PREFIX}_agent_last_cycle_timestamp_seconds",
                                 "Unix time the last cycle completed.", registry=r)
-        self.events = EventCounters(r, "agent", "")
+        self.events = EventCounters(r, "agent")
         Gauge(f"{PREFIX}_agent_info", "Always 1; the agent's node and version.",
               ("node", "version"), registry=r).labels(node, version()).set(1)
         self.transitions = Counter(f"{PREFIX}_ladder_transitions_total",
@@ -569,7 +570,7 @@ class ControllerMetrics:
                               "Errors by kind: api, internal.", ("kind",), registry=r)
         for kind in CONTROLLER_ERROR_KINDS:
             self.errors.labels(kind)
-        self.events = EventCounters(r, "controller", " on policies")
+        self.events = EventCounters(r, "controller", about=" on policies")
         Gauge(f"{PREFIX}_controller_info", "Always 1; the controller's version.", ("version",),
               registry=r).labels(version()).set(1)
         self.api_write = ApiWrites(r)

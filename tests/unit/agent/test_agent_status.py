@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ class RecordingApi:
     def __init__(self) -> None:
         self.writes: list[dict[str, Any]] = []
         self.events: list[tuple[str, str, str]] = []
+        self.bodies: list[dict[str, Any]] = []
         self.created = 0
 
     async def get_node_state(self, name: str) -> dict[str, Any] | None:
@@ -54,6 +56,7 @@ class RecordingApi:
 
     async def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         self.events.append((body["type"], body["reason"], body["message"]))
+        self.bodies.append(body)
         return body
 
 
@@ -327,7 +330,7 @@ def test_the_count_is_remembered_when_the_policies_go(tmp_path: Path) -> None:
     assert agent.nodes_seen == 800
 
 
-def test_events_of_a_held_report_are_held_with_it_and_posted_in_order(
+def test_a_cycle_that_fails_during_a_hold_keeps_every_event_held_and_in_order(
         kernel: FakeKernel, tmp_path: Path) -> None:
     api = RecordingApi()
     agent = agent_with(api, tmp_path)
@@ -335,14 +338,43 @@ def test_events_of_a_held_report_are_held_with_it_and_posted_in_order(
     second = cycle(kernel, tmp_path, {"ksm": {"enabled": True, "sleepMillisecs": 7}})
 
     async def scenario() -> None:
-        agent.held_seconds = 12.0  # publish held the report of this cycle back
+        agent.policy_news_due = time.monotonic() + 12.0
+        agent.queue_news(first)
+        await agent._cycle_failed("api", "ApiError: HTTP 503: etcd is down")
+        assert api.events == []  # the failure waits behind what is held, and with it
+        agent.policy_news_due = None
+        await agent.emit_events(second)
+
+    asyncio.run(scenario())
+    reasons = [reason for _, reason, _ in api.events]
+    failed = reasons.index("CycleFailed")
+    assert "PolicyInForce" in reasons[:failed] and "SettingsApplied" in reasons[:failed]
+    assert "SettingsApplied" in reasons[failed:]  # the second cycle's change, after
+
+
+def test_events_of_a_held_report_are_held_with_it_and_posted_in_order(
+        kernel: FakeKernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stamps = iter(["2026-12-04T10:00:00Z", "2026-12-04T10:00:30Z"])
+    monkeypatch.setattr("overcommit.agent.runner.now_rfc3339", lambda: next(stamps))
+    api = RecordingApi()
+    agent = agent_with(api, tmp_path)
+    first = cycle(kernel, tmp_path, {"ksm": {"enabled": True}})
+    second = cycle(kernel, tmp_path, {"ksm": {"enabled": True, "sleepMillisecs": 7}})
+
+    async def scenario() -> None:
+        agent.policy_news_due = time.monotonic() + 12.0  # publish held the report back
         await agent.emit_events(first)
         assert api.events == []
-        agent.held_seconds = 0.0  # written: its Events go, then this cycle's
+        agent.policy_news_due = None  # written: its Events go, then this cycle's
         await agent.emit_events(second)
 
     asyncio.run(scenario())
     messages = [message for _, _, message in api.events]
+    # each stamped when it was meant, the held ones too
+    held = len(api.bodies) - len([b for b in api.bodies
+                                  if b["firstTimestamp"] == "2026-12-04T10:00:30Z"])
+    assert held and [b["firstTimestamp"] for b in api.bodies[:held]] == \
+        ["2026-12-04T10:00:00Z"] * held
     applied = [m for m in messages if "->" in m]  # SettingsApplied: each cycle's changes
     assert len(applied) == 2 and "sleep_millisecs" in applied[1]
     assert messages.index(applied[0]) < messages.index(applied[1])

@@ -334,10 +334,31 @@ def test_an_event_that_fails_for_now_is_posted_at_the_next_pass_in_order() -> No
         "overcommit_controller_events_pending") == len(meant)
     # Nothing else is due: the controller comes back for them after its retry interval.
     assert delay == settings().retry_seconds
+    # Passes before then (every changed node state wakes the controller) do not try them.
+    clock.now = delay / 2
+    ctl.state_event("MODIFIED", state("a", ready="False"))
+    assert act(ctl) == pytest.approx(delay / 2)
+    assert api.events == []
     clock.now = delay
     act(ctl)
     assert api.reasons() == meant and len(api.writes) == 1
     assert metrics.registry.get_sample_value("overcommit_controller_events_pending") == 0
+
+
+def test_events_still_waiting_when_leadership_is_lost_are_given_up_on() -> None:
+    _, api, metrics, ctl = failing_node()
+    api.event_fail = ApiError(503, '{"message": "etcd is down"}', "POST")
+    act(ctl)
+    waiting = len(ctl.outbox.pending)
+    assert waiting
+    ctl._reset()  # lead()'s end: this replica no longer leads
+    assert not ctl.outbox.pending
+    assert metrics.registry.get_sample_value("overcommit_controller_events_pending") == 0
+    dropped = [s for m in metrics.registry.collect()
+               if m.name == "overcommit_controller_events_dropped" for s in m.samples
+               if s.name.endswith("_total")]
+    assert {s.labels["cause"] for s in dropped} == {"leadership"}
+    assert sum(s.value for s in dropped) == waiting
 
 
 # -- cleanup ---------------------------------------------------------------------------------

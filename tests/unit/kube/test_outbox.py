@@ -132,3 +132,56 @@ def test_each_event_keeps_its_namespace_object_type_and_source() -> None:
     assert body["metadata"]["namespace"] == "ns1" and body["involvedObject"] == INVOLVED
     assert (body["type"], body["reason"], body["message"]) == (WARNING, "Bad", "it broke")
     assert body["source"] == {"component": "c", "host": "h"}
+
+
+def test_two_flushes_at_once_post_each_event_once_in_order() -> None:
+    """Two tasks of one component may flush at the same moment (bench.scale's agents do):
+    they take turns, so nobody posts the head the other one is posting."""
+    server = Server()
+    outbox, counted = outbox_on(server)
+    gate = asyncio.Event()
+
+    async def slow_post(namespace: str, body: JSON) -> JSON:
+        await gate.wait()
+        return await server.post(namespace, body)
+
+    outbox.post = slow_post
+
+    async def both() -> None:
+        outbox.add("ns", INVOLVED, news("A", "B"))
+        first = asyncio.create_task(outbox.flush())
+        second = asyncio.create_task(outbox.flush())
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(both())
+    assert server.reasons() == ["A", "B"] and not outbox.pending
+    assert [c for c in counted if c[0] == "dropped"] == []
+
+
+def test_an_overflow_while_posting_drops_the_oldest_not_on_its_way() -> None:
+    server = Server()
+    outbox, counted = outbox_on(server, capacity=2)
+
+    async def post_then_overflow(namespace: str, body: JSON) -> JSON:
+        if body["reason"] == "A":
+            outbox.add("ns", INVOLVED, news("C"))  # A (on its way), B, C: one too many
+        return await server.post(namespace, body)
+
+    outbox.post = post_then_overflow
+    outbox.add("ns", INVOLVED, news("A", "B"))
+    flush(outbox)
+    # B, the oldest not on its way, went; A is posted once and counted once; C follows.
+    assert server.reasons() == ["A", "C"] and not outbox.pending
+    assert counted == [("dropped", "B", "overflow"), ("posted", NORMAL, "A"),
+                       ("posted", NORMAL, "C")]
+
+
+def test_discard_gives_up_on_everything_waiting_under_its_cause() -> None:
+    server = Server()
+    outbox, counted = outbox_on(server)
+    outbox.add("ns", INVOLVED, news("A", "B"))
+    outbox.discard("leadership")
+    assert not outbox.pending
+    assert counted == [("dropped", "A", "leadership"), ("dropped", "B", "leadership")]
