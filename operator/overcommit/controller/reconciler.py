@@ -19,7 +19,8 @@ Data flow: watch events update the caches and mark the policies they concern as 
 loop folds each due policy (``fold``) and writes its status only when it differs (ignoring
 timestamps), at most once per status interval per policy; savings-only changes at most once per
 savings interval. After a write, the differences a human acts on (``events``) are posted as
-Events on the policy, best effort. The same loop deletes node states whose Node is gone.
+Events on the policy through an outbox (``kube.outbox``: a post that fails for now is tried
+again later, in order). The same loop deletes node states whose Node is gone.
 """
 
 from __future__ import annotations
