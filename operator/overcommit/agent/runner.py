@@ -96,6 +96,7 @@ class Agent:
                                   host=settings.node_name,
                                   on_posted=self.metrics.events.posted_one,
                                   on_dropped=self.metrics.events.dropped_one)
+        self.metrics.events.count_pending(lambda: len(self.outbox.pending))
         self.health = CycleHealth()  # what the probes report
 
     # -- kopf wiring -----------------------------------------------------------------------
@@ -376,7 +377,6 @@ class Agent:
         for stamp, item in self.held_news:
             self.outbox.add(self.settings.event_namespace, involved, [item], stamp)
         self.held_news = []
-        self.metrics.events.pending.set(len(self.outbox.pending))
 
     def holding(self) -> bool:
         """Whether the report of a policy change is held back now (``publish``), and with it
@@ -388,7 +388,6 @@ class Agent:
         (overcommit.kube.outbox). Also called from a failed cycle's handler, where nothing
         may escape and stop the loop: flush returns its failure instead of raising it."""
         failure = await self.outbox.flush()
-        self.metrics.events.pending.set(len(self.outbox.pending))
         if failure is not None:
             self.log.warning("could not post an Event (%d waiting for the next cycle): %s",
                              len(self.outbox.pending), failure)

@@ -125,13 +125,13 @@ class Controller:
         self.states_deleted = 0
         self.events_posted = 0
         # Events whose post failed for now are not tried again before events_retry_at
-        # (clock); meanwhile events_stalled, and new ones queue behind them.
-        self.events_stalled = False
+        # (clock); meanwhile new ones queue behind them.
         self.events_retry_at = -math.inf
         self.outbox = EventOutbox(lambda namespace, body: self.api.create_event(namespace, body),
                                   component=COMPONENT, host=settings.identity,
                                   on_posted=self._event_posted,
                                   on_dropped=self.metrics.events.dropped_one)
+        self.metrics.events.count_pending(lambda: len(self.outbox.pending))
 
     # -- cache updates (pure bookkeeping, called by the informers) -------------------------
     def mark_due(self, names: Iterable[str]) -> None:
@@ -208,8 +208,7 @@ class Controller:
         # Events whose post failed for now wait until their retry time, however many passes
         # come first (every changed node state wakes the controller: in a 429 storm, trying
         # at each pass would be part of the storm); new ones queue behind them.
-        self.events_stalled = self.clock() < self.events_retry_at
-        if self.outbox.pending and not self.events_stalled:  # earlier ones go first
+        if self.outbox.pending and not self.events_stalled():  # earlier ones go first
             await self.post_events()
         for name in sorted(self.to_delete):
             await self.delete_state(name)
@@ -356,20 +355,22 @@ class Controller:
         involved = {"apiVersion": f"{GROUP}/{VERSION}", "kind": POLICY_KIND,
                     "name": policy.name, "uid": policy.uid}
         self.outbox.add(self.settings.event_namespace, involved, news)
-        if not self.events_stalled:
+        if not self.events_stalled():
             await self.post_events()
 
     async def post_events(self) -> None:
         failure = await self.outbox.flush()
         if self.outbox.pending:  # a post failed for now (429, 5xx, no answer)
-            self.events_stalled = True
             self.events_retry_at = self.clock() + self.settings.retry_seconds
-        self.metrics.events.pending.set(len(self.outbox.pending))
         if failure is not None:
             log.warning("could not post an Event (%d waiting): %s", len(self.outbox.pending),
                         failure)
             self.metrics.error("api" if isinstance(failure, (*RETRYABLE_ERRORS, ApiError))
                                else "internal")
+
+    def events_stalled(self) -> bool:
+        """Whether Events wait for their retry time: new ones queue behind them."""
+        return self.clock() < self.events_retry_at
 
     def _event_posted(self, event_type: str, reason: str) -> None:
         self.metrics.events.posted_one(event_type, reason)
@@ -404,7 +405,6 @@ class Controller:
         # A standby posts nothing, and a leader regained hours later must not post stale
         # news behind its successor's: what still waits is given up on (and counted).
         self.outbox.discard("leadership")
-        self.metrics.events.pending.set(0)
         self.events_retry_at = -math.inf
         self.informers = [
             Informer(self.api, NODES, _Store(self.node_event, lambda: self.nodes),

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -469,6 +469,10 @@ class EventCounters:
                                ("type", "reason", "cause"), registry=registry)
         self.pending = Gauge(f"{name}_pending", "Events waiting to be posted again after a "
                              "failed post (429, 5xx, no answer).", registry=registry)
+
+    def count_pending(self, pending: Callable[[], int]) -> None:
+        """Read the waiting Events from their outbox at each scrape."""
+        self.pending.set_function(pending)
 
     def posted_one(self, event_type: str, reason: str) -> None:
         self.posted.labels(event_type, reason).inc()
