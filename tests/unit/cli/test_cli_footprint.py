@@ -37,3 +37,32 @@ def test_the_agent_runs_without_the_official_client(tmp_path: Path) -> None:
         "assert rc == 1, rc")
     assert loaded["kopf"] and loaded["aiohttp"]
     assert not loaded["kubernetes"]
+
+
+DAEMONSET = OPERATOR.parent / "deploy" / "manifests" / "agent-daemonset.yaml"
+SERVICE_ACCOUNT_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"  # kopf's login reads it
+
+
+def agent_env() -> dict[str, str]:
+    """The agent container's literal environment, as the DaemonSet ships it."""
+    import yaml
+
+    [daemonset] = [d for d in yaml.safe_load_all(DAEMONSET.read_text()) if d["kind"] == "DaemonSet"]
+    [agent] = [c for c in daemonset["spec"]["template"]["spec"]["containers"]
+               if c["name"] == "agent"]
+    return {e["name"]: e["value"] for e in agent["env"] if "value" in e}
+
+
+def test_the_agents_imports_load_no_system_ca_bundle() -> None:
+    # aiohttp builds a default TLS context when imported; with the shipped environment its
+    # trust store holds at most the service account's CA (absent here: none), never a
+    # system bundle of ~140 CAs (~2 MiB on every node).
+    env = agent_env()
+    assert env["SSL_CERT_FILE"] == SERVICE_ACCOUNT_CA
+    probe = ("import sys; sys.modules['kubernetes'] = None\n"
+             "import ssl, kopf, aiohttp\n"
+             "print(ssl.create_default_context().cert_store_stats()['x509'])")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(OPERATOR), **env}, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split()[-1]) == 0
