@@ -241,13 +241,16 @@ class Fleet:
         generation), after the report, through the agent's own outbox: what fails is tried
         again at the next cycle, as there."""
         assert agent.outbox is not None
-        node = agent.view.node
-        agent.outbox.add(EVENT_NAMESPACE, node_state_ref(node, ""), [
+        agent.outbox.add(EVENT_NAMESPACE, node_state_ref(agent.view.node, ""),
+                         self._policy_events())
+        await self._flush(agent)
+
+    def _policy_events(self) -> list[EventIntent]:
+        return [
             EventIntent(NORMAL, "SettingsApplied", f"policy {self.policy}: pages_to_scan "
                         f"{999 + self.generation}->{1000 + self.generation}", change=True),
             EventIntent(NORMAL, "PolicyInForce", f"policy {self.policy} generation "
-                        f"{self.generation} is in force")])
-        await self._flush(agent)
+                        f"{self.generation} is in force")]
 
     async def _flush(self, agent: Agent) -> None:
         if agent.outbox is None or not agent.outbox.pending:
@@ -266,7 +269,7 @@ class Fleet:
         """Events not posted yet: waiting in an outbox, or still to come from an agent that
         is reacting to a policy change."""
         return sum(len(a.outbox.pending) if a.outbox else 0 for a in self.agents.values()) + \
-            sum(2 for a in self.agents.values() if a.reacting)
+            len(self._policy_events()) * sum(1 for a in self.agents.values() if a.reacting)
 
     async def _loop(self, agent: Agent, offset: float) -> None:
         await asyncio.sleep(offset)
