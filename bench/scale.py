@@ -659,74 +659,102 @@ async def run_fleet(cp: ControlPlane, kube: Kube, fleet: Fleet, uids: dict[str, 
     return result
 
 
+# The figures after a failure: an overloaded API server may not answer the last snapshot.
+LAST_SNAPSHOT_TIMEOUT_S = 60.0
+
+
 async def measure_phases(probe: Probe, procs: dict[str, subprocess.Popen[bytes]],
                          params: Params) -> JSON:
+    """Every phase in turn. When the API server gives out part-way (a naive design at 5,000
+    nodes), what was measured until then is a result too: the run carries ``error`` and
+    ``failed_in`` beside its figures, and the whole-run figures end at the failure."""
+    fleet, design = probe.fleet, probe.fleet.design
+    first = await snapshot(probe)
+    result: JSON = {}
+    try:
+        await run_phases(probe, procs, params, first, result)
+    except FAILURES as exc:
+        result["failed_in"], result["error"] = result.pop("phase"), repr(exc)[:2000]
+        progress(f"[{design} N={len(fleet.agents)}] {result['failed_in']} failed: {exc!r}"[:400])
+    result.pop("phase", None)
+    last = None
+    with contextlib.suppress(*FAILURES):
+        last = await asyncio.wait_for(snapshot(probe), LAST_SNAPSHOT_TIMEOUT_S)
+    if last is None:
+        return result | {"apiserver_p99_s": None, "apiserver_p50_s": None,
+                         "apiserver_write_p99_s": None, "apiserver_requests": None,
+                         "etcd_db_bytes": None}
+    whole = window_figures(first, last, design)
+    return result | {
+        "apiserver_p99_s": whole["apiserver_p99_s"],
+        "apiserver_p50_s": whole["apiserver_p50_s"],
+        "apiserver_write_p99_s": whole["apiserver_write_p99_s"],
+        "apiserver_requests": whole["apiserver_requests"],
+        "etcd_db_bytes": last.etcd_db_bytes,
+    }
+
+
+async def run_phases(probe: Probe, procs: dict[str, subprocess.Popen[bytes]], params: Params,
+                     first: Snapshot, result: JSON) -> None:
+    """The phases, each writing its figures into ``result`` as it ends (``phase``: the one
+    under way)."""
     fleet, observer = probe.fleet, probe.observer
     design, nodes = fleet.design, len(fleet.agents)
-    first = await snapshot(probe)
+    result["phase"] = "sync"
     synced = await observer.wait_for(
         lambda s: complete(design, s, nodes, fleet.generation),
         params.converge_timeout_s + nodes / 10)
     if synced is None:
         raise RuntimeError(f"the policy status never counted all {nodes} nodes: "
                            f"{json.dumps(observer.status)[:500]}")
+    result["sync_s"] = synced - first.at
     progress(f"[{design} N={nodes}] the policy status counts every node "
              f"({synced - first.at:.1f}s)")
     interval = params.controller_status_interval_s or 5.0
     quiet = interval + 1.0 if design == PER_NODE else 0.5
     await wait_quiet(fleet, observer, quiet_s=quiet, timeout=interval * 4 + 30)
-    object_bytes = len(json.dumps(observer.latest, separators=(",", ":")))
+    result["policy_object_bytes"] = len(json.dumps(observer.latest, separators=(",", ":")))
     progress(f"[{design} N={nodes}] steady {params.steady_s:g}s")
+    result["phase"] = "steady"
     steady = await measure_window(probe, params.steady_s)
+    result |= {"steady": steady, "steady_writes_per_node_min": steady["writes_per_node_min"]}
     if design == PER_NODE and params.churn_after_s:
         # The controller writes savings at the status pace for one savings interval after it
         # first sees a policy (so a new policy shows its savings at once): churn is measured
         # after that, at the steady-state pace.
         await asyncio.sleep(max(0.0, first.at + params.churn_after_s - time.monotonic()))
     progress(f"[{design} N={nodes}] churn {params.churn_s:g}s")
+    result["phase"] = "churn"
     fleet.start_churn()
     churn = await measure_window(probe, params.churn_s)
+    result |= {"churn": churn, "events_per_agent_min": churn["events_per_agent_min"],
+               "bytes_per_agent_min": churn["bytes_per_agent_min"]}
     progress(f"[{design} N={nodes}] converge: {params.samples} samples under churn")
+    result["phase"] = "converge"
     samples = await converge_samples(fleet, observer, node_name(nodes - 1), params.samples,
                                      params.converge_timeout_s)
+    done = [s for s in samples if s is not None]
+    result |= {"converge_s": max(done) if len(done) == len(samples) else None,
+               "converge_median_s": statistics.median(done) if done else None,
+               "converge_samples_s": samples}
     if len(samples) % 2:  # leave the node healthy
         await converge_samples(fleet, observer, node_name(nodes - 1), 1,
                                params.converge_timeout_s, first_failed=False)
     fleet.stop_churn()
     await wait_quiet(fleet, observer, quiet_s=quiet, timeout=interval * 4 + 30)
     progress(f"[{design} N={nodes}] burst: a policy change every agent applies")
-    bursting = await burst(probe, params)
-    progress(f"[{design} N={nodes}] burst: {fmt(bursting['converge_s'])}s")
-    failing: JSON | None = None
+    result["phase"] = "burst"
+    result["burst"] = await burst(probe, params)
+    progress(f"[{design} N={nodes}] burst: {fmt(result['burst']['converge_s'])}s")
+    result["failover"] = None
     if design == PER_NODE:
         progress(f"[{design} N={nodes}] failover: SIGKILL the leading controller")
-        failing = await failover(probe, procs, params)
-        progress(f"[{design} N={nodes}] failover: {fmt(failing['converge_s'])}s")
+        result["phase"] = "failover"
+        result["failover"] = await failover(probe, procs, params)
+        progress(f"[{design} N={nodes}] failover: {fmt(result['failover']['converge_s'])}s")
     progress(f"[{design} N={nodes}] vanish: {VANISH_SHARE:.0%} of the Nodes deleted")
-    vanishing = await vanish(probe, params)
-    last = await snapshot(probe)
-    whole = window_figures(first, last, design)
-    done = [s for s in samples if s is not None]
-    return {
-        "sync_s": synced - first.at,
-        "apiserver_p99_s": whole["apiserver_p99_s"],
-        "apiserver_p50_s": whole["apiserver_p50_s"],
-        "apiserver_write_p99_s": whole["apiserver_write_p99_s"],
-        "apiserver_requests": whole["apiserver_requests"],
-        "etcd_db_bytes": last.etcd_db_bytes,
-        "converge_s": max(done) if len(done) == len(samples) else None,
-        "converge_median_s": statistics.median(done) if done else None,
-        "converge_samples_s": samples,
-        "steady_writes_per_node_min": steady["writes_per_node_min"],
-        "events_per_agent_min": churn["events_per_agent_min"],
-        "bytes_per_agent_min": churn["bytes_per_agent_min"],
-        "policy_object_bytes": object_bytes,
-        "steady": steady,
-        "churn": churn,
-        "burst": bursting,
-        "failover": failing,
-        "vanish": vanishing,
-    }
+    result["phase"] = "vanish"
+    result["vanish"] = await vanish(probe, params)
 
 
 KWOK: list[subprocess.Popen[bytes] | None] = [None]
@@ -781,24 +809,30 @@ def print_table(results: JSON) -> None:
         f"{'fover s':>7} {'vanish s':>8} {'stale':>5} {'ev/ag/min':>9} {'KiB/ag/min':>10}")
     for design, by_n in results.items():
         for n, r in sorted(by_n.items(), key=lambda item: int(item[0])):
-            if not r["repeats"]:
-                say(f"{design:15} {n:>5} failed: {r['errors'][0][:200]}")
+            if r["repeats"]:
+                say(table_row(design, n, r))
                 continue
-            b, f, v = r["burst"] or {}, r["failover"] or {}, r["vanish"] or {}
-            etcd = r["etcd_db_bytes"]
-            say(f"{design:15} {n:>5} {ms(r['apiserver_p99_s']):>7} "
-                f"{ms(r['apiserver_write_p99_s']):>7} "
-                f"{fmt(None if etcd is None else etcd / 2**20, 1):>8} "
-                f"{fmt(r['converge_s']):>6} {fmt(b.get('converge_s')):>7} "
-                f"{ms(b.get('apiserver_p99_s')):>6} {fmt(b.get('conflicts'), 0):>6} "
-                f"{fmt(b.get('agent_writes_failed'), 0):>6} {fmt(f.get('converge_s')):>7} "
-                f"{fmt(v.get('converge_s')):>8} {fmt(v.get('stale_entries'), 0):>5} "
-                f"{fmt(r['events_per_agent_min'], 1):>9} "
-                f"{fmt((r['bytes_per_agent_min'] or 0) / 1024, 1):>10}")
+            say(f"{design:15} {n:>5} failed: {r['errors'][0][:200]}")
+            if partial := r.get("partial"):
+                say(table_row(f"  until {partial['failed_in']}", n, partial))
     say("medians over the repeats; p99: the API server's own request-duration histogram over the "
         "whole run (WATCH/CONNECT left out), wr: writes only, b: the burst window; "
         "'-': none (no failover without a controller; naive designs never drop a vanished "
-        "node's entry)")
+        "node's entry); 'until <phase>': a run that failed there, its figures until then")
+
+
+def table_row(label: str, n: str, r: JSON) -> str:
+    b, f, v = r.get("burst") or {}, r.get("failover") or {}, r.get("vanish") or {}
+    etcd, per_agent = r.get("etcd_db_bytes"), r.get("bytes_per_agent_min")
+    return (f"{label:15} {n:>5} {ms(r.get('apiserver_p99_s')):>7} "
+            f"{ms(r.get('apiserver_write_p99_s')):>7} "
+            f"{fmt(None if etcd is None else etcd / 2**20, 1):>8} "
+            f"{fmt(r.get('converge_s')):>6} {fmt(b.get('converge_s')):>7} "
+            f"{ms(b.get('apiserver_p99_s')):>6} {fmt(b.get('conflicts'), 0):>6} "
+            f"{fmt(b.get('agent_writes_failed'), 0):>6} {fmt(f.get('converge_s')):>7} "
+            f"{fmt(v.get('converge_s')):>8} {fmt(v.get('stale_entries'), 0):>5} "
+            f"{fmt(r.get('events_per_agent_min'), 1):>9} "
+            f"{fmt(None if per_agent is None else per_agent / 1024, 1):>10}")
 
 
 def verdicts(results: JSON) -> list[str]:

@@ -165,11 +165,12 @@ class Fleet:
             agent.tasks.append(asyncio.create_task(self._loop(agent, offset)))
 
     async def stop(self) -> None:
-        for agent in list(self.agents.values()):
-            await self._stop_agent(agent)
+        # Reactions first: one still running would meet its agent's closed session.
         for task in self.reactions:
             task.cancel()
         await asyncio.gather(*self.reactions, return_exceptions=True)
+        for agent in list(self.agents.values()):
+            await self._stop_agent(agent)
 
     async def _stop_agent(self, agent: Agent) -> None:
         for task in agent.tasks:

@@ -560,8 +560,11 @@ def summarise(all_runs: list[JSON]) -> JSON:
     runs = [r for r in all_runs if "error" not in r]
     errors = [r["error"] for r in all_runs if "error" in r]
     if not runs:
+        # A run that failed part-way keeps what it measured until then: shown, not a median.
+        partial = [r for r in all_runs if "failed_in" in r]
         return {"repeats": 0, "errors": errors, "apiserver_p99_s": None, "etcd_db_bytes": None,
-                "burst": None, "failover": None, "vanish": None, "runs": all_runs}
+                "burst": None, "failover": None, "vanish": None, "runs": all_runs,
+                "partial": partial[-1] if partial else None}
     out: JSON = {"repeats": len(runs), "errors": errors, "spread": {}}
     for key in HEADLINES:
         s = spread([r.get(key) for r in runs])

@@ -374,6 +374,24 @@ def test_summarise_lists_failed_runs_without_counting_them() -> None:
     assert failed["burst"] is None
 
 
+def test_a_run_that_failed_part_way_keeps_its_figures_shown_but_not_counted(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.scale import print_table
+
+    partial = run(0.1, None, 100) | {"burst": None, "failover": None, "vanish": None,
+                                      "failed_in": "burst", "error": "HTTP 504"}
+    out = summarise([partial])
+    assert out["repeats"] == 0 and out["errors"] == ["HTTP 504"]
+    assert out["apiserver_p99_s"] is None  # not a median of anything
+    assert out["partial"]["failed_in"] == "burst" and out["partial"]["etcd_db_bytes"] == 100
+    assert summarise([{"nodes": 5000, "error": "x"}])["partial"] is None
+    print_table({"naive": {"5000": out}})
+    table = capsys.readouterr().out
+    assert "failed: HTTP 504" in table
+    [row] = [line for line in table.splitlines() if "until burst" in line]
+    assert " 100 " in row  # the p99 until the failure, in ms
+
+
 # -- the harness's arithmetic (no cluster) ----------------------------------------------------
 def test_quick_params_are_labelled_shortcuts_and_the_full_run_keeps_shipped_settings() -> None:
     from bench.scale import parse_args
