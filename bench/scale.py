@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import log as say
+from bench.common import raise_interrupt
 from bench.memory_guard import MemoryGuard
 from bench.scale_agents import FAILURES, Fleet, Timing, Writes
 from bench.scale_kube import AgentWatches, Kube, PolicyObserver, Tally, ca_only_context
@@ -106,7 +107,7 @@ from bench.scale_model import (
 )
 from overcommit.api.policy import GROUP, NODE_STATE_KIND, VERSION
 from overcommit.localcluster.controlplane import ControlPlane
-from overcommit.localcluster.processes import stop_process
+from overcommit.localcluster.processes import dies_with_this_process, stop_process
 
 JSON = dict[str, Any]
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +173,9 @@ def kwok(cp: ControlPlane, binary: Path, log: Path) -> Iterator[subprocess.Popen
             f"--node-lease-duration-seconds={KWOK_LEASE_SECONDS}",
             "--cidr=10.128.0.0/9", "--node-ip=127.0.0.1", "--config", str(KWOK_STAGES)]
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        # Dies with the benchmark, also killed hard (the control plane does too).
+        proc = subprocess.Popen(dies_with_this_process(argv), stdout=out,
+                                stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:
@@ -935,6 +938,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
 
 def main(argv: Sequence[str] | None = None) -> int:
     params = parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_interrupt)  # so `finally` stops what the run started
     if PER_NODE in params.designs and (why := controller_missing()):
         print(f"overcommit controller is not available ({why}); run with --designs naive",
               file=sys.stderr)
