@@ -108,6 +108,7 @@ class Settings:
     relieve_cap: int = 10  # ... and the phase ends after this many cycles at the latest
     cache_percent: int = 50  # cache: every guest reads this share of its maximum into its cache
     repeat: int = 3  # every verdict is on the median of this many runs
+    autodeflate: bool = False  # the guests' balloons deflate on OOM (bench.pressure --autodeflate)
 
 
 # --quick fits in a few minutes per repeat: two guests of 512 MiB (not 1-2 GiB: labelled as such
@@ -291,7 +292,8 @@ def boot(conn: Any, settings: Settings, log: Callable[[str], None]) -> list[gues
             domains.append(guests.define_guest(
                 conn, f"{PREFIX}{os.getpid()}-{i}", settings.max_mib, settings.max_mib,
                 with_balloon=True, balloon_driver=True, stats_period=settings.stats_period_s,
-                share_pages=False))  # out of the host's KSM: we must not disturb it
+                share_pages=False,  # out of the host's KSM: we must not disturb it
+                autodeflate=settings.autodeflate))
         for domain in domains:
             guests.wait_booted(domain, timeout=180)
     except BaseException:

@@ -80,6 +80,7 @@ class Settings:
     repeat: int = 3
     reserve: int = 4 * GIB  # MemAvailable always left to others: the rig's floor
     prewarm_percent: int = 70  # each guest touches this share of its maximum before a trial
+    autodeflate: bool = False  # every guest's balloon deflates on OOM (--autodeflate)
 
 
 QUICK = Settings(cycles=8, repeat=1)
@@ -328,10 +329,16 @@ def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, to
     th, lv = levels_for(policy, total - settings.reserve)
     assert policy.balloon is not None
     bset = bb.Settings(guests=settings.guests, max_mib=settings.max_mib,
-                       stats_period_s=settings.stats_period_s, interval_s=settings.interval_s)
+                       stats_period_s=settings.stats_period_s, interval_s=settings.interval_s,
+                       autodeflate=settings.autodeflate)
     with bb.fleet_of(bset, policy.balloon, _log) as fleet, rig_of(settings.reserve) as rig:
         if rig.leftovers:
             print(f"removed an earlier rig's leftovers: {rig.leftovers}", flush=True)
+        if settings.autodeflate:  # the guest's side too, not only the domain's XML
+            negotiated = [guests.balloon_deflates_on_oom(d) for d in fleet.domains.values()]
+            print(f"deflate-on-OOM negotiated by the guests: {negotiated}", flush=True)
+            if not all(negotiated):
+                raise RuntimeError("--autodeflate: a guest's balloon did not negotiate it")
         bench = Bench(settings, policy, fleet, rig, lv, th, log, NodeHost(settings.reserve))
         try:
             run_repeats(args, settings, bench, runs, voids)
@@ -444,7 +451,9 @@ def header(settings: Settings, th: Thresholds, lv: Levels, total: int,
     node = total - r
     return (
         f"Pressure: {settings.guests} TCG guests x {settings.max_mib} MiB (virtio balloon, "
-        f"stats every {settings.stats_period_s} s), scenarios {','.join(args.scenario_list)}, "
+        f"stats every {settings.stats_period_s} s"
+        f"{', DEFLATE-ON-OOM (autodeflate) for every strategy' if settings.autodeflate else ''}"
+        f"), scenarios {','.join(args.scenario_list)}, "
         f"strategies {','.join(args.strategy_list)}, {settings.repeat} run(s) "
         f"{'(ONE run, no median)' if settings.repeat == 1 else '(medians)'}, "
         f"{settings.cycles} cycles of {settings.interval_s} s per trial\n"
@@ -475,6 +484,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(STRATEGIES)}")
     parser.add_argument("--reserve-mib", type=int, default=None,
                         help="MemAvailable always left to others, the rig's floor (default 4096)")
+    parser.add_argument("--autodeflate", action="store_true",
+                        help="every guest's balloon deflates on OOM (libvirt autodeflate='on'), "
+                             "for every strategy; labelled in the output")
     parser.add_argument("--verbose", action="store_true", help="print every cycle")
     args = parser.parse_args(argv)
     args.strategy_list = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -496,7 +508,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settings = replace(settings, cycles=args.cycles)
     if args.reserve_mib is not None:
         settings = replace(settings, reserve=args.reserve_mib * MIB)
-    return settings
+    return replace(settings, autodeflate=args.autodeflate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -539,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "levels_mib": {"soft": lv.soft >> 20, "hard": lv.hard >> 20,
                                      "critical": lv.critical >> 20},
                       "reserve_mib": settings.reserve >> 20, "interrupted": interrupted,
+                      "guest_autodeflate": settings.autodeflate,
                       "node_mem_total_mib": (total - settings.reserve) >> 20}))
     return 130 if interrupted else 0
 

@@ -395,6 +395,7 @@ class GuestSpec:
     share_pages: bool
     extra_cmdline: str
     disk: Path | None = None  # a raw image the guest sees read-only as /dev/vda
+    autodeflate: bool = False  # the balloon's deflate-on-OOM (libvirt's autodeflate='on')
 
 
 def _domain_xml(spec: GuestSpec, image: GuestImage, files: GuestFiles) -> str:
@@ -461,13 +462,15 @@ def _balloon_xml(spec: GuestSpec) -> str:
     if not spec.with_balloon:
         return "<memballoon model='none'/>"
     stats = f"<stats period='{spec.stats_period}'/>" if spec.stats_period > 0 else ""
-    return f"<memballoon model='virtio'>{stats}</memballoon>"
+    deflate = " autodeflate='on'" if spec.autodeflate else ""
+    return f"<memballoon model='virtio'{deflate}>{stats}</memballoon>"
 
 
 def define_guest(conn: Connection, name: str, memory_mib: int = 512, max_memory_mib: int = 512,
                  with_balloon: bool = True, balloon_driver: bool = True, stats_period: int = 2,
                  *, persistent: bool = False, share_pages: bool = True,
-                 extra_cmdline: str = "", disk: Path | None = None) -> Domain:
+                 extra_cmdline: str = "", disk: Path | None = None,
+                 autodeflate: bool = False) -> Domain:
     """Start a guest and return its domain (transient unless ``persistent``).
 
     ``with_balloon=False`` gives the domain no balloon device (``<memballoon model='none'/>``);
@@ -476,11 +479,12 @@ def define_guest(conn: Connection, name: str, memory_mib: int = 512, max_memory_
     mergeable, so the guest stays invisible to the host's KSM. ``extra_cmdline`` is appended to
     the kernel command line (``meminfo_period=N`` changes the meminfo interval). ``disk`` is a
     raw image the guest sees read-only as ``/dev/vda`` once it loads ``virtio_blk``
-    (``load_disk``). Returns as soon as QEMU runs; use ``wait_booted()`` before talking to
-    the guest.
+    (``load_disk``). ``autodeflate`` offers the guest the balloon's deflate-on-OOM: a guest
+    kernel about to OOM-kill takes pages back from the balloon instead. Returns as soon as
+    QEMU runs; use ``wait_booted()`` before talking to the guest.
     """
     spec = GuestSpec(name, memory_mib, max_memory_mib, with_balloon, balloon_driver,
-                     stats_period, share_pages, extra_cmdline, disk)
+                     stats_period, share_pages, extra_cmdline, disk, autodeflate)
     image = guest_image()
     directory = Path(tempfile.mkdtemp(prefix="oc-guest-"))  # short: unix socket paths <108 B
     files = GuestFiles(directory, directory / "console.log", directory / "cmd.sock")
@@ -729,6 +733,21 @@ def guest_run(domain: Domain, shell: str, timeout: float = 30.0) -> tuple[int, s
     Kernel messages printed meanwhile are part of the output: the console is shared.
     """
     return _command(domain, f"run {shell}", timeout)
+
+
+VIRTIO_BALLOON_F_DEFLATE_ON_OOM = 2  # the feature bit (include/uapi/linux/virtio_balloon.h)
+
+
+def balloon_deflates_on_oom(domain: Domain, timeout: float = 30.0) -> bool:
+    """Whether the guest's balloon driver negotiated deflate-on-OOM with the device (its
+    ``features`` file: one character per feature bit)."""
+    rc, out = guest_run(domain, "cat /sys/bus/virtio/drivers/virtio_balloon/virtio*/features",
+                        timeout)
+    bits = [line for line in out.split() if line and set(line) <= {"0", "1"}]
+    if rc != 0 or not bits:
+        raise GuestError(f"{domain.name()}: no virtio_balloon features: {out.strip()[:200]}")
+    return len(bits[0]) > VIRTIO_BALLOON_F_DEFLATE_ON_OOM and \
+        bits[0][VIRTIO_BALLOON_F_DEFLATE_ON_OOM] == "1"
 
 
 def fill_page_cache(domain: Domain, mib: int, timeout: float = 120.0) -> None:

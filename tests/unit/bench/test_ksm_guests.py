@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from bench.ksm_guests import MIB, PAGE, GuestWorkload, image_path, page_stamp, split_mib
@@ -60,3 +61,13 @@ def test_the_trial_guard_allows_the_guests_own_sharing_but_not_the_processes() -
     assert sharing_cap(processes) == processes.achievable_sharing
     vms = GuestWorkload(workers=4, size_mib=32, shared_fraction=0.75)
     assert sharing_cap(vms) == vms.sharing_cap > vms.achievable_sharing
+
+
+def test_a_guest_balloon_deflates_on_oom_only_when_asked() -> None:
+    image = guests.GuestImage(Path("/k"), Path("/i"), "6.1")
+    files = guests.GuestFiles(Path("/d"), Path("/d/c.log"), Path("/d/c.sock"))
+    plain = guests.GuestSpec("g", 256, 256, True, True, 1, True, "")
+    assert "autodeflate" not in guests._domain_xml(plain, image, files)
+    deflating = dataclasses.replace(plain, autodeflate=True)
+    assert "<memballoon model='virtio' autodeflate='on'><stats period='1'/>" in \
+        guests._domain_xml(deflating, image, files)
