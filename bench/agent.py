@@ -460,8 +460,9 @@ IMPORT_PROBES = {
 
 def import_rss_mib(code: str) -> float:
     probe = f"{code}\nprint(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    # With the agent's shipped environment, as the agent itself runs here.
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True, timeout=120)
+                         check=True, timeout=120, env={**os.environ, **shipped_env()})
     return int(out.stdout.split()[-1]) / 1024
 
 
