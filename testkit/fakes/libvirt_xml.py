@@ -54,6 +54,7 @@ class FakeDomain:
     vmi_uid: str | None = None  # KubeVirt metadata when set
     running: bool = True
     uuid: str | None = None  # None: derived from the name (stable across runs)
+    autodeflate: bool = False  # <memballoon autodeflate='on'>
 
     @property
     def domain_uuid(self) -> str:
@@ -65,7 +66,8 @@ def _balloon_xml(d: FakeDomain) -> str:
         return ""
     with_stats = d.stats_period > 0 and d.balloon != "none"  # as libvirt would show it
     stats = f"<stats period='{d.stats_period}'/>" if with_stats else ""
-    return f"<memballoon model={quoteattr(d.balloon)}>{stats}</memballoon>"
+    deflate = " autodeflate='on'" if d.autodeflate else ""
+    return f"<memballoon model={quoteattr(d.balloon)}{deflate}>{stats}</memballoon>"
 
 
 def _metadata_xml(d: FakeDomain) -> str:

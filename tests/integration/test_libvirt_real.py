@@ -34,6 +34,7 @@ class BalloonOptions(TypedDict, total=False):
 
     with_balloon: bool
     balloon_driver: bool
+    autodeflate: bool
 
 
 def fail(message: str) -> None:
@@ -51,7 +52,8 @@ def conn(libvirt_conn: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def fleet(conn: Any) -> Iterator[dict[str, Any]]:
-    options: dict[str, BalloonOptions] = {"nodriver": {"balloon_driver": False},
+    options: dict[str, BalloonOptions] = {"b": {"autodeflate": True},
+                                          "nodriver": {"balloon_driver": False},
                                           "nodevice": {"with_balloon": False}}
     doms: dict[str, Any] = {}
     try:
@@ -105,6 +107,9 @@ def test_running_guests_are_observed_with_fresh_statistics(endpoint: LibvirtEndp
         assert g.has_balloon and g.max_kib == g.current_kib == MAX_MIB * 1024
         assert 0 < g.stats["usable"] <= g.stats["available"] <= MAX_MIB * 1024
         assert g.stats_period_s == PERIOD and g.uuid
+    # Deflate-on-OOM as the real libvirtd reports the domain (b alone asked for it).
+    assert (seen["a"].autodeflate, seen["b"].autodeflate, seen["nodevice"].autodeflate) == \
+        (False, True, None)
 
 
 @pytest.mark.usefixtures("fleet")

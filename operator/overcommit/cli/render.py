@@ -107,6 +107,7 @@ def _guests_text(data: JSON) -> list[str]:
     lines = [f"guest {g['domain']}: current {human_bytes(g['currentBytes'])} of "
              f"{human_bytes(g['maxBytes'])}"
              + (f", usable {human_bytes(g['usableBytes'])}" if g["usableBytes"] else "")
+             + (", deflates on OOM (autodeflate)" if g.get("autodeflate") else "")
              + (f": {g['reason']}" if g["reason"] else "") for g in data.get("guests", [])]
     lines += [f"libvirt endpoint down: {e}" for e in data.get("endpointsDown", [])]
     lines += [f"guest error: {e}" for e in data.get("guestErrors", [])]

@@ -84,7 +84,8 @@ def guest_entries(guests: GuestResult | None) -> list[tuple[str, Guest]]:
             floor_bytes=None if floor is None else floor * KIB,
             # The planner's reason covers problems of guests it manages; an unselected guest's
             # reason says why it is not ours at all.
-            reason=decision.reason if decision else (g.problem or ""))))
+            reason=decision.reason if decision else (g.problem or ""),
+            autodeflate=g.autodeflate)))
     return entries
 
 

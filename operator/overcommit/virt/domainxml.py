@@ -2,8 +2,10 @@
 
 The live XML (``XMLDesc(0)``) of a running domain names its balloon device
 (``<memballoon model='virtio'>``, or ``model='none'`` for none), the statistics period
-(``<stats period='N'/>``, absent = 0 = off) and, for KubeVirt guests, the VMI's uid in the
-metadata KubeVirt writes: ``<metadata><kubevirt xmlns="http://kubevirt.io"><uid>...``.
+(``<stats period='N'/>``, absent = 0 = off), whether the balloon deflates on OOM
+(``<memballoon autodeflate='on'>``: QEMU's deflate-on-oom, the guest kernel takes pages back
+from the balloon instead of OOM-killing a process) and, for KubeVirt guests, the VMI's uid in
+the metadata KubeVirt writes: ``<metadata><kubevirt xmlns="http://kubevirt.io"><uid>...``.
 
 It also says which guests are never ballooned (``DomainFacts.exclusions``):
 
@@ -36,6 +38,7 @@ class DomainFacts:
     kubevirt: bool  # KubeVirt metadata present: the domain is a VMI's
     vmi_uid: str | None
     exclusions: tuple[str, ...] = ()  # why the guest is never ballooned (see the module doc)
+    autodeflate: bool = False  # <memballoon autodeflate='on'>: deflates on OOM
 
     @property
     def has_balloon(self) -> bool:
@@ -63,6 +66,7 @@ def parse_domain_xml(text: str) -> DomainFacts:
         kubevirt=kubevirt is not None,
         vmi_uid=None if kubevirt is None else _child_text(kubevirt, "uid"),
         exclusions=exclusions(root),
+        autodeflate=balloon is not None and balloon.get("autodeflate") == "on",
     )
 
 

@@ -329,4 +329,5 @@ def _guest(uri: str, name: str, uuid: str, now: float, reading: BalloonReading,
         current_kib=reading.current_kib, has_balloon=facts.has_balloon, stats=reading.stats,
         vmi_namespace=namespace, vmi_name=vmi_name, vmi_uid=facts.vmi_uid, problem=problem,
         stats_age_s=age, stats_period_s=facts.stats_period if facts.has_balloon else None,
-        exclusions=facts.exclusions, migration=migration)
+        exclusions=facts.exclusions, migration=migration,
+        autodeflate=facts.autodeflate if facts.has_balloon else None)

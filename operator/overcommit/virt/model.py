@@ -41,6 +41,9 @@ class GuestObservation:
     # Why the guest is never ballooned (VFIO host devices, hugepage-backed memory, dedicated
     # CPUs, realtime): from its domain XML and, on KubeVirt, its VMI spec.
     exclusions: tuple[str, ...] = ()
+    # The balloon deflates on OOM (libvirt autodeflate='on'): a demand larger than what the
+    # balloon left the guest takes pages back instead of OOM-killing. None: no balloon device.
+    autodeflate: bool | None = None
     # A migration (or another libvirt job) in progress, what it is; None when there is none.
     migration: str | None = None
     # KubeVirt: whether the VMI says it can be live-migrated (its LiveMigratable condition);

@@ -44,7 +44,7 @@ def _quiet_libvirt() -> Iterator[None]:
 
 SMALL_NODE = [
     FakeDomain("ns1_vm-a", max_kib=2 * GiB, current_kib=GiB, vmi_uid="uid-a"),
-    FakeDomain("plain", max_kib=GiB, stats_period=5),
+    FakeDomain("plain", max_kib=GiB, stats_period=5, autodeflate=True),
     FakeDomain("ns1_no-balloon", balloon="none", vmi_uid="uid-nb"),
     FakeDomain("no-element", balloon=None),
     FakeDomain("period-off", stats_period=0),

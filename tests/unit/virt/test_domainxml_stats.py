@@ -28,6 +28,7 @@ def facts(model: str | None = "virtio", period: int = 10) -> DomainFacts:
     (FakeDomain("d", stats_period=0), DomainFacts("virtio", 0, False, None)),
     (FakeDomain("e", balloon="virtio-non-transitional"),
      DomainFacts("virtio-non-transitional", 10, False, None)),
+    (FakeDomain("f", autodeflate=True), DomainFacts("virtio", 10, False, None, autodeflate=True)),
 ])
 def test_domain_facts(domain: FakeDomain, expected: DomainFacts) -> None:
     parsed = parse_domain_xml(domain_xml(domain))

@@ -59,6 +59,9 @@ def test_observe_reports_running_guests_with_their_balloons(endpoint: LibvirtEnd
     plain = guests["plain"]
     assert (plain.vmi_namespace, plain.vmi_name, plain.vmi_uid) == (None, None, None)
     assert plain.stats_period_s == 5 and plain.problem is None
+    # The balloon's deflate-on-OOM, as libvirt's own XML says it (autodeflate='on').
+    assert (plain.autodeflate, a.autodeflate, guests["ns1_no-balloon"].autodeflate) == \
+        (True, False, None)
 
 
 def test_guests_without_a_balloon_or_statistics_are_reported_with_a_problem(
