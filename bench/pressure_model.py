@@ -336,6 +336,7 @@ def must_show(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[st
     has); (2) ladder asks for relief within 2 cycles of entering Critical, in every scenario
     where it entered Critical."""
     kills_ok, relief_ok, notes = True, True, []
+    judged = []  # the scenarios where a baseline killed: the only ones the claim is about
     for name, by_strategy in results.items():
         ours = by_strategy.get("ladder")
         if ours is None or ours.get("not_run"):
@@ -345,6 +346,8 @@ def must_show(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[st
                              for b in BASELINES if b in by_strategy
                              and not by_strategy[b].get("not_run"))
         ours_kills = ours["guest_oom_kills_worst"] + ours["host_oom_kills_worst"]
+        if baseline_kills:
+            judged.append(name)
         if baseline_kills and ours_kills:
             kills_ok = False
             notes.append(f"{name}: ladder {ours_kills} OOM kill(s) where a baseline had some")
@@ -353,5 +356,8 @@ def must_show(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[st
             relief_ok = False
             notes.append(f"{name}: relief {worst} cycles after entering Critical, "
                          f"{ours['relief_late_runs']} run(s) with none within 2")
+    if not judged:
+        notes.append("no baseline had an OOM kill in any scenario: the first claim holds "
+                     "vacuously and shows nothing")
     return {"no_kills_where_baselines_kill": kills_ok, "relief_within_2_cycles": relief_ok,
-            "notes": notes}
+            "scenarios_where_baselines_kill": judged, "notes": notes}

@@ -169,6 +169,10 @@ def test_must_show_judges_the_worst_runs() -> None:
     ok = must_show(results(0, 2, 1))
     assert ok["no_kills_where_baselines_kill"] and ok["relief_within_2_cycles"]
     assert not must_show(results(1, 2, 1))["no_kills_where_baselines_kill"]
-    assert must_show(results(1, 0, 1))["no_kills_where_baselines_kill"]  # vacuous there
+    assert ok["scenarios_where_baselines_kill"] == ["step"] and not ok["notes"]
+    vacuous = must_show(results(1, 0, 1))
+    assert vacuous["no_kills_where_baselines_kill"]  # vacuous there, and said so
+    assert vacuous["scenarios_where_baselines_kill"] == []
+    assert any("vacuously" in note for note in vacuous["notes"])
     assert not must_show(results(0, 0, 3))["relief_within_2_cycles"]
     assert not must_show(results(0, 0, None, late=True))["relief_within_2_cycles"]
