@@ -108,6 +108,10 @@ NODE_SERIES = _series(
         ("usable", "The guest's own MemAvailable, as its balloon driver reports it."),
         ("resident", "What the guest's QEMU process holds on the host (libvirt's rss)."),
         ("floor", "The least the balloon policy would leave the guest (managed guests)."))),
+    Series(f"{PREFIX}_guest_autodeflate", GUEST_LABELS,
+           "1 when the guest's balloon deflates on OOM (libvirt autodeflate='on'), 0 when a "
+           "demand beyond what the balloon left it is OOM-killed inside; absent without a "
+           "balloon device."),
     Series(f"{PREFIX}_memory_bytes", ("kind",),
            "Host memory: total (MemTotal), available (MemAvailable), swap_total, swap_free "
            "(status.memory)."),
@@ -231,6 +235,8 @@ def _guest_samples(guests: Sequence[Guest]) -> Iterator[Sample]:
             value = getattr(guest, f"{size}_bytes")
             if value is not None:  # unknown (no target yet, no stats): no series
                 yield Sample(f"{PREFIX}_guest_{size}_bytes", labels, float(value))
+        if guest.autodeflate is not None:
+            yield Sample(f"{PREFIX}_guest_autodeflate", labels, float(guest.autodeflate))
 
 
 def _conditions(conditions: Sequence[Condition] | None, name: str,
