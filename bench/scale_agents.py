@@ -171,7 +171,11 @@ class Fleet:
         await asyncio.gather(*self.reactions, return_exceptions=True)
         # All at once: closing a session waits for its TLS connections' shutdown, which an
         # overloaded API server can stretch to seconds each; 5,000 in turn took hours.
-        await asyncio.gather(*(self._stop_agent(agent) for agent in self.agents.values()))
+        await asyncio.gather(*(self._stop_agent(agent) for agent in self.agents.values()),
+                             return_exceptions=True)
+        for task in self.reactions:  # one a policy event started while the agents stopped
+            task.cancel()
+        await asyncio.gather(*self.reactions, return_exceptions=True)
 
     async def _stop_agent(self, agent: Agent) -> None:
         for task in agent.tasks:
