@@ -212,6 +212,7 @@ class Bench:
         stats0 = {n: dict(g.stats) for n, g in fleet.mine().items()}
         ladder: Ladder | None = None
         memory = relief.Memory()
+        settled: dict[str, int] = {}  # each guest's balloon at the end of the last cycle, KiB
         with ExitStack() as thrash:
             # Warm-up: one observation a cycle before cycle 1, planned but not applied (a
             # running agent has seen its guests before; see bench/README-balloon.md).
@@ -236,6 +237,9 @@ class Bench:
                     record.lowest_available = min(record.lowest_available or available,
                                                   available)
                 mine = fleet.mine(seen)
+                for n, g in mine.items():  # grown since the last cycle settled: the guest's doing
+                    if n in settled:
+                        record.taken_back_kib += max(0, g.current_kib - settled[n])
                 if name == "ladder":
                     decision = relief.decide(ladder, relief_spec, candidates(mine),
                                              relief.InFlight(), memory, time.monotonic())
@@ -253,6 +257,7 @@ class Bench:
                          f"(1/100 %); guests {[g.current_kib >> 10 for g in mine.values()]} MiB")
                 driver.cycle(seen, obs)
                 after = fleet.mine()
+                settled = {n: g.current_kib for n, g in after.items()}
                 for n, g in after.items():
                     moved = g.current_kib - mine[n].current_kib
                     if moved < 0:
@@ -364,7 +369,8 @@ def run_repeats(args: argparse.Namespace, settings: Settings, bench: Bench,
                 runs[sc_name][name].append(summary)
                 print(f"  {summary['guest_oom_kills']} guest / {summary['host_oom_kills']}"
                       f" host OOM kills; states {compact(summary['seconds_in_state'])}; "
-                      f"reclaimed {summary['reclaimed_bytes'] >> 20} MiB; relief "
+                      f"reclaimed {summary['reclaimed_bytes'] >> 20} MiB; taken back by the "
+                      f"guests {summary['taken_back_bytes'] >> 20} MiB; relief "
                       f"{summary['relief_requests']} (after {summary['relief_cycles']} "
                       f"cycles); lowest MemAvailable "
                       f"{(summary['lowest_available_bytes'] or 0) >> 20} MiB", flush=True)

@@ -125,7 +125,8 @@ def _summary(kills: int, relief: int | None = None, seconds_hard: float = 0,
              reclaimed: int = 0, critical: int = 0, late: bool = False) -> dict[str, Any]:
     states = {"Plenty": 0.0, "Clear": 0.0, "Soft": 0.0, "Hard": seconds_hard, "Critical": 0.0}
     return {"guest_oom_kills": kills, "host_oom_kills": 0, "seconds_in_state": states,
-            "reclaimed_bytes": reclaimed, "returned_bytes": 0, "host_swap_in_pages_per_s": 0,
+            "reclaimed_bytes": reclaimed, "returned_bytes": 0, "taken_back_bytes": 0,
+            "host_swap_in_pages_per_s": 0,
             "guest_swap_in_kib_per_s": 0, "guest_major_faults_per_s": 0,
             "relief_requests": 0 if relief is None else 1, "relief_cycles": relief,
             "relief_late": late, "critical_entries": critical,
@@ -174,5 +175,6 @@ def test_must_show_judges_the_worst_runs() -> None:
     assert vacuous["no_kills_where_baselines_kill"]  # vacuous there, and said so
     assert vacuous["scenarios_where_baselines_kill"] == []
     assert any("vacuously" in note for note in vacuous["notes"])
+    assert any("where no baseline had one" in note for note in vacuous["notes"])  # not hidden
     assert not must_show(results(0, 0, 3))["relief_within_2_cycles"]
     assert not must_show(results(0, 0, None, late=True))["relief_within_2_cycles"]
