@@ -180,10 +180,11 @@ class Guest:
     reason: str | None = doc("Why the last decision was taken, or why the guest is skipped.",
                              max_length=1024)
     autodeflate: bool | None = doc(
-        "The balloon deflates on OOM (libvirt's autodeflate='on'): a demand larger than what "
-        "the balloon left the guest takes pages back from it instead of OOM-killing a process "
-        "in the guest. False: such a demand is OOM-killed whatever the host does next. Absent: "
-        "no balloon device.")
+        "The balloon deflates on OOM (libvirt's autodeflate='on'): when the guest kernel runs "
+        "out of memory it takes pages back from the balloon instead of OOM-killing a process, "
+        "while the balloon has any. False: a demand larger than what the balloon left the "
+        "guest (once its own caches are reclaimed) is OOM-killed, whatever the host does next. "
+        "Absent: no balloon device.")
 
 
 @dataclass(frozen=True, slots=True)
