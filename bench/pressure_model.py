@@ -353,12 +353,12 @@ def must_show(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[st
         ours_kills = ours["guest_oom_kills_worst"] + ours["host_oom_kills_worst"]
         if baseline_kills:
             judged.append(name)
+            if ours_kills:
+                kills_ok = False
+                notes.append(f"{name}: ladder {ours_kills} OOM kill(s) where a baseline had some")
         elif ours_kills:
             notes.append(f"{name}: ladder {ours_kills} OOM kill(s) where no baseline had one "
                          "(worse, though outside the claim)")
-        if baseline_kills and ours_kills:
-            kills_ok = False
-            notes.append(f"{name}: ladder {ours_kills} OOM kill(s) where a baseline had some")
         worst = ours["relief_cycles_worst"]
         if ours["relief_late_runs"] or (worst is not None and worst > 2):
             relief_ok = False

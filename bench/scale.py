@@ -664,6 +664,8 @@ async def run_fleet(cp: ControlPlane, kube: Kube, fleet: Fleet, uids: dict[str, 
 
 # The figures after a failure: an overloaded API server may not answer the last snapshot.
 LAST_SNAPSHOT_TIMEOUT_S = 60.0
+WHOLE_RUN_FIGURES = ("apiserver_p99_s", "apiserver_p50_s", "apiserver_write_p99_s",
+                     "apiserver_requests")  # of window_figures, from the first snapshot on
 
 
 async def measure_phases(probe: Probe, procs: dict[str, subprocess.Popen[bytes]],
@@ -683,18 +685,9 @@ async def measure_phases(probe: Probe, procs: dict[str, subprocess.Popen[bytes]]
     last = None
     with contextlib.suppress(*FAILURES):
         last = await asyncio.wait_for(snapshot(probe), LAST_SNAPSHOT_TIMEOUT_S)
-    if last is None:
-        return result | {"apiserver_p99_s": None, "apiserver_p50_s": None,
-                         "apiserver_write_p99_s": None, "apiserver_requests": None,
-                         "etcd_db_bytes": None}
-    whole = window_figures(first, last, design)
-    return result | {
-        "apiserver_p99_s": whole["apiserver_p99_s"],
-        "apiserver_p50_s": whole["apiserver_p50_s"],
-        "apiserver_write_p99_s": whole["apiserver_write_p99_s"],
-        "apiserver_requests": whole["apiserver_requests"],
-        "etcd_db_bytes": last.etcd_db_bytes,
-    }
+    whole = {} if last is None else window_figures(first, last, design)
+    return result | {key: whole.get(key) for key in WHOLE_RUN_FIGURES} | {
+        "etcd_db_bytes": None if last is None else last.etcd_db_bytes}
 
 
 async def run_phases(probe: Probe, procs: dict[str, subprocess.Popen[bytes]], params: Params,

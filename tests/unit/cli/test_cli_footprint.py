@@ -39,25 +39,16 @@ def test_the_agent_runs_without_the_official_client(tmp_path: Path) -> None:
     assert not loaded["kubernetes"]
 
 
-DAEMONSET = OPERATOR.parent / "deploy" / "manifests" / "agent-daemonset.yaml"
 SERVICE_ACCOUNT_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"  # kopf's login reads it
-
-
-def agent_env() -> dict[str, str]:
-    """The agent container's literal environment, as the DaemonSet ships it."""
-    import yaml
-
-    [daemonset] = [d for d in yaml.safe_load_all(DAEMONSET.read_text()) if d["kind"] == "DaemonSet"]
-    [agent] = [c for c in daemonset["spec"]["template"]["spec"]["containers"]
-               if c["name"] == "agent"]
-    return {e["name"]: e["value"] for e in agent["env"] if "value" in e}
 
 
 def test_the_agents_imports_load_no_system_ca_bundle() -> None:
     # aiohttp builds a default TLS context when imported; with the shipped environment its
     # trust store holds at most the service account's CA (absent here: none), never a
     # system bundle of ~140 CAs (~2 MiB on every node).
-    env = agent_env()
+    from bench.agent import shipped_env  # the DaemonSet's literal environment
+
+    env = shipped_env()
     assert env["SSL_CERT_FILE"] == SERVICE_ACCOUNT_CA
     probe = ("import sys; sys.modules['kubernetes'] = None\n"
              "import ssl, kopf, aiohttp\n"
