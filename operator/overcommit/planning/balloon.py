@@ -15,6 +15,10 @@ and swap-in rates, and in mode Auto, every cycle:
    one step, doubled for each further cycle the guest stays pressured. A guest below its floor
    is raised to it. Judging on the trend matters most for guests without swap or file pages
    (typical of small VMs): they give no fault or swap-in warning before their kernel OOM-kills.
+   A guest that took pages back from its balloon since the last decision (deflate-on-OOM:
+   its kernel ran out of memory) is pressured too, and says so (``taken_back_kib``); what it
+   used at that peak keeps it from being shrunk again at once (``recent_peak``), in every
+   state -- the fight MOM's and Proxmox's rules lose in bench.pressure.
 2. **The node's reclamation ladder** (``planning.ladder``), judged on MemAvailable after that
    growth, decides what the others do: in Plenty guests grow back toward their maximum (most
    used first, then most recently shrunk, one step each, no further than the Plenty threshold);
@@ -99,6 +103,8 @@ class GuestMemory:
     use_growth_kib: int = 0  # how much more it used at that sample than at the one before
     peak_used_kib: int | None = None  # the most it used within the peak window
     peak_time: float | None = None  # when it used that much
+    seen_current_kib: int | None = None  # the balloon's size when the planner last decided
+    target_kib: int | None = None  # the size it then asked for
 
 
 @dataclass(frozen=True)
@@ -393,10 +399,33 @@ def expected_growth(auto: BalloonAuto, trend: int, used: int, peak: int) -> tupl
     return 0, ""
 
 
+def taken_back_kib(guest: GuestObservation, memory: GuestMemory | None, usable: int,
+                   margin: int) -> int:
+    """How much the guest took back from its balloon since the planner last decided.
+
+    It grew by itself when it is above both the size it had then and the size the planner
+    asked for. It is also when it is above the size asked while short of memory (``usable``
+    below its margin): a guest whose kernel ran out of memory takes pages back from a balloon
+    that deflates on OOM -- and a balloon still inflating toward a smaller target (the other
+    way to be above it) into a guest that short must stop anyway. Someone else setting the
+    size counts too: either way the planner must not take the pages again at once. Moves
+    under ``min_move_kib`` are noise."""
+    if memory is None or memory.uuid != guest.uuid or memory.seen_current_kib is None \
+            or memory.target_kib is None:
+        return 0
+    grew = guest.current_kib - max(memory.seen_current_kib, memory.target_kib)
+    if usable < margin:
+        grew = max(grew, guest.current_kib - memory.target_kib)
+    return grew if grew >= min_move_kib(guest.max_kib) else 0
+
+
 def _pressure(auto: BalloonAuto, guest: GuestObservation, memory: GuestMemory | None,
-              usable: int, growth: tuple[int, str], margin: int) -> str:
+              usable: int, growth: tuple[int, str], margin: int, taken: int = 0) -> str:
     faults, swap_in = _rates(guest, memory)
     signs = []
+    if taken:
+        signs.append(f"took {mib(taken)} back from its balloon since the last decision "
+                     f"(deflate-on-OOM: its kernel ran out of memory)")
     if faults is not None and faults > auto.pressure_major_faults_per_second:
         signs.append(f"{faults:.0f} major faults/s > {auto.pressure_major_faults_per_second}")
     if swap_in is not None and swap_in > auto.pressure_swap_in_pages_per_second:
@@ -423,7 +452,8 @@ def assess(spec: BalloonSpec, guest: GuestObservation, memory: GuestMemory | Non
     peak, peak_time = recent_peak(auto, guest, mem, used)
     growth = expected_growth(auto, trend, used, peak)
     floor_kib, floor_why = guest_floor(floor, guest, usable, growth[0])
-    pressure = _pressure(auto, guest, mem, usable, growth, margin)
+    taken = taken_back_kib(guest, mem, usable, margin)
+    pressure = _pressure(auto, guest, mem, usable, growth, margin, taken)
     cooldown = COOLDOWN_INTERVALS * auto.interval_seconds
     cooling = bool(mem and mem.last_pressure_time is not None
                    and guest.time - mem.last_pressure_time < cooldown)
@@ -521,7 +551,8 @@ def _memory(view: GuestView, choice: Choice, old: GuestMemory | None) -> GuestMe
     guest, stamp = view.obs, _stamp(view.obs)
     memory = old if old is not None and old.uuid == guest.uuid else GuestMemory(
         uuid=guest.uuid, time=guest.time, stamp=None, swap_in_kib=None, major_faults=None)
-    memory = replace(memory, peak_used_kib=view.peak, peak_time=view.peak_time)
+    memory = replace(memory, peak_used_kib=view.peak, peak_time=view.peak_time,
+                     seen_current_kib=guest.current_kib, target_kib=choice.target)
     # A new sample's counters become the base of the next rates; the same sample as last
     # cycle keeps the older ones, so the next rate spans a real interval.
     if stamp is None or stamp != memory.stamp:

@@ -19,6 +19,7 @@ from overcommit.planning.balloon import (
     BalloonPlan,
     BalloonState,
     guest_floor,
+    mib,
     plan_balloons,
     release_targets,
     select_guests,
@@ -432,6 +433,58 @@ def test_the_step_is_a_share_of_the_maximum_but_at_least_min_step(
     assert given == min(int(expected_mib * MIB), max_mib * MIB - floor)
 
 
+def shrunk_in_hard(max_mib: int = 4096) -> tuple[GuestObservation, BalloonPlan]:
+    """A guest at its maximum with plenty usable, and the Hard cycle that shrinks it."""
+    g = vm(t=100, max_mib=max_mib, usable_mib=3000)
+    plan = plan_balloons(AUTO, [g], host(HARD), seen(AUTO, [g]))
+    assert target_of(plan, g) is not None and target_of(plan, g) < g.current_kib  # type: ignore[operator]
+    return g, plan
+
+
+def test_a_guest_that_took_pages_back_from_its_balloon_is_pressured_even_in_hard() -> None:
+    g, shrunk = shrunk_in_hard()
+    target = target_of(shrunk, g)
+    assert target is not None
+    # The balloon reached the target, then the guest's kernel took 300 MiB back (deflate-on-OOM).
+    back = vm(t=110, current_mib=target // MIB + 300, usable_mib=60)
+    plan = plan_balloons(AUTO, [back], host(HARD, t=110), shrunk.state)
+    decision = decision_of(plan, back)
+    assert decision.pressured
+    assert f"took {mib(back.current_kib - target)} back from its balloon" in decision.reason
+    assert decision.floor_kib >= back.current_kib  # not below what it uses at this peak
+    grown = target_of(plan, back)
+    assert grown is not None and grown > back.current_kib  # grown by headroom, in Hard
+
+
+def test_a_guest_that_took_pages_back_is_not_shrunk_again_in_hard() -> None:
+    """The fight MOM's and Proxmox's rules lose: the next cycles must not take the pages
+    again (what it used at that peak is its floor for the peak window)."""
+    g, shrunk = shrunk_in_hard()
+    target = target_of(shrunk, g)
+    assert target is not None
+    size = target // MIB + 300
+    taken = plan_balloons(AUTO, [vm(t=110, current_mib=size, usable_mib=60)],
+                          host(HARD, t=110), shrunk.state)
+    held = vm(t=120, current_mib=size, usable_mib=1500)  # not grown yet; its use fell again
+    plan = plan_balloons(AUTO, [held], host(HARD, t=120), taken.state)
+    assert (target_of(plan, held) or held.current_kib) >= held.current_kib
+    assert decision_of(plan, held).floor_kib >= held.current_kib
+
+
+def test_a_balloon_still_inflating_or_grown_as_asked_is_no_take_back() -> None:
+    g, shrunk = shrunk_in_hard()
+    target = target_of(shrunk, g)
+    assert target is not None
+    halfway = vm(t=110, current_mib=(g.current_kib + target) // 2 // MIB, usable_mib=2000)
+    plan = plan_balloons(AUTO, [halfway], host(HARD, t=110), shrunk.state)
+    assert "took" not in decision_of(plan, halfway).reason  # not short of memory: inflating
+    pressured = plan_balloons(AUTO, [vm(t=0, current_mib=2048, usable_mib=100)], host(MID), None)
+    asked = pressured.targets[0].to_kib // MIB
+    arrived = vm(t=10, current_mib=asked, usable_mib=1500)
+    grown = plan_balloons(AUTO, [arrived], host(MID, t=10), pressured.state)
+    assert "took" not in decision_of(grown, arrived).reason
+
+
 # ------------------------------------------------------------------------------------------------
 # Auto: host short of memory
 
@@ -509,11 +562,12 @@ def test_a_guest_at_its_floor_or_without_room_above_its_margin_gives_nothing() -
 def test_a_recently_pressured_guest_is_not_shrunk() -> None:
     pressured = plan_balloons(AUTO, [vm(t=0, current_mib=2048, usable_mib=100)],
                               host(MID), None)
-    recovered = vm(t=10, current_mib=3000, usable_mib=2000)
+    grown = pressured.targets[0].to_kib // MIB  # where the planner grew it
+    recovered = vm(t=10, current_mib=grown, usable_mib=2000)
     plan = plan_balloons(AUTO, [recovered], host(SHORT, t=10), pressured.state)
     assert plan.targets == ()
     assert "under pressure recently" in plan.decisions[0].reason
-    later = vm(t=40, current_mib=3000, usable_mib=2000)  # 3 x 10 s later
+    later = vm(t=40, current_mib=grown, usable_mib=2000)  # 3 x 10 s later
     assert plan_balloons(AUTO, [later], host(SHORT), plan.state).targets
 
 

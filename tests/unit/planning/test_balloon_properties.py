@@ -11,7 +11,8 @@ samples sometimes repeated, guests sometimes rebooted) and checks every cycle's 
 3. guests that cannot be managed (a problem, no balloon, no statistics, stale statistics, a
    balloon size of 0 or above the maximum) never get a target;
 4. guests the selector leaves out never get a target;
-5. a pressured guest (at least: usable below its margin) is never shrunk.
+5. a pressured guest (at least: usable below its margin, or one that took pages back from its
+   balloon since the last decision) is never shrunk.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from overcommit.planning.balloon import (
     guest_floor,
     plan_balloons,
     policy_minimum,
+    taken_back_kib,
 )
 from overcommit.planning.observation import Observation
 from overcommit.virt.model import GuestDecision, GuestObservation
@@ -201,6 +203,10 @@ def _check(spec: BalloonSpec, guests: list[GuestObservation], plan: BalloonPlan,
             assert decision.target_kib is None
         if decision.usable_kib is not None and decision.usable_kib < _margin(spec, guest):
             assert decision.pressured
+        memory = prev.guests.get(guest.key) if prev is not None else None
+        if decision.usable_kib is not None and memory is not None and taken_back_kib(
+                guest, memory, decision.usable_kib, _margin(spec, guest)):
+            assert decision.pressured and "back from its balloon" in decision.reason
     for target in plan.targets:
         decision = next(d for d in plan.decisions if d.guest.domain == target.domain)
         guest = decision.guest
