@@ -470,7 +470,8 @@ def define_guest(conn: Connection, name: str, memory_mib: int = 512, max_memory_
                  with_balloon: bool = True, balloon_driver: bool = True, stats_period: int = 2,
                  *, persistent: bool = False, share_pages: bool = True,
                  extra_cmdline: str = "", disk: Path | None = None,
-                 autodeflate: bool = False) -> Domain:
+                 autodeflate: bool = False,
+                 transform: Callable[[str], str] | None = None) -> Domain:
     """Start a guest and return its domain (transient unless ``persistent``).
 
     ``with_balloon=False`` gives the domain no balloon device (``<memballoon model='none'/>``);
@@ -480,8 +481,9 @@ def define_guest(conn: Connection, name: str, memory_mib: int = 512, max_memory_
     the kernel command line (``meminfo_period=N`` changes the meminfo interval). ``disk`` is a
     raw image the guest sees read-only as ``/dev/vda`` once it loads ``virtio_blk``
     (``load_disk``). ``autodeflate`` offers the guest the balloon's deflate-on-OOM: a guest
-    kernel about to OOM-kill takes pages back from the balloon instead. Returns as soon as
-    QEMU runs; use ``wait_booted()`` before talking to the guest.
+    kernel about to OOM-kill takes pages back from the balloon instead. ``transform`` edits
+    the domain XML before libvirt sees it (as a KubeVirt onDefineDomain hook does). Returns as
+    soon as QEMU runs; use ``wait_booted()`` before talking to the guest.
     """
     spec = GuestSpec(name, memory_mib, max_memory_mib, with_balloon, balloon_driver,
                      stats_period, share_pages, extra_cmdline, disk, autodeflate)
@@ -489,6 +491,8 @@ def define_guest(conn: Connection, name: str, memory_mib: int = 512, max_memory_
     directory = Path(tempfile.mkdtemp(prefix="oc-guest-"))  # short: unix socket paths <108 B
     files = GuestFiles(directory, directory / "console.log", directory / "cmd.sock")
     xml = _domain_xml(spec, image, files)
+    if transform is not None:
+        xml = transform(xml)
     _GUESTS[name] = files
     try:
         if persistent:

@@ -1,16 +1,23 @@
 """Deflate-on-OOM with a real TCG guest under the real libvirtd (root).
 
-The engine shrinks a guest whose balloon deflates on OOM (libvirt ``autodeflate='on'``); the
-guest then asks for more than the balloon left it, all at once -- faster than any host rule can
-react. Its kernel takes pages back from the balloon instead of OOM-killing, and the next cycle
-names it: the guest is under pressure because it "took N MiB back from its balloon", it grows,
-and it is not shrunk again.
+The guest's domain XML goes through the shipped KubeVirt hook
+(deploy/kubevirt/autodeflate-hook/onDefineDomain.py, run as KubeVirt's sidecar-shim runs it:
+``--vmi <JSON> --domain <XML>``, the output is what libvirt defines), so its balloon deflates on
+OOM (libvirt ``autodeflate='on'``), which the guest's driver must negotiate. The engine shrinks
+it; the guest then asks for more than the balloon left it, all at once -- faster than any host
+rule can react. Its kernel takes pages back from the balloon instead of OOM-killing, and the
+next cycle names it: the guest is under pressure because it "took N MiB back from its
+balloon", it grows, and it is not shrunk again.
+
+What this does not show: KubeVirt itself running the hook (no KubeVirt on this machine).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +28,7 @@ import pytest
 from overcommit.api.model import policy_from_object
 from overcommit.reconcile.guests import VirtSettings
 from overcommit.reconcile.node import NodeReconciler
+from overcommit.virt.domainxml import parse_domain_xml
 from overcommit.virt.model import GuestDecision
 from testkit import guests
 from testkit.cases import policy_document
@@ -33,12 +41,24 @@ MAX_MIB = 512
 NAME = f"oc-deflate-{os.getpid()}"
 
 
+HOOK = Path(__file__).resolve().parents[2] / "deploy/kubevirt/autodeflate-hook/onDefineDomain.py"
+
+
+def through_the_hook(domain_xml: str) -> str:
+    vmi = json.dumps({"metadata": {"name": NAME, "namespace": "default"}})
+    done = subprocess.run([str(HOOK), "--vmi", vmi, "--domain", domain_xml],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    return done.stdout
+
+
 @pytest.fixture(scope="module")
 def guest(libvirt_conn: Any) -> Iterator[Any]:
     dom = guests.define_guest(libvirt_conn, NAME, memory_mib=MAX_MIB, max_memory_mib=MAX_MIB,
-                              stats_period=1, share_pages=False, autodeflate=True)
+                              stats_period=1, share_pages=False, transform=through_the_hook)
     try:
         guests.wait_booted(dom, timeout=180)
+        assert parse_domain_xml(dom.XMLDesc(0)).autodeflate, "libvirt dropped autodeflate"
         assert guests.balloon_deflates_on_oom(dom), "the guest did not negotiate deflate-on-OOM"
         yield dom
     finally:

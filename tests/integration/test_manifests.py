@@ -478,3 +478,26 @@ def test_the_controller_may_only_get_and_patch_the_kubevirt_cr_of_kubevirt_io() 
     rules = [r for r in role["rules"] if "kubevirt.io" in r.get("apiGroups", [])]
     assert rules == [{"apiGroups": ["kubevirt.io"], "resources": ["kubevirts"],
                       "verbs": ["get", "patch"]}]
+
+
+# --------------------------------------------------------------------------- KubeVirt hook
+
+AUTODEFLATE_HOOK = "deploy/kubevirt/autodeflate-hook"
+
+
+def test_the_autodeflate_hook_renders_to_the_configmap_the_docs_name(
+        cluster: ControlPlane) -> None:
+    """docs/ladder.md's annotation names this ConfigMap, key and hook; the script inside is the
+    module (tests/unit/virt/test_autodeflate_hook.py). Applied into a namespace with VMs."""
+    (configmap,) = render(AUTODEFLATE_HOOK)
+    assert (configmap["kind"], configmap["metadata"]["name"]) == \
+        ("ConfigMap", "memory-overcommit-autodeflate")
+    module = REPO / "operator/overcommit/virt/autodeflate_hook.py"
+    assert configmap["data"] == {"onDefineDomain.py": module.read_text()}
+    doc = (REPO / "docs/ladder.md").read_text()
+    assert '"configMap": {"name": "memory-overcommit-autodeflate", "key": "onDefineDomain.py", ' \
+           '"hookPath": "/usr/bin/onDefineDomain"}' in doc
+    proc = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-n", "default",
+                           "-k", str(REPO / AUTODEFLATE_HOOK), check=False, timeout=120)
+    assert proc.returncode == 0 and "configmap/memory-overcommit-autodeflate serverside-applied" \
+        in proc.stdout, proc.stderr
