@@ -109,6 +109,7 @@ class Settings:
     cache_percent: int = 50  # cache: every guest reads this share of its maximum into its cache
     repeat: int = 3  # every verdict is on the median of this many runs
     autodeflate: bool = False  # the guests' balloons deflate on OOM (bench.pressure --autodeflate)
+    free_page_reporting: bool = False  # ... report free pages (--free-page-reporting)
 
 
 # --quick fits in a few minutes per repeat: two guests of 512 MiB (not 1-2 GiB: labelled as such
@@ -293,7 +294,8 @@ def boot(conn: Any, settings: Settings, log: Callable[[str], None]) -> list[gues
                 conn, f"{PREFIX}{os.getpid()}-{i}", settings.max_mib, settings.max_mib,
                 with_balloon=True, balloon_driver=True, stats_period=settings.stats_period_s,
                 share_pages=False,  # out of the host's KSM: we must not disturb it
-                autodeflate=settings.autodeflate))
+                autodeflate=settings.autodeflate,
+                free_page_reporting=settings.free_page_reporting))
         for domain in domains:
             guests.wait_booted(domain, timeout=180)
     except BaseException:

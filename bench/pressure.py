@@ -81,6 +81,7 @@ class Settings:
     reserve: int = 4 * GIB  # MemAvailable always left to others: the rig's floor
     prewarm_percent: int = 70  # each guest touches this share of its maximum before a trial
     autodeflate: bool = False  # every guest's balloon deflates on OOM (--autodeflate)
+    free_page_reporting: bool = False  # every guest reports its free pages (--free-page-reporting)
 
 
 QUICK = Settings(cycles=8, repeat=1)
@@ -335,7 +336,8 @@ def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, to
     assert policy.balloon is not None
     bset = bb.Settings(guests=settings.guests, max_mib=settings.max_mib,
                        stats_period_s=settings.stats_period_s, interval_s=settings.interval_s,
-                       autodeflate=settings.autodeflate)
+                       autodeflate=settings.autodeflate,
+                       free_page_reporting=settings.free_page_reporting)
     with bb.fleet_of(bset, policy.balloon, _log) as fleet, rig_of(settings.reserve) as rig:
         if rig.leftovers:
             print(f"removed an earlier rig's leftovers: {rig.leftovers}", flush=True)
@@ -344,6 +346,11 @@ def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, to
             print(f"deflate-on-OOM negotiated by the guests: {negotiated}", flush=True)
             if not all(negotiated):
                 raise RuntimeError("--autodeflate: a guest's balloon did not negotiate it")
+        if settings.free_page_reporting:
+            reporting = [guests.balloon_reports_free_pages(d) for d in fleet.domains.values()]
+            print(f"free page reporting negotiated by the guests: {reporting}", flush=True)
+            if not all(reporting):
+                raise RuntimeError("--free-page-reporting: a guest's balloon did not negotiate it")
         bench = Bench(settings, policy, fleet, rig, lv, th, log, NodeHost(settings.reserve))
         try:
             run_repeats(args, settings, bench, runs, voids)
@@ -456,11 +463,12 @@ def verdict_lines(results: Mapping[str, Mapping[str, Mapping[str, Any]]],
 def header(settings: Settings, th: Thresholds, lv: Levels, total: int,
            args: argparse.Namespace) -> str:
     below, r = th.below, settings.reserve
-    node = total - r
+    node, fpr = total - r, settings.free_page_reporting
     return (
         f"Pressure: {settings.guests} TCG guests x {settings.max_mib} MiB (virtio balloon, "
         f"stats every {settings.stats_period_s} s"
         f"{', DEFLATE-ON-OOM (autodeflate) for every strategy' if settings.autodeflate else ''}"
+        f"{', FREE PAGE REPORTING (KubeVirt default) for every strategy' if fpr else ''}"
         f"), scenarios {','.join(args.scenario_list)}, "
         f"strategies {','.join(args.strategy_list)}, {settings.repeat} run(s) "
         f"{'(ONE run, no median)' if settings.repeat == 1 else '(medians)'}, "
@@ -495,6 +503,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--autodeflate", action="store_true",
                         help="every guest's balloon deflates on OOM (libvirt autodeflate='on'), "
                              "for every strategy; labelled in the output")
+    parser.add_argument("--free-page-reporting", action="store_true",
+                        help="every guest reports its free pages (libvirt freePageReporting='on', "
+                             "KubeVirt's default), for every strategy; labelled in the output")
     parser.add_argument("--verbose", action="store_true", help="print every cycle")
     args = parser.parse_args(argv)
     args.strategy_list = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -516,7 +527,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         settings = replace(settings, cycles=args.cycles)
     if args.reserve_mib is not None:
         settings = replace(settings, reserve=args.reserve_mib * MIB)
-    return replace(settings, autodeflate=args.autodeflate)
+    return replace(settings, autodeflate=args.autodeflate,
+                   free_page_reporting=args.free_page_reporting)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -560,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "critical": lv.critical >> 20},
                       "reserve_mib": settings.reserve >> 20, "interrupted": interrupted,
                       "guest_autodeflate": settings.autodeflate,
+                      "guest_free_page_reporting": settings.free_page_reporting,
                       "node_mem_total_mib": (total - settings.reserve) >> 20}))
     return 130 if interrupted else 0
 

@@ -396,6 +396,7 @@ class GuestSpec:
     extra_cmdline: str
     disk: Path | None = None  # a raw image the guest sees read-only as /dev/vda
     autodeflate: bool = False  # the balloon's deflate-on-OOM (libvirt's autodeflate='on')
+    free_page_reporting: bool = False  # libvirt's freePageReporting='on' (KubeVirt's default)
 
 
 def _domain_xml(spec: GuestSpec, image: GuestImage, files: GuestFiles) -> str:
@@ -463,14 +464,15 @@ def _balloon_xml(spec: GuestSpec) -> str:
         return "<memballoon model='none'/>"
     stats = f"<stats period='{spec.stats_period}'/>" if spec.stats_period > 0 else ""
     deflate = " autodeflate='on'" if spec.autodeflate else ""
-    return f"<memballoon model='virtio'{deflate}>{stats}</memballoon>"
+    reporting = " freePageReporting='on'" if spec.free_page_reporting else ""
+    return f"<memballoon model='virtio'{deflate}{reporting}>{stats}</memballoon>"
 
 
 def define_guest(conn: Connection, name: str, memory_mib: int = 512, max_memory_mib: int = 512,
                  with_balloon: bool = True, balloon_driver: bool = True, stats_period: int = 2,
                  *, persistent: bool = False, share_pages: bool = True,
                  extra_cmdline: str = "", disk: Path | None = None,
-                 autodeflate: bool = False,
+                 autodeflate: bool = False, free_page_reporting: bool = False,
                  transform: Callable[[str], str] | None = None) -> Domain:
     """Start a guest and return its domain (transient unless ``persistent``).
 
@@ -481,12 +483,15 @@ def define_guest(conn: Connection, name: str, memory_mib: int = 512, max_memory_
     the kernel command line (``meminfo_period=N`` changes the meminfo interval). ``disk`` is a
     raw image the guest sees read-only as ``/dev/vda`` once it loads ``virtio_blk``
     (``load_disk``). ``autodeflate`` offers the guest the balloon's deflate-on-OOM: a guest
-    kernel about to OOM-kill takes pages back from the balloon instead. ``transform`` edits
+    kernel about to OOM-kill takes pages back from the balloon instead.
+    ``free_page_reporting`` has the guest report the pages it frees, which QEMU then discards
+    (KubeVirt's default for a balloon). ``transform`` edits
     the domain XML before libvirt sees it (as a KubeVirt onDefineDomain hook does). Returns as
     soon as QEMU runs; use ``wait_booted()`` before talking to the guest.
     """
     spec = GuestSpec(name, memory_mib, max_memory_mib, with_balloon, balloon_driver,
-                     stats_period, share_pages, extra_cmdline, disk, autodeflate)
+                     stats_period, share_pages, extra_cmdline, disk, autodeflate,
+                     free_page_reporting)
     image = guest_image()
     directory = Path(tempfile.mkdtemp(prefix="oc-guest-"))  # short: unix socket paths <108 B
     files = GuestFiles(directory, directory / "console.log", directory / "cmd.sock")
@@ -739,19 +744,28 @@ def guest_run(domain: Domain, shell: str, timeout: float = 30.0) -> tuple[int, s
     return _command(domain, f"run {shell}", timeout)
 
 
-VIRTIO_BALLOON_F_DEFLATE_ON_OOM = 2  # the feature bit (include/uapi/linux/virtio_balloon.h)
+# Feature bits (include/uapi/linux/virtio_balloon.h).
+VIRTIO_BALLOON_F_DEFLATE_ON_OOM = 2
+VIRTIO_BALLOON_F_REPORTING = 5
 
 
-def balloon_deflates_on_oom(domain: Domain, timeout: float = 30.0) -> bool:
-    """Whether the guest's balloon driver negotiated deflate-on-OOM with the device (its
+def balloon_feature(domain: Domain, bit: int, timeout: float = 30.0) -> bool:
+    """Whether the guest's balloon driver negotiated feature ``bit`` with the device (its
     ``features`` file: one character per feature bit)."""
     rc, out = guest_run(domain, "cat /sys/bus/virtio/drivers/virtio_balloon/virtio*/features",
                         timeout)
     bits = [line for line in out.split() if line and set(line) <= {"0", "1"}]
     if rc != 0 or not bits:
         raise GuestError(f"{domain.name()}: no virtio_balloon features: {out.strip()[:200]}")
-    return len(bits[0]) > VIRTIO_BALLOON_F_DEFLATE_ON_OOM and \
-        bits[0][VIRTIO_BALLOON_F_DEFLATE_ON_OOM] == "1"
+    return len(bits[0]) > bit and bits[0][bit] == "1"
+
+
+def balloon_deflates_on_oom(domain: Domain, timeout: float = 30.0) -> bool:
+    return balloon_feature(domain, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, timeout)
+
+
+def balloon_reports_free_pages(domain: Domain, timeout: float = 30.0) -> bool:
+    return balloon_feature(domain, VIRTIO_BALLOON_F_REPORTING, timeout)
 
 
 def fill_page_cache(domain: Domain, mib: int, timeout: float = 120.0) -> None:

@@ -55,6 +55,7 @@ class FakeDomain:
     running: bool = True
     uuid: str | None = None  # None: derived from the name (stable across runs)
     autodeflate: bool = False  # <memballoon autodeflate='on'>
+    free_page_reporting: bool = False  # <memballoon freePageReporting='on'>
 
     @property
     def domain_uuid(self) -> str:
@@ -67,7 +68,8 @@ def _balloon_xml(d: FakeDomain) -> str:
     with_stats = d.stats_period > 0 and d.balloon != "none"  # as libvirt would show it
     stats = f"<stats period='{d.stats_period}'/>" if with_stats else ""
     deflate = " autodeflate='on'" if d.autodeflate else ""
-    return f"<memballoon model={quoteattr(d.balloon)}{deflate}>{stats}</memballoon>"
+    reporting = " freePageReporting='on'" if d.free_page_reporting else ""
+    return f"<memballoon model={quoteattr(d.balloon)}{deflate}{reporting}>{stats}</memballoon>"
 
 
 def _metadata_xml(d: FakeDomain) -> str:

@@ -185,6 +185,11 @@ class Guest:
         "while the balloon has any. False: a demand larger than what the balloon left the "
         "guest (once its own caches are reclaimed) is OOM-killed, whatever the host does next. "
         "Absent: no balloon device.")
+    free_page_reporting: bool | None = doc(
+        "The guest reports its free pages to the host (libvirt's freePageReporting='on', "
+        "KubeVirt's default): the host already has back what the guest does not use, so "
+        "inflating the balloon gains the host only the guest's page cache; in Soft and Hard the "
+        "balloon planner reclaims such a guest only for its cache. Absent: no balloon device.")
 
 
 @dataclass(frozen=True, slots=True)

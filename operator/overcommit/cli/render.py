@@ -108,6 +108,7 @@ def _guests_text(data: JSON) -> list[str]:
              f"{human_bytes(g['maxBytes'])}"
              + (f", usable {human_bytes(g['usableBytes'])}" if g["usableBytes"] else "")
              + (", deflates on OOM (autodeflate)" if g.get("autodeflate") else "")
+             + (", reports free pages" if g.get("freePageReporting") else "")
              + (f": {g['reason']}" if g["reason"] else "") for g in data.get("guests", [])]
     lines += [f"libvirt endpoint down: {e}" for e in data.get("endpointsDown", [])]
     lines += [f"guest error: {e}" for e in data.get("guestErrors", [])]

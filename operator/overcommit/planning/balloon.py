@@ -27,7 +27,11 @@ and swap-in rates, and in mode Auto, every cycle:
    until it gets there (every idle guest one step while pressure stalls alone hold the node in
    Soft); in Hard and Critical every guest not under pressure gives, in steps of
    ``HARD_STEP_FACTOR`` times the usual, down to its floor, and nothing grows but a pressured
-   guest (a guest below a policy floor waits).
+   guest (a guest below a policy floor waits). Before Critical a balloon is for the host's
+   gain: a guest that reports its free pages (KubeVirt's default) has its free memory back on
+   the host already, so it gives only what a move takes beyond that (its page cache), or
+   nothing -- inflating over free memory gains nothing and takes the headroom that keeps the
+   guest alive through a sudden demand. In Critical it gives to its floor like any guest.
 3. **Floors are absolute** (``guest_floor``, which counts a growing guest's growth as
    used), moves under ``min_move_kib`` are dropped (no
    flapping), a guest recently under pressure is not shrunk again for a few intervals, and a
@@ -176,6 +180,17 @@ def _ceil_percent(kib: int, percent: int) -> int:
     return -(-kib * percent // 100)
 
 
+def free_returned_kib(guest: GuestObservation, usable: int) -> int:
+    """The guest's free memory (its MemFree, the driver's ``unused``) when it reports free pages
+    (``freePageReporting``): the host has discarded those pages already, so a balloon inflating
+    over them gains the host nothing; only what it takes beyond them (page cache) is a gain.
+    Corrected for balloon moves since the sample as ``usable`` is; 0 without reporting."""
+    if not guest.free_page_reporting or "unused" not in guest.stats:
+        return 0
+    moved = usable - min(guest.stats["usable"], guest.current_kib)
+    return max(0, min(guest.stats["unused"] + moved, usable))
+
+
 def margin_kib(floor: BalloonFloor, guest: GuestObservation) -> int:
     """The usable memory the guest must keep: guestFreeMarginPercent of its current size."""
     return _ceil_percent(guest.current_kib, floor.guest_free_margin_percent)
@@ -307,6 +322,7 @@ class GuestView:
     streak: int  # consecutive earlier cycles under pressure
     shares: int
     last_shrink: float | None
+    free_returned: int = 0  # its free memory the host has back already (free page reporting)
 
     @property
     def key(self) -> Key:
@@ -462,7 +478,8 @@ def assess(spec: BalloonSpec, guest: GuestObservation, memory: GuestMemory | Non
                      known=mem is not None and mem.sample_used_kib is not None,
                      floor_why=floor_why, pressure=pressure, cooling=cooling,
                      streak=mem.pressure_streak if mem else 0, shares=shares_of(auto, guest),
-                     last_shrink=mem.last_shrink_time if mem else None)
+                     last_shrink=mem.last_shrink_time if mem else None,
+                     free_returned=free_returned_kib(guest, usable))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -626,6 +643,10 @@ class HostBand:
     def hard(self) -> bool:
         return self.state.at_least(State.HARD)
 
+    @property
+    def critical(self) -> bool:
+        return self.state.at_least(State.CRITICAL)
+
 
 def host_band(ladder: Ladder, growth_kib: int) -> HostBand:
     """The ladder's state once pressured guests grew by ``growth_kib``, and how much memory
@@ -700,23 +721,32 @@ def _grow_pressured(auto: BalloonAuto, view: GuestView) -> Choice:
 def _reclaim(auto: BalloonAuto, band: HostBand, views: Sequence[GuestView]) -> dict[Key, Choice]:
     """Guests give, most surplus per share first, until the node is back in Clear: in Soft
     the idle ones, one step each; in Hard and Critical every one not under pressure, up to
-    ``HARD_STEP_FACTOR`` steps each, down to its floor."""
+    ``HARD_STEP_FACTOR`` steps each, down to its floor. Before Critical, a guest that reports
+    its free pages counts only what a move takes beyond its free memory, and gives nothing
+    when that is not worth a move (``free_returned_kib``)."""
     need = band.amount
     choices = {}
     factor = HARD_STEP_FACTOR if band.hard else 1
     for view in sorted(views, key=lambda v: -v.surplus * auto.default_shares / v.shares):
-        give = min(factor * step_kib(auto, view.obs.max_kib), view.surplus,
-                   view.surplus if need is None else need)
-        why_not = ("" if band.hard else _why_not_idle(view)) or _too_small(view, give, need)
+        most = min(factor * step_kib(auto, view.obs.max_kib), view.surplus)
+        # Before Critical a balloon is for the host's gain, and over memory the host has back
+        # already (free page reporting) it gains nothing: it only takes the guest's headroom.
+        # In Critical every guest gives to its floor: there it caps what guests may still use.
+        free_back = 0 if band.critical else view.free_returned
+        give = min(most, most if need is None else need + free_back)
+        why_not = (("" if band.hard else _why_not_idle(view))
+                   or _no_gain(view, give, free_back) or _too_small(view, give - free_back, need))
         if why_not:
             choices[view.key] = _hold(view, f"{band.summary}: {why_not}")
             continue
         if need is not None:
-            need -= give
+            need -= give - free_back
         who = "guest" if band.hard else "idle guest"
+        gained = (f" ({mib(give - free_back)} of it gained: the rest is free memory the host "
+                  f"has back already, free page reporting)" if free_back else "")
         choices[view.key] = Choice(
             view.current - give, f"{band.summary}: {who} (usable {mib(view.usable)}, "
-                                 f"floor {mib(view.floor)}) gives {mib(give)}")
+                                 f"floor {mib(view.floor)}) gives {mib(give)}{gained}")
     return choices
 
 
@@ -732,6 +762,13 @@ def _why_not_idle(view: GuestView) -> str:
         return (f"usable {mib(view.usable)}{growing} is not well above its margin "
                 f"{mib(view.margin)}")
     return ""
+
+
+def _no_gain(view: GuestView, give: int, free_back: int) -> str:
+    if not free_back or give - free_back >= min_move_kib(view.obs.max_kib):
+        return ""
+    return (f"reports its free pages: its {mib(free_back)} free are back on the host already, "
+            f"and {mib(give)} would take no more than that")
 
 
 def _too_small(view: GuestView, give: int, need: int | None) -> str:

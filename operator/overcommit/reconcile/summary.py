@@ -85,7 +85,7 @@ def guest_entries(guests: GuestResult | None) -> list[tuple[str, Guest]]:
             # The planner's reason covers problems of guests it manages; an unselected guest's
             # reason says why it is not ours at all.
             reason=decision.reason if decision else (g.problem or ""),
-            autodeflate=g.autodeflate)))
+            autodeflate=g.autodeflate, free_page_reporting=g.free_page_reporting)))
     return entries
 
 

@@ -4,8 +4,10 @@ The live XML (``XMLDesc(0)``) of a running domain names its balloon device
 (``<memballoon model='virtio'>``, or ``model='none'`` for none), the statistics period
 (``<stats period='N'/>``, absent = 0 = off), whether the balloon deflates on OOM
 (``<memballoon autodeflate='on'>``: QEMU's deflate-on-oom, the guest kernel takes pages back
-from the balloon instead of OOM-killing a process) and, for KubeVirt guests, the VMI's uid in
-the metadata KubeVirt writes: ``<metadata><kubevirt xmlns="http://kubevirt.io"><uid>...``.
+from the balloon instead of OOM-killing a process), whether the guest reports its free pages
+(``<memballoon freePageReporting='on'>``, KubeVirt's default: the host discards what the guest
+frees, so inflating the balloon over free memory gains the host nothing more) and, for
+KubeVirt guests, the VMI's uid in the metadata KubeVirt writes: ``<metadata><kubevirt xmlns="http://kubevirt.io"><uid>...``.
 
 It also says which guests are never ballooned (``DomainFacts.exclusions``):
 
@@ -39,6 +41,7 @@ class DomainFacts:
     vmi_uid: str | None
     exclusions: tuple[str, ...] = ()  # why the guest is never ballooned (see the module doc)
     autodeflate: bool = False  # <memballoon autodeflate='on'>: deflates on OOM
+    free_page_reporting: bool = False  # <memballoon freePageReporting='on'>
 
     @property
     def has_balloon(self) -> bool:
@@ -67,6 +70,7 @@ def parse_domain_xml(text: str) -> DomainFacts:
         vmi_uid=None if kubevirt is None else _child_text(kubevirt, "uid"),
         exclusions=exclusions(root),
         autodeflate=balloon is not None and balloon.get("autodeflate") == "on",
+        free_page_reporting=balloon is not None and balloon.get("freePageReporting") == "on",
     )
 
 

@@ -330,4 +330,5 @@ def _guest(uri: str, name: str, uuid: str, now: float, reading: BalloonReading,
         vmi_namespace=namespace, vmi_name=vmi_name, vmi_uid=facts.vmi_uid, problem=problem,
         stats_age_s=age, stats_period_s=facts.stats_period if facts.has_balloon else None,
         exclusions=facts.exclusions, migration=migration,
-        autodeflate=facts.autodeflate if facts.has_balloon else None)
+        autodeflate=facts.autodeflate if facts.has_balloon else None,
+        free_page_reporting=facts.free_page_reporting if facts.has_balloon else None)

@@ -44,6 +44,9 @@ class GuestObservation:
     # The balloon deflates on OOM (libvirt autodeflate='on'): a demand larger than what the
     # balloon left the guest takes pages back instead of OOM-killing. None: no balloon device.
     autodeflate: bool | None = None
+    # The guest reports its free pages (libvirt freePageReporting='on', KubeVirt's default):
+    # the host already has back what the guest does not use. None: no balloon device.
+    free_page_reporting: bool | None = None
     # A migration (or another libvirt job) in progress, what it is; None when there is none.
     migration: str | None = None
     # KubeVirt: whether the VMI says it can be live-migrated (its LiveMigratable condition);

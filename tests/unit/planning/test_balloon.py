@@ -581,6 +581,39 @@ def test_growth_for_pressured_guests_is_taken_from_idle_ones() -> None:
     assert "after growing pressured guests" in decision_of(plan, idle).reason
 
 
+def reporting(g: GuestObservation) -> GuestObservation:
+    return replace(g, free_page_reporting=True)
+
+
+def test_before_critical_a_guest_reporting_its_free_pages_gives_only_beyond_them() -> None:
+    """Its free memory is back on the host already: a balloon over it gains nothing and takes
+    the guest's headroom. Measured: a guest freeing 350 MiB gave the host 328 MiB back without
+    a balloon; inflating it by 312 MiB more then gained 20 MiB (docs/ladder.md)."""
+    all_free = reporting(vm("free", usable_mib=3000, unused_mib=2900))
+    cached = reporting(vm("cache", usable_mib=3000, unused_mib=100))
+    plain = vm("plain", usable_mib=3000, unused_mib=2900)
+    for level in (SHORT, HARD):
+        plan = plan_balloons(AUTO, [all_free, cached, plain], host(level),
+                             seen(AUTO, [all_free, cached, plain]))
+        assert target_of(plan, all_free) is None
+        assert "reports its free pages: its 2900 MiB free are back on the host" in \
+            decision_of(plan, all_free).reason
+        assert target_of(plan, plain) is not None  # no reporting: its free memory is the gain
+        given = target_of(plan, cached)
+        assert given is not None and given < cached.current_kib
+        assert "of it gained: the rest is free memory the host has back" in \
+            decision_of(plan, cached).reason
+
+
+def test_in_critical_a_guest_reporting_its_free_pages_gives_like_any_other() -> None:
+    all_free = reporting(vm("free", usable_mib=3000, unused_mib=2900))
+    guests = [all_free]
+    plan = plan_balloons(AUTO, guests, host(available_kib=64 * MIB), seen(AUTO, guests))
+    assert decision_of(plan, all_free).reason.startswith("ladder Critical")
+    given = target_of(plan, all_free)
+    assert given is not None and given < all_free.current_kib
+
+
 # ------------------------------------------------------------------------------------------------
 # Auto: host with plenty, and in between
 

@@ -125,6 +125,7 @@ def identities(draw: st.DrawFn, index: int) -> dict[str, Any]:
         "labels": draw(LABELS) if ns else {},
         "annotations": draw(SHARES),
         "request_kib": draw(st.none() | st.integers(1, 2 * max_mib).map(lambda m: m * MIB)),
+        "free_page_reporting": draw(st.booleans()),
     }
 
 

@@ -43,7 +43,8 @@ def _quiet_libvirt() -> Iterator[None]:
 
 
 SMALL_NODE = [
-    FakeDomain("ns1_vm-a", max_kib=2 * GiB, current_kib=GiB, vmi_uid="uid-a"),
+    FakeDomain("ns1_vm-a", max_kib=2 * GiB, current_kib=GiB, vmi_uid="uid-a",
+               free_page_reporting=True),
     FakeDomain("plain", max_kib=GiB, stats_period=5, autodeflate=True),
     FakeDomain("ns1_no-balloon", balloon="none", vmi_uid="uid-nb"),
     FakeDomain("no-element", balloon=None),

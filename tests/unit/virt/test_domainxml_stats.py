@@ -29,6 +29,8 @@ def facts(model: str | None = "virtio", period: int = 10) -> DomainFacts:
     (FakeDomain("e", balloon="virtio-non-transitional"),
      DomainFacts("virtio-non-transitional", 10, False, None)),
     (FakeDomain("f", autodeflate=True), DomainFacts("virtio", 10, False, None, autodeflate=True)),
+    (FakeDomain("g", free_page_reporting=True),
+     DomainFacts("virtio", 10, False, None, free_page_reporting=True)),
 ])
 def test_domain_facts(domain: FakeDomain, expected: DomainFacts) -> None:
     parsed = parse_domain_xml(domain_xml(domain))

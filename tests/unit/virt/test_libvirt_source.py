@@ -62,6 +62,9 @@ def test_observe_reports_running_guests_with_their_balloons(endpoint: LibvirtEnd
     # The balloon's deflate-on-OOM, as libvirt's own XML says it (autodeflate='on').
     assert (plain.autodeflate, a.autodeflate, guests["ns1_no-balloon"].autodeflate) == \
         (True, False, None)
+    # Free page reporting (freePageReporting='on', KubeVirt's default) the same way.
+    assert (a.free_page_reporting, plain.free_page_reporting,
+            guests["ns1_no-balloon"].free_page_reporting) == (True, False, None)
 
 
 def test_guests_without_a_balloon_or_statistics_are_reported_with_a_problem(
