@@ -557,6 +557,19 @@ def destroy_guests(domains: Iterable[Domain]) -> None:
             destroy_guest(domain)
 
 
+@contextlib.contextmanager
+def all_booted(domains: Mapping[str, Domain], timeout: float = 180
+               ) -> Iterator[Mapping[str, Domain]]:
+    """Wait until every guest (started in parallel by ``define_guest``) has booted, yield them,
+    and destroy them all afterwards, also when booting or the caller failed."""
+    try:
+        for domain in domains.values():
+            wait_booted(domain, timeout=timeout)
+        yield domains
+    finally:
+        destroy_guests(domains.values())
+
+
 def destroy_stale(conn: Any, prefix: str) -> None:
     """Guests named ``<prefix><pid>-<n>`` whose process ``pid`` is gone: left by a run that was
     killed before its clean-up."""

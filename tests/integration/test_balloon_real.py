@@ -51,13 +51,8 @@ def pair(conn: Any) -> Iterator[dict[str, Any]]:
     doms = {name: guests.define_guest(conn, PREFIX + name, memory_mib=MAX_MIB,
                                       max_memory_mib=MAX_MIB, stats_period=2, share_pages=True)
             for name in ("a", "b")}
-    try:
-        for dom in doms.values():
-            guests.wait_booted(dom, timeout=180)
-        yield doms
-    finally:
-        for dom in doms.values():
-            guests.destroy_guest(dom)
+    with guests.all_booted(doms) as booted:
+        yield dict(booted)
 
 
 def engine(tmp_path: Path) -> NodeReconciler:

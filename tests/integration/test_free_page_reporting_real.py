@@ -37,13 +37,8 @@ def pair(libvirt_conn: Any) -> Iterator[dict[str, Any]]:
                                       max_memory_mib=MAX_MIB, stats_period=1, share_pages=False,
                                       free_page_reporting=name == "fpr")
             for name in ("fpr", "plain")}
-    try:
-        for dom in doms.values():
-            guests.wait_booted(dom, timeout=180)
-        yield doms
-    finally:
-        for dom in doms.values():
-            guests.destroy_guest(dom)
+    with guests.all_booted(doms) as booted:
+        yield dict(booted)
 
 
 def rss_mib(dom: Any) -> int:
