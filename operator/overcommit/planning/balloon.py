@@ -439,9 +439,12 @@ def _pressure(auto: BalloonAuto, guest: GuestObservation, memory: GuestMemory | 
               usable: int, growth: tuple[int, str], margin: int, taken: int = 0) -> str:
     faults, swap_in = _rates(guest, memory)
     signs = []
-    if taken:
+    if taken and guest.autodeflate:
         signs.append(f"took {mib(taken)} back from its balloon since the last decision "
                      f"(deflate-on-OOM: its kernel ran out of memory)")
+    elif taken:
+        signs.append(f"{mib(taken)} above the size asked at the last decision (its balloon "
+                     f"could not take that much, or someone else set its size)")
     if faults is not None and faults > auto.pressure_major_faults_per_second:
         signs.append(f"{faults:.0f} major faults/s > {auto.pressure_major_faults_per_second}")
     if swap_in is not None and swap_in > auto.pressure_swap_in_pages_per_second:

@@ -446,7 +446,7 @@ def test_a_guest_that_took_pages_back_from_its_balloon_is_pressured_even_in_hard
     target = target_of(shrunk, g)
     assert target is not None
     # The balloon reached the target, then the guest's kernel took 300 MiB back (deflate-on-OOM).
-    back = vm(t=110, current_mib=target // MIB + 300, usable_mib=60)
+    back = replace(vm(t=110, current_mib=target // MIB + 300, usable_mib=60), autodeflate=True)
     plan = plan_balloons(AUTO, [back], host(HARD, t=110), shrunk.state)
     decision = decision_of(plan, back)
     assert decision.pressured
@@ -454,6 +454,11 @@ def test_a_guest_that_took_pages_back_from_its_balloon_is_pressured_even_in_hard
     assert decision.floor_kib >= back.current_kib  # not below what it uses at this peak
     grown = target_of(plan, back)
     assert grown is not None and grown > back.current_kib  # grown by headroom, in Hard
+    # Without deflate-on-OOM the balloon could not take that much (or someone set the size).
+    stuck = plan_balloons(AUTO, [replace(back, autodeflate=False)], host(HARD, t=110),
+                          shrunk.state)
+    assert "above the size asked at the last decision" in decision_of(stuck, back).reason
+    assert (target_of(stuck, back) or 0) > back.current_kib
 
 
 def test_a_guest_that_took_pages_back_is_not_shrunk_again_in_hard() -> None:
