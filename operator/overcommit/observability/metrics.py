@@ -112,6 +112,10 @@ NODE_SERIES = _series(
            "1 when the guest's balloon deflates on OOM (libvirt autodeflate='on'), 0 when a "
            "demand beyond what the balloon left it is OOM-killed inside; absent without a "
            "balloon device."),
+    Series(f"{PREFIX}_guest_free_page_reporting", GUEST_LABELS,
+           "1 when the guest reports its free pages (libvirt freePageReporting='on', KubeVirt's "
+           "default): the host has its free memory back already, a balloon gains only beyond "
+           "it; 0 when not; absent without a balloon device."),
     Series(f"{PREFIX}_memory_bytes", ("kind",),
            "Host memory: total (MemTotal), available (MemAvailable), swap_total, swap_free "
            "(status.memory)."),
@@ -237,6 +241,9 @@ def _guest_samples(guests: Sequence[Guest]) -> Iterator[Sample]:
                 yield Sample(f"{PREFIX}_guest_{size}_bytes", labels, float(value))
         if guest.autodeflate is not None:
             yield Sample(f"{PREFIX}_guest_autodeflate", labels, float(guest.autodeflate))
+        if guest.free_page_reporting is not None:
+            yield Sample(f"{PREFIX}_guest_free_page_reporting", labels,
+                         float(guest.free_page_reporting))
 
 
 def _conditions(conditions: Sequence[Condition] | None, name: str,

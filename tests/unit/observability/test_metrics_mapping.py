@@ -154,8 +154,8 @@ def test_guest_series_follow_the_guests_and_vanish_with_them() -> None:
     registry.register(collector)
     status = {"guestCount": 2, "guests": [
         guest("ns1_vm-a", vmiNamespace="ns1", vmiName="vm-a", targetBytes=2 << 30,
-              usableBytes=1 << 30, autodeflate=False),
-        guest("plain-guest", autodeflate=True)]}
+              usableBytes=1 << 30, autodeflate=False, freePageReporting=True),
+        guest("plain-guest", autodeflate=True, freePageReporting=False)]}
     collector.update(node_samples(node(status)))
     got = scrape(registry)
     a = {"domain": "ns1_vm-a", "vmi_namespace": "ns1", "vmi_name": "vm-a"}
@@ -168,6 +168,8 @@ def test_guest_series_follow_the_guests_and_vanish_with_them() -> None:
     assert value(got, "overcommit_guests") == 2
     assert value(got, "overcommit_guest_autodeflate", **a) == 0
     assert value(got, "overcommit_guest_autodeflate", **plain) == 1
+    assert value(got, "overcommit_guest_free_page_reporting", **a) == 1
+    assert value(got, "overcommit_guest_free_page_reporting", **plain) == 0
 
     collector.update(node_samples(node({"guestCount": 1, "guests": [guest("plain-guest")]})))
     after = scrape(registry)
