@@ -23,6 +23,10 @@ def test_quick_is_one_short_run_and_says_so() -> None:
     assert (quick.repeat, quick.cycles) == (1, 8)
     assert full.repeat >= 3 and full.cycles > quick.cycles
     assert full.reserve == 4 << 30
+    # KubeVirt's guests report their free pages; plain libvirt's only when asked.
+    assert quick.free_page_reporting and full.free_page_reporting
+    assert not pressure.settings_from(pressure.parse_args(
+        ["--quick", "--no-free-page-reporting"])).free_page_reporting
     custom = pressure.settings_from(pressure.parse_args(
         ["--quick", "--repeat", "3", "--cycles", "6", "--reserve-mib", "5120"]))
     assert (custom.repeat, custom.cycles, custom.reserve) == (3, 6, 5 << 30)
