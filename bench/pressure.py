@@ -81,9 +81,9 @@ class Settings:
     reserve: int = 4 * GIB  # MemAvailable always left to others: the rig's floor
     prewarm_percent: int = 70  # each guest touches this share of its maximum before a trial
     autodeflate: bool = False  # every guest's balloon deflates on OOM (--autodeflate)
-    # Every guest reports its free pages: KubeVirt's default for every VM the agent balloons
-    # (it turns reporting off only for the high-performance VMs the agent never balloons).
-    # --no-free-page-reporting: plain libvirt's default.
+    # Every guest reports its free pages: KubeVirt's default for every VM with a balloon, unless
+    # the cluster or the VM opts out; it turns reporting off itself only for high-performance
+    # VMs, which the agent never balloons. --no-free-page-reporting: plain libvirt's default.
     free_page_reporting: bool = True
 
 
