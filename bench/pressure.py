@@ -344,16 +344,17 @@ def run_all(args: argparse.Namespace, settings: Settings, policy: PolicySpec, to
     with bb.fleet_of(bset, policy.balloon, _log) as fleet, rig_of(settings.reserve) as rig:
         if rig.leftovers:
             print(f"removed an earlier rig's leftovers: {rig.leftovers}", flush=True)
-        if settings.autodeflate:  # the guest's side too, not only the domain's XML
-            negotiated = [guests.balloon_deflates_on_oom(d) for d in fleet.domains.values()]
-            print(f"deflate-on-OOM negotiated by the guests: {negotiated}", flush=True)
-            if not all(negotiated):
-                raise RuntimeError("--autodeflate: a guest's balloon did not negotiate it")
-        if settings.free_page_reporting:
-            reporting = [guests.balloon_reports_free_pages(d) for d in fleet.domains.values()]
-            print(f"free page reporting negotiated by the guests: {reporting}", flush=True)
-            if not all(reporting):
-                raise RuntimeError("--free-page-reporting: a guest's balloon did not negotiate it")
+        # The guest's side too, not only the domain's XML.
+        for wanted, bit, what, flag in (
+                (settings.autodeflate, guests.VIRTIO_BALLOON_F_DEFLATE_ON_OOM, "deflate-on-OOM",
+                 "--autodeflate"),
+                (settings.free_page_reporting, guests.VIRTIO_BALLOON_F_REPORTING,
+                 "free page reporting", "--free-page-reporting")):
+            if wanted:
+                negotiated = [guests.balloon_feature(d, bit) for d in fleet.domains.values()]
+                print(f"{what} negotiated by the guests: {negotiated}", flush=True)
+                if not all(negotiated):
+                    raise RuntimeError(f"{flag}: a guest's balloon did not negotiate it")
         bench = Bench(settings, policy, fleet, rig, lv, th, log, NodeHost(settings.reserve))
         try:
             run_repeats(args, settings, bench, runs, voids)
@@ -466,13 +467,15 @@ def verdict_lines(results: Mapping[str, Mapping[str, Mapping[str, Any]]],
 def header(settings: Settings, th: Thresholds, lv: Levels, total: int,
            args: argparse.Namespace) -> str:
     below, r = th.below, settings.reserve
-    node, fpr = total - r, settings.free_page_reporting
+    node = total - r
+    reporting = ("free page reporting (KubeVirt default) for every strategy"
+                 if settings.free_page_reporting else
+                 "NO free page reporting (plain libvirt default)")
     return (
         f"Pressure: {settings.guests} TCG guests x {settings.max_mib} MiB (virtio balloon, "
         f"stats every {settings.stats_period_s} s"
         f"{', DEFLATE-ON-OOM (autodeflate) for every strategy' if settings.autodeflate else ''}"
-        f"{', free page reporting (KubeVirt default) for every strategy' if fpr else ''}"
-        f"{'' if fpr else ', NO free page reporting (plain libvirt default)'}"
+        f", {reporting}"
         f"), scenarios {','.join(args.scenario_list)}, "
         f"strategies {','.join(args.strategy_list)}, {settings.repeat} run(s) "
         f"{'(ONE run, no median)' if settings.repeat == 1 else '(medians)'}, "

@@ -436,7 +436,7 @@ def taken_back_kib(guest: GuestObservation, memory: GuestMemory | None, usable: 
 
 
 def _pressure(auto: BalloonAuto, guest: GuestObservation, memory: GuestMemory | None,
-              usable: int, growth: tuple[int, str], margin: int, taken: int = 0) -> str:
+              usable: int, growth: tuple[int, str], margin: int, taken: int) -> str:
     faults, swap_in = _rates(guest, memory)
     signs = []
     if taken and guest.autodeflate:
