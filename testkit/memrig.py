@@ -45,6 +45,12 @@ GIB = 1 << 30
 DEFAULT_FLOOR = 3 * GIB // 2
 CHUNK = 64 * MIB
 WATCHDOG_PERIOD_S = 0.02
+# What one reader (a Python interpreter with its file mapped) holds that the cgroup cannot
+# reclaim quickly: ~3 MiB anonymous, ~6 MiB of the interpreter's own mapped files, and the
+# page tables of the mapping. Its cgroup gets this much per reader beside the page-cache
+# budget, or the memory cgroup's OOM killer takes readers (seen: both readers killed within
+# 7 s of each other, and the pressure gone with them).
+READER_ROOM = 12 * MIB
 
 # A filler: holds anonymous memory in chunks; "+N"/"-N" on stdin adds or frees N chunks,
 # answering "ok <chunks held>" (or "floor <chunks held>" when the floor stopped it early).
@@ -192,6 +198,7 @@ class MemoryRig:
         self._thrashers: list[subprocess.Popen[str]] = []
         self._cgroup: Path | None = None
         self.unified_cgroup: Path | None = None
+        self.readers_lost = 0
         self._file: Path | None = None
         self.tripped: str | None = None
         self.leftovers = clean_leftovers(self.scratch)
@@ -295,12 +302,14 @@ class MemoryRig:
     def thrash(self, workers: int = 2, limit: int = 16 * MIB, file_size: int = 256 * MIB,
                uuid: str | None = None) -> Iterator[None]:
         """Real memory pressure (PSI) while the block runs: ``workers`` readers of a
-        ``file_size`` file in a memory cgroup of ``limit`` bytes (see the module doc). On a
+        ``file_size`` file whose page cache is held to ``limit`` bytes (a memory cgroup of
+        that plus :data:`READER_ROOM` per reader; see the module doc). ``readers_lost`` counts
+        readers that died before the block ended (an OOM kill would end the pressure). On a
         host with the hybrid layout they also join a cgroup of their own in the unified
         hierarchy (``unified_cgroup``), whose memory.pressure then shows their stalls; with
         ``uuid`` their command lines end in ``-uuid <uuid>``, as a QEMU guest's does."""
         name = f"memrig-{os.getpid()}"
-        self._cgroup = _memory_cgroup(name, limit)
+        self._cgroup = _memory_cgroup(name, limit + workers * READER_ROOM)
         self._file = self.scratch / f"{name}.bin"
         _cold_file(self._file, file_size)
         joins = [self._cgroup / "cgroup.procs"]
@@ -324,6 +333,7 @@ class MemoryRig:
             self._stop_thrashers()
 
     def _stop_thrashers(self) -> None:
+        self.readers_lost += sum(proc.poll() is not None for proc in self._thrashers)
         for proc in self._thrashers:
             _kill(proc)
         self._thrashers = []

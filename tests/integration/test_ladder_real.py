@@ -201,6 +201,7 @@ def test_real_memory_pressure_moves_the_ladder_and_it_recovers_with_hysteresis(
     t0 = time.monotonic()
     assert cycle(t0) in (State.PLENTY, State.CLEAR)
     guest_cgroup: dict[str, int] | None = None
+    lost = rig.readers_lost
     with rig.thrash(workers=2, limit=16 * MIB, uuid=THRASHER_UUID):
         deadline = time.monotonic() + 40
         while cycle(t0) is not State.CRITICAL and time.monotonic() < deadline:
@@ -208,6 +209,7 @@ def test_real_memory_pressure_moves_the_ladder_and_it_recovers_with_hysteresis(
         worst = max((s for _, s, *_ in seen), key=lambda s: s.severity)
         if rig.unified_cgroup is not None:  # the hybrid layout: a real cgroup v2 reading
             guest_cgroup = own_cgroup_pressure()
+    assert rig.readers_lost == lost, "a reader died (see dmesg: its memory cgroup's OOM kill?)"
     deadline = time.monotonic() + 90
     while cycle(t0) not in (State.PLENTY, State.CLEAR) and time.monotonic() < deadline:
         time.sleep(1)
