@@ -607,6 +607,9 @@ async def run_design(cp: ControlPlane, design: str, nodes: int, params: Params,
     progress(f"[{design} N={nodes}] set-up: kwok nodes, agent pods, tokens")
     started = time.monotonic()
     async with Kube(cp.admin_kubeconfig, work / "secrets", cp.etcd_url) as kube:
+        versions = await kube.versions()
+        progress(f"[{design} N={nodes}] kube-apiserver {versions['kube_apiserver']}, "
+                 f"etcd {versions['etcd']}")
         uids, tokens = await create_cluster(kube, nodes, 120 + nodes / 10)
         collection = policy_collection(design)
         created = await kube.call("POST", collection, policy_object(design, POLICY))
@@ -617,7 +620,8 @@ async def run_design(cp: ControlPlane, design: str, nodes: int, params: Params,
         fleet = Fleet(watches, design, POLICY, views, tokens, work / "secrets/ca.crt",
                       params.timing)
         try:
-            return await run_fleet(cp, kube, fleet, uids, params, work, started)
+            return {**await run_fleet(cp, kube, fleet, uids, params, work, started),
+                    "versions": versions}
         finally:
             await fleet.stop()
             await watches.close()

@@ -107,6 +107,16 @@ class Kube:
         async with self.session.get(self.server + "/metrics") as response:
             return await response.text()
 
+    async def versions(self) -> dict[str, str]:
+        """What serves this run: kube-apiserver's and etcd's versions. Which etcd matters:
+        below 3.5.13 (Debian's 3.4.23) the API server cannot ask etcd for watch progress and
+        serves consistent lists from etcd instead of its watch cache."""
+        kube = await self.call("GET", "/version")
+        async with self.session.get(self.etcd_url + "/version", ssl=False) as response:
+            etcd = await response.json(content_type=None)
+        return {"kube_apiserver": kube.get("gitVersion", "?"),
+                "etcd": etcd.get("etcdserver", "?")}
+
     async def etcd_metrics(self) -> str:
         """etcd's own /metrics (plain HTTP on loopback)."""
         async with self.session.get(self.etcd_url + "/metrics", ssl=False) as response:

@@ -583,5 +583,8 @@ def summarise(all_runs: list[JSON]) -> JSON:
         out[scenario]["timed_out"] = sum(1 for r in runs if scenario not in ("steady", "churn")
                                          and (r.get(scenario) or {}).get("converge_s") is None)
     out["agent_identity"] = runs[0]["agent_identity"]
+    # What served the runs (one entry per distinct pair: a mixed set is visible).
+    out["versions"] = [dict(v) for v in {tuple(sorted(r["versions"].items()))
+                                         for r in runs if r.get("versions")}]
     out["runs"] = runs
     return out

@@ -364,6 +364,17 @@ def test_summarise_takes_medians_keeps_spreads_and_counts_timeouts() -> None:
     assert out["vanish"]["stale_entries"] == 4
     assert out["failover"] is None and out["churn"] is None
     assert len(out["runs"]) == 3
+    assert out["versions"] == []  # these runs did not say what served them
+
+
+def test_summarise_says_which_etcd_served_the_runs_and_shows_a_mix() -> None:
+    debian = {"kube_apiserver": "v1.34.4", "etcd": "3.4.23"}
+    built = {"kube_apiserver": "v1.34.4", "etcd": "3.6.4"}
+    same = summarise([run(0.1, 2.0, 100) | {"versions": debian}] * 2)
+    assert same["versions"] == [debian]
+    mixed = summarise([run(0.1, 2.0, 100) | {"versions": debian},
+                       run(0.2, 2.0, 100) | {"versions": built}])
+    assert sorted(v["etcd"] for v in mixed["versions"]) == ["3.4.23", "3.6.4"]
 
 
 def test_summarise_lists_failed_runs_without_counting_them() -> None:
