@@ -79,6 +79,7 @@ from bench.scale_model import (
     NodeView,
     agent_pod,
     complete,
+    etcd_caveat,
     etcd_db_bytes,
     identity_problems,
     kwok_node,
@@ -610,6 +611,8 @@ async def run_design(cp: ControlPlane, design: str, nodes: int, params: Params,
         versions = await kube.versions()
         progress(f"[{design} N={nodes}] kube-apiserver {versions['kube_apiserver']}, "
                  f"etcd {versions['etcd']}")
+        if caveat := etcd_caveat(versions["etcd"]):
+            progress(f"[{design} N={nodes}] WARNING: {caveat}")
         uids, tokens = await create_cluster(kube, nodes, 120 + nodes / 10)
         collection = policy_collection(design)
         created = await kube.call("POST", collection, policy_object(design, POLICY))

@@ -554,6 +554,28 @@ SCENARIO_FIGURES = ("converge_s", "apiserver_p99_s", "apiserver_write_p99_s", "a
                     "apiserver_policy_event_bytes", "stale_entries", "node_states_left")
 
 
+# kube-apiserver v1.34's documented minimum etcd 3.5; below it (Debian's 3.4.23 is also below
+# the 3.4 minimum, 3.4.29) the API server cannot ask etcd for watch progress and serves
+# consistent lists from etcd, not from its cache.
+ETCD_SUPPORTED = (3, 5, 11)
+
+
+def etcd_caveat(version: str) -> str | None:
+    """Why figures served by etcd ``version`` do not stand for a real cluster's (None: they
+    do, or the version is unreadable)."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:3])
+    except ValueError:
+        return None
+    if found >= ETCD_SUPPORTED:
+        return None
+    minimum = ".".join(map(str, ETCD_SUPPORTED))
+    return (f"etcd {version} is below kube-apiserver's supported minimum {minimum} (of 3.5): "
+            "at 5,000 nodes its API server took half the requests of one on etcd 3.6 "
+            "(bench/README.md); for figures to quote, run "
+            "OVERCOMMIT_ETCD=build scripts/install-kube and point KUBEBUILDER_ASSETS at it")
+
+
 def summarise(all_runs: list[JSON]) -> JSON:
     """Medians over the repeats at top level (the shape of one run), each with its spread; a
     run that failed (``error``) is listed, not counted."""

@@ -31,6 +31,7 @@ from bench.scale_model import (
     agent_pod,
     complete,
     conflict_backoff_s,
+    etcd_caveat,
     etcd_db_bytes,
     histogram_quantile,
     identity_problems,
@@ -375,6 +376,13 @@ def test_summarise_says_which_etcd_served_the_runs_and_shows_a_mix() -> None:
     mixed = summarise([run(0.1, 2.0, 100) | {"versions": debian},
                        run(0.2, 2.0, 100) | {"versions": built}])
     assert sorted(v["etcd"] for v in mixed["versions"]) == ["3.4.23", "3.6.4"]
+
+
+def test_an_etcd_below_the_supported_minimum_is_called_out() -> None:
+    caveat = etcd_caveat("3.4.23")
+    assert caveat is not None and "3.4.23" in caveat and "OVERCOMMIT_ETCD=build" in caveat
+    assert etcd_caveat("3.6.4") is None and etcd_caveat("3.5.11") is None
+    assert etcd_caveat("unknown") is None
 
 
 def test_summarise_lists_failed_runs_without_counting_them() -> None:
