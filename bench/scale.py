@@ -165,6 +165,18 @@ def kwok_binary() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def etcd_binary() -> Path | None:
+    """etcd at the version kube-apiserver depends on (scripts/install-kube --etcd), unless the
+    environment names the control plane's binaries (TEST_ASSET_ETCD, KUBEBUILDER_ASSETS)."""
+    if os.environ.get("TEST_ASSET_ETCD") or os.environ.get("KUBEBUILDER_ASSETS"):
+        return None
+    out = subprocess.run([str(REPO / "scripts/install-kube"), "--etcd"], capture_output=True,
+                         text=True, check=False, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"scripts/install-kube --etcd failed: {out.stderr[-2000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
 @contextlib.contextmanager
 def kwok(cp: ControlPlane, binary: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """kwok managing the Nodes annotated kwok.x-k8s.io/node=fake, with node Leases."""
@@ -763,10 +775,11 @@ async def run_phases(probe: Probe, procs: dict[str, subprocess.Popen[bytes]], pa
 KWOK: list[subprocess.Popen[bytes] | None] = [None]
 
 
-def run_once(design: str, nodes: int, params: Params, kwok_path: Path) -> JSON:
+def run_once(design: str, nodes: int, params: Params, kwok_path: Path,
+             etcd_path: Path | None) -> JSON:
     """One design at one N on a fresh control plane (so etcd's size is this run's alone)."""
     with tempfile.TemporaryDirectory(prefix="overcommit-bench-scale-") as tmp, \
-            MemoryGuard() as guard, ControlPlane() as cp:
+            MemoryGuard() as guard, ControlPlane(etcd=etcd_path) as cp:
         work = Path(tmp)
         (work / "secrets").mkdir(mode=0o700)
         install(cp, design)
@@ -946,6 +959,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     kwok_path = kwok_binary()
     progress(f"kwok: {kwok_path}")
+    etcd_path = etcd_binary()
+    progress(f"etcd: {etcd_path or 'as the environment names it'}")
     runs: dict[str, dict[str, list[JSON]]] = {d: {} for d in params.designs}
     for repeat in range(params.repeat):
         # Round-robin: a slow stretch of the shared machine hits every design alike.
@@ -953,7 +968,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for design in params.designs:
                 progress(f"repeat {repeat + 1}/{params.repeat}")
                 try:
-                    run = run_once(design, nodes, params, kwok_path)
+                    run = run_once(design, nodes, params, kwok_path, etcd_path)
                 except Exception as exc:  # a design that breaks at this N is a result too
                     progress(f"[{design} N={nodes}] FAILED: {exc!r}"[:1000])
                     run = {"nodes": nodes, "error": repr(exc)[:2000]}

@@ -575,3 +575,17 @@ def test_the_fleet_stops_its_agents_at_once_and_its_reactions_first(tmp_path: Pa
     took, order = asyncio.run(scenario())
     assert took < 1.5
     assert order == ["reaction"] + ["closed"] * 20
+
+
+def test_the_benchmark_takes_the_environments_etcd_when_it_names_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.scale import etcd_binary
+
+    def no_build(*args: object, **kwargs: object) -> None:
+        raise AssertionError("install-kube --etcd ran although the environment names etcd")
+
+    monkeypatch.setattr("bench.scale.subprocess.run", no_build)
+    for name in ("KUBEBUILDER_ASSETS", "TEST_ASSET_ETCD"):
+        with monkeypatch.context() as env:
+            env.setenv(name, "/somewhere")
+            assert etcd_binary() is None
