@@ -387,6 +387,16 @@ class Snapshot:
     tallies: dict[str, Tally]
     summary_writes: int
     cpu: dict[str, float]
+    tcp_accepted: int  # the host's TCP PassiveOpens: connections servers here accepted
+
+
+def tcp_passive_opens() -> int:
+    """Connections accepted on this host so far (/proc/net/snmp, Tcp PassiveOpens): on this
+    machine nearly all of them are the API server's, so their rate is the clients' new TCP +
+    TLS connections (a client that keeps its connection opens none)."""
+    header, values = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()
+                      if line.startswith("Tcp:")][:2]
+    return int(values[header.index("PassiveOpens")])
 
 
 async def snapshot(probe: Probe) -> Snapshot:
@@ -394,7 +404,8 @@ async def snapshot(probe: Probe) -> Snapshot:
     etcd = etcd_db_bytes(await probe.kube.etcd_metrics())
     return Snapshot(time.monotonic(), text, etcd, probe.fleet.writes.copy(),
                     probe.fleet.tallies(), len(probe.observer.writes),
-                    {name: cpu_seconds(pid) for name, pid in probe.pids.items()})
+                    {name: cpu_seconds(pid) for name, pid in probe.pids.items()},
+                    tcp_passive_opens())
 
 
 def window_figures(before: Snapshot, after: Snapshot, design: str) -> JSON:
@@ -417,6 +428,8 @@ def window_figures(before: Snapshot, after: Snapshot, design: str) -> JSON:
         all_writes.get("core/nodes/status", 0) + all_writes.get("core/nodes", 0)
     return {
         "seconds": seconds,
+        "tcp_connections_accepted_per_s": (after.tcp_accepted - before.tcp_accepted) / seconds
+        if seconds > 0 else None,
         **latency_figures(after.metrics, before.metrics),
         "etcd_db_bytes": after.etcd_db_bytes,
         "apf_rejected": rejected(after.metrics) - rejected(before.metrics),

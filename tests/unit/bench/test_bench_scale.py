@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import random
+import socket
 import ssl
 import time
 from dataclasses import replace
@@ -433,9 +434,10 @@ def test_window_figures_count_only_agents_present_in_both_snapshots() -> None:
     before_text = METRICS + histogram({"0.1": 10, "+Inf": 10})
     after_text = METRICS.replace("} 40", "} 46") + histogram({"0.1": 15, "+Inf": 20})
     before = Snapshot(0.0, before_text, 100, Writes(attempts=1),
-                      {"a": Tally(1, 10), "b": Tally(1, 10), "gone": Tally(0, 0)}, 0, {"x": 0.0})
+                      {"a": Tally(1, 10), "b": Tally(1, 10), "gone": Tally(0, 0)}, 0, {"x": 0.0},
+                      tcp_accepted=1000)
     after = Snapshot(60.0, after_text, 200, Writes(attempts=7, done=6),
-                     {"a": Tally(3, 30), "b": Tally(1, 10)}, 2, {"x": 30.0})
+                     {"a": Tally(3, 30), "b": Tally(1, 10)}, 2, {"x": 30.0}, tcp_accepted=1120)
     out = window_figures(before, after, PER_NODE)
     assert out["events_per_agent_min"] == pytest.approx(1.0)  # (2 + 0) / 2 agents
     assert out["agent_writes"] == 6 and out["agent_writes_done"] == 6
@@ -443,6 +445,7 @@ def test_window_figures_count_only_agents_present_in_both_snapshots() -> None:
     assert out["apiserver_requests"] == 10 and out["etcd_db_bytes"] == 200
     assert out["cpu_percent"] == {"x": pytest.approx(50.0)}
     assert out["summary_writes_per_min"] == pytest.approx(2.0)
+    assert out["tcp_connections_accepted_per_s"] == pytest.approx(2.0)  # 120 in 60 s
 
 
 @pytest.mark.parametrize(("design", "held"), [(PER_NODE, True), (NAIVE, False)])
@@ -575,6 +578,16 @@ def test_the_fleet_stops_its_agents_at_once_and_its_reactions_first(tmp_path: Pa
     took, order = asyncio.run(scenario())
     assert took < 1.5
     assert order == ["reaction"] + ["closed"] * 20
+
+
+def test_the_hosts_accepted_connections_are_read_from_proc() -> None:
+    from bench.scale import tcp_passive_opens
+
+    first = tcp_passive_opens()
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()):
+        server.accept()[0].close()
+    assert tcp_passive_opens() >= first + 1
 
 
 def test_the_benchmark_takes_the_environments_etcd_when_it_names_one(
