@@ -157,12 +157,17 @@ def install(cp: ControlPlane, design: str) -> None:
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
 
 
-def kwok_binary() -> Path:
-    out = subprocess.run([str(REPO / "scripts/install-kube"), "--kwok"], capture_output=True,
+def installed(flag: str) -> Path:
+    """The path ``scripts/install-kube <flag>`` prints, after building it if need be."""
+    out = subprocess.run([str(REPO / "scripts/install-kube"), flag], capture_output=True,
                          text=True, check=False, timeout=1800)
     if out.returncode != 0:
-        raise RuntimeError(f"scripts/install-kube --kwok failed: {out.stderr[-2000:]}")
+        raise RuntimeError(f"scripts/install-kube {flag} failed: {out.stderr[-2000:]}")
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+def kwok_binary() -> Path:
+    return installed("--kwok")
 
 
 def etcd_binary() -> Path | None:
@@ -170,11 +175,7 @@ def etcd_binary() -> Path | None:
     environment names the control plane's binaries (TEST_ASSET_ETCD, KUBEBUILDER_ASSETS)."""
     if os.environ.get("TEST_ASSET_ETCD") or os.environ.get("KUBEBUILDER_ASSETS"):
         return None
-    out = subprocess.run([str(REPO / "scripts/install-kube"), "--etcd"], capture_output=True,
-                         text=True, check=False, timeout=1800)
-    if out.returncode != 0:
-        raise RuntimeError(f"scripts/install-kube --etcd failed: {out.stderr[-2000:]}")
-    return Path(out.stdout.strip().splitlines()[-1])
+    return installed("--etcd")
 
 
 @contextlib.contextmanager
