@@ -124,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             install.kubectl("delete", "mop", "--all", check=False)
             install.uninstall()
+            install.close()
         install.demo.forget_state_dir()
     figures: dict[str, Any] = {key: spread([r[key] for r in runs]) for key in runs[0]}
     print(f"{'figure':<20}{'median':>10}{'min':>10}{'max':>10}{'target':>10}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -105,6 +106,10 @@ class Installation:
     def uninstall(self) -> None:
         self.kubectl("delete", "-k", str(self.demo.overlay), "--ignore-not-found", "--wait=true",
                      check=False, timeout=180)
+
+    def close(self) -> None:
+        """Remove the working directory (the overlay); after the last uninstall."""
+        shutil.rmtree(self.work, ignore_errors=True)
 
     # -- reading ---------------------------------------------------------------------------
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,

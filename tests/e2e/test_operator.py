@@ -75,7 +75,9 @@ def op(pytestconfig: pytest.Config, before: dict[str, str]) -> Iterator[Installa
                 install.kubectl("delete", "mop", "--all", "--wait=true", check=False)
                 wait_released(install, timeout=60, fail=False)
                 install.uninstall()
+            install.close()
     install.demo.forget_state_dir()
+    assert not install.work.exists(), "the installation's working directory was left behind"
     assert host() == before, "the host's settings after the cluster stopped"
 
 
