@@ -108,9 +108,8 @@ class Kube:
             return await response.text()
 
     async def versions(self) -> dict[str, str]:
-        """What serves this run: kube-apiserver's and etcd's versions. Which etcd matters:
-        below 3.5.13 (Debian's 3.4.23) the API server cannot ask etcd for watch progress and
-        serves consistent lists from etcd instead of its watch cache."""
+        """What serves this run: kube-apiserver's and etcd's versions (which etcd matters:
+        ``scale_model.etcd_caveat``)."""
         kube = await self.call("GET", "/version")
         async with self.session.get(self.etcd_url + "/version", ssl=False) as response:
             etcd = await response.json(content_type=None)

@@ -572,8 +572,9 @@ def etcd_caveat(version: str) -> str | None:
     minimum = ".".join(map(str, ETCD_SUPPORTED))
     return (f"etcd {version} is below kube-apiserver's supported minimum {minimum} (of 3.5): "
             "at 5,000 nodes its API server took half the requests of one on etcd 3.6 "
-            "(bench/README.md); for figures to quote, run "
-            "OVERCOMMIT_ETCD=build scripts/install-kube and point KUBEBUILDER_ASSETS at it")
+            "(bench/README.md); for figures to quote, leave KUBEBUILDER_ASSETS and "
+            "TEST_ASSET_ETCD unset: bench.scale then builds and uses the etcd kube-apiserver "
+            "depends on (scripts/install-kube --etcd)")
 
 
 def summarise(all_runs: list[JSON]) -> JSON:

@@ -381,7 +381,7 @@ def test_summarise_says_which_etcd_served_the_runs_and_shows_a_mix() -> None:
 
 def test_an_etcd_below_the_supported_minimum_is_called_out() -> None:
     caveat = etcd_caveat("3.4.23")
-    assert caveat is not None and "3.4.23" in caveat and "OVERCOMMIT_ETCD=build" in caveat
+    assert caveat is not None and "3.4.23" in caveat and "install-kube --etcd" in caveat
     assert etcd_caveat("3.6.4") is None and etcd_caveat("3.5.11") is None
     assert etcd_caveat("unknown") is None
 
