@@ -63,8 +63,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.common import host_facts, raise_interrupt
 from bench.common import log as say
-from bench.common import raise_interrupt
 from bench.memory_guard import MemoryGuard
 from bench.scale_agents import FAILURES, Fleet, Timing, Writes
 from bench.scale_kube import AgentWatches, Kube, PolicyObserver, Tally, ca_only_context
@@ -975,6 +975,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress(f"kwok: {kwok_path}")
     etcd_path = etcd_binary()
     progress(f"etcd: {etcd_path or 'as the environment names it'}")
+    host = host_facts()
+    progress(f"host: {host}")
     runs: dict[str, dict[str, list[JSON]]] = {d: {} for d in params.designs}
     for repeat in range(params.repeat):
         # Round-robin: a slow stretch of the shared machine hits every design alike.
@@ -998,6 +1000,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   r["agent_identity"]["system_masters"] for by_n in results.values()
                   for r in by_n.values() if r["repeats"]),
               "agent_user": AGENT_USER,
+              "host": host,
               "params": {"sizes": list(params.sizes), "repeat": params.repeat,
                          "steady_s": params.steady_s, "churn_s": params.churn_s,
                          "agent_interval_s": params.timing.interval_s,
