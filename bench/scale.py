@@ -58,10 +58,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.common import host_facts, raise_interrupt
 from bench.common import log as say
@@ -138,6 +138,7 @@ class Params:
     controller_sweep_s: float | None
     churn_after_s: float
     timing: Timing
+    profiles: Path | None = None  # --apiserver-profiles
 
 
 # -- set-up ---------------------------------------------------------------------------------
@@ -755,7 +756,9 @@ async def run_phases(probe: Probe, procs: dict[str, subprocess.Popen[bytes]], pa
     progress(f"[{design} N={nodes}] churn {params.churn_s:g}s")
     result["phase"] = "churn"
     fleet.start_churn()
-    churn = await measure_window(probe, params.churn_s)
+    async with apiserver_profile(probe.kube, params.profiles, f"{design}-{nodes}-churn",
+                                 params.churn_s):
+        churn = await measure_window(probe, params.churn_s)
     result |= {"churn": churn, "events_per_agent_min": churn["events_per_agent_min"],
                "bytes_per_agent_min": churn["bytes_per_agent_min"]}
     progress(f"[{design} N={nodes}] converge: {params.samples} samples under churn")
@@ -773,7 +776,9 @@ async def run_phases(probe: Probe, procs: dict[str, subprocess.Popen[bytes]], pa
     await wait_quiet(fleet, observer, quiet_s=quiet, timeout=interval * 4 + 30)
     progress(f"[{design} N={nodes}] burst: a policy change every agent applies")
     result["phase"] = "burst"
-    result["burst"] = await burst(probe, params)
+    async with apiserver_profile(probe.kube, params.profiles, f"{design}-{nodes}-burst",
+                                 min(BURST_PROFILE_S, params.scenario_timeout_s)):
+        result["burst"] = await burst(probe, params)
     progress(f"[{design} N={nodes}] burst: {fmt(result['burst']['converge_s'])}s")
     result["failover"] = None
     if design == PER_NODE:
@@ -787,13 +792,40 @@ async def run_phases(probe: Probe, procs: dict[str, subprocess.Popen[bytes]], pa
 
 
 KWOK: list[subprocess.Popen[bytes] | None] = [None]
+BURST_PROFILE_S = 60.0  # the burst's first minute: where its writes meet the API server
+
+
+class Profiler(Protocol):
+    async def cpu_profile(self, seconds: float) -> bytes: ...  # Kube's
+
+
+@contextlib.asynccontextmanager
+async def apiserver_profile(kube: Profiler, into: Path | None, name: str,
+                            seconds: float) -> AsyncIterator[None]:
+    """kube-apiserver's CPU profile over the first ``seconds`` of the block, saved as
+    ``into/<name>-<unix time>.pb.gz`` (read it with ``go tool pprof``); nothing without
+    ``into``. The block's end waits for the profile, so a shorter block is profiled past it."""
+    if into is None:
+        yield
+        return
+    task = asyncio.create_task(kube.cpu_profile(seconds))
+    try:
+        yield
+    finally:
+        try:
+            path = into / f"{name}-{int(time.time())}.pb.gz"
+            path.write_bytes(await task)
+            progress(f"apiserver CPU profile: {path}")
+        except FAILURES as exc:  # a missing profile is a missing figure, not a failed run
+            progress(f"apiserver CPU profile {name} failed: {exc!r}"[:300])
 
 
 def run_once(design: str, nodes: int, params: Params, kwok_path: Path,
              etcd_path: Path | None) -> JSON:
     """One design at one N on a fresh control plane (so etcd's size is this run's alone)."""
     with tempfile.TemporaryDirectory(prefix="overcommit-bench-scale-") as tmp, \
-            MemoryGuard() as guard, ControlPlane(etcd=etcd_path) as cp:
+            MemoryGuard() as guard, ControlPlane(etcd=etcd_path, extra_apiserver_args=(
+                ["--profiling=true"] if params.profiles else [])) as cp:
         work = Path(tmp)
         (work / "secrets").mkdir(mode=0o700)
         install(cp, design)
@@ -936,6 +968,10 @@ def parse_args(argv: Sequence[str] | None) -> Params:
                         help="the simulated agents' cycle (the agent's shipped --interval, 30)")
     parser.add_argument("--agent-status-interval", type=float, default=60.0, metavar="S",
                         help="counter-only writes at most this often (shipped: 60)")
+    parser.add_argument("--apiserver-profiles", type=Path, metavar="DIR",
+                        help="turn on kube-apiserver's profiling endpoint and save its CPU "
+                             "profile of the churn window and of the burst's first minute in "
+                             "DIR (go tool pprof -top -cum <kube-apiserver> <file>)")
     parser.add_argument("--agent-policy-change-rate", type=float,
                         default=Timing(0, 0).policy_change_rate, metavar="N",
                         help="per_node_state: the agents' --policy-change-rate, their writes "
@@ -960,7 +996,8 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         controller_sweep_s=args.controller_sweep or (2.0 if quick else None),
         churn_after_s=0.0 if quick else 61.0,
         timing=Timing(args.agent_interval, args.agent_status_interval,
-                      args.agent_policy_change_rate))
+                      args.agent_policy_change_rate),
+        profiles=args.apiserver_profiles)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,6 +107,17 @@ class Kube:
         async with self.session.get(self.server + "/metrics") as response:
             return await response.text()
 
+    async def cpu_profile(self, seconds: float) -> bytes:
+        """kube-apiserver's own CPU profile over the next ``seconds`` (gzipped pprof; needs
+        ``--profiling=true``, which ``bench.scale --apiserver-profiles`` gives it)."""
+        async with self.session.get(f"{self.server}/debug/pprof/profile",
+                                    params={"seconds": str(max(1, round(seconds)))}) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise ApiError(response.status, "GET /debug/pprof/profile",
+                               body[:500].decode(errors="replace"))
+            return body
+
     async def versions(self) -> dict[str, str]:
         """What serves this run: kube-apiserver's and etcd's versions (which etcd matters:
         ``scale_model.etcd_caveat``)."""

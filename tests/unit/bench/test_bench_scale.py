@@ -426,6 +426,57 @@ def test_quick_params_are_labelled_shortcuts_and_the_full_run_keeps_shipped_sett
     assert full.churn_after_s == 61.0 and full.timing.interval_s == 30.0
 
 
+def test_apiserver_profiles_are_off_unless_asked_for(tmp_path: Path) -> None:
+    from bench.scale import parse_args
+
+    assert parse_args([]).profiles is None
+    assert parse_args(["--apiserver-profiles", str(tmp_path)]).profiles == tmp_path
+
+
+class ProfilingKube:
+    """The one call apiserver_profile makes, answered from here."""
+
+    def __init__(self, answer: bytes | Exception) -> None:
+        self.answer = answer
+        self.asked: list[float] = []
+
+    async def cpu_profile(self, seconds: float) -> bytes:
+        self.asked.append(seconds)
+        await asyncio.sleep(0.05)  # the profile ends after the block: the block waits for it
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_a_profiled_window_saves_the_api_servers_profile(tmp_path: Path) -> None:
+    from bench.scale import apiserver_profile
+
+    async def window(kube: Any, into: Path | None) -> None:
+        async with apiserver_profile(kube, into, "per_node_state-5000-churn", 40.0):
+            pass
+
+    kube = ProfilingKube(b"\x1f\x8b profile")
+    asyncio.run(window(kube, tmp_path))
+    [saved] = tmp_path.glob("per_node_state-5000-churn-*.pb.gz")
+    assert saved.read_bytes() == b"\x1f\x8b profile" and kube.asked == [40.0]
+    unasked = ProfilingKube(b"x")
+    asyncio.run(window(unasked, None))
+    assert unasked.asked == []
+
+
+def test_a_profile_that_fails_does_not_fail_the_run(tmp_path: Path) -> None:
+    from bench.scale import apiserver_profile
+    from bench.scale_kube import ApiError
+
+    async def window() -> None:
+        async with apiserver_profile(ProfilingKube(ApiError(404, "GET", "profiling off")),
+                                     tmp_path, "burst", 60.0):
+            pass
+
+    asyncio.run(window())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_window_figures_count_only_agents_present_in_both_snapshots() -> None:
     from bench.scale import Snapshot, window_figures
     from bench.scale_agents import Writes
