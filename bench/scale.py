@@ -968,6 +968,11 @@ def parse_args(argv: Sequence[str] | None) -> Params:
                         help="the simulated agents' cycle (the agent's shipped --interval, 30)")
     parser.add_argument("--agent-status-interval", type=float, default=60.0, metavar="S",
                         help="counter-only writes at most this often (shipped: 60)")
+    parser.add_argument("--agent-counter-write-rate", type=float,
+                        default=Timing(0, 0).counter_rate, metavar="N",
+                        help="the agents' --counter-write-rate: counter-only writes at most "
+                             "every max(status interval, nodes/N) s (shipped: 20; 0: the status "
+                             "interval alone, as before it existed)")
     parser.add_argument("--apiserver-profiles", type=Path, metavar="DIR",
                         help="turn on kube-apiserver's profiling endpoint and save its CPU "
                              "profile of the churn window and of the burst's first minute in "
@@ -996,7 +1001,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         controller_sweep_s=args.controller_sweep or (2.0 if quick else None),
         churn_after_s=0.0 if quick else 61.0,
         timing=Timing(args.agent_interval, args.agent_status_interval,
-                      args.agent_policy_change_rate),
+                      args.agent_policy_change_rate, args.agent_counter_write_rate),
         profiles=args.apiserver_profiles)
 
 
@@ -1043,6 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "agent_interval_s": params.timing.interval_s,
                          "agent_status_interval_s": params.timing.status_interval_s,
                          "agent_policy_change_rate": params.timing.policy_change_rate,
+                         "agent_counter_write_rate": params.timing.counter_rate,
                          "controller_status_interval_s": params.controller_status_interval_s,
                          "controller_lease_s": params.controller_lease_s,
                          "controller_sweep_s": params.controller_sweep_s,

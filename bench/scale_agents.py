@@ -45,7 +45,7 @@ from bench.scale_model import (
 from overcommit.agent.api import AgentApi
 from overcommit.agent.runner import COMPONENT, node_state_ref
 from overcommit.agent.settings import AgentSettings
-from overcommit.agent.status import policy_news_delay, should_write
+from overcommit.agent.status import counter_interval, policy_news_delay, should_write
 from overcommit.api.schema import to_json
 from overcommit.api.status import NodeStateStatus
 from overcommit.kube.backoff import retry_delay
@@ -110,12 +110,14 @@ def events_of(agent: Agent) -> Callable[[str, JSON], Awaitable[JSON]]:
 @dataclass
 class Timing:
     """The agent's --interval (one cycle each), --status-interval (counter-only changes are
-    written at most this often) and --policy-change-rate (the spread of a policy change's
+    written at most this often), --counter-write-rate (which stretches that interval to
+    nodes / rate; 0: not stretched) and --policy-change-rate (the spread of a policy change's
     writes; 0: none)."""
 
     interval_s: float
     status_interval_s: float
     policy_change_rate: float = AgentSettings("-").policy_change_writes_per_second
+    counter_rate: float = AgentSettings("-").counter_writes_per_second
 
 
 class Fleet:
@@ -197,12 +199,18 @@ class Fleet:
         cycles, picked at random, so writes arrive evenly from the start, as on a cluster that
         has been busy for a while (a counter-only write comes every status interval, at the
         first cycle after it)."""
-        now = time.monotonic()
-        cycles = max(1, math.ceil(self.timing.status_interval_s / self.timing.interval_s))
+        now, every = time.monotonic(), self.counter_interval_s()
+        cycles = max(1, math.ceil(every / self.timing.interval_s))
         for agent in self.agents.values():
             due_in = self.timing.interval_s * self.rng.randrange(cycles)
-            agent.last_write = now - self.timing.status_interval_s + due_in
+            agent.last_write = now - every + due_in
         self.churn = True
+
+    def counter_interval_s(self) -> float:
+        """The real agent's least seconds between counter-only writes (Agent.counter_interval);
+        one policy matches every node, so the fleet's size is the count it would see."""
+        return counter_interval(len(self.agents), self.timing.counter_rate,
+                                self.timing.status_interval_s)
 
     def stop_churn(self) -> None:
         self.churn = False
@@ -302,7 +310,7 @@ class Fleet:
                 view = replace(view, generation=max(view.generation, generation))
             status = node_status(view, self.policy)
             since = time.monotonic() - agent.last_write
-            if not should_write(status, agent.last_status, since, self.timing.status_interval_s):
+            if not should_write(status, agent.last_status, since, self.counter_interval_s()):
                 agent.view = view
                 return False
             await self.write(agent, status)

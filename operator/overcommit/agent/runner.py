@@ -28,6 +28,7 @@ from overcommit.agent.health import CycleHealth, serve_health
 from overcommit.agent.relief import Relief, migration_summary
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import (
+    counter_interval,
     largest_node_count,
     node_status,
     policy_news,
@@ -316,7 +317,7 @@ class Agent:
             force = obj.get("status") is None
         since_write = time.monotonic() - self.last_write
         if not (force or should_write(status, self.last_status, since_write,
-                                      self.settings.status_interval_seconds)):
+                                      self.counter_interval())):
             return False
         self.held_seconds = self._hold_policy_news() if news and not force else 0.0
         if self.held_seconds:
@@ -326,6 +327,12 @@ class Agent:
         self.last_status, self.last_write = status, time.monotonic()
         self.policy_news_due = None
         return True
+
+    def counter_interval(self) -> float:
+        """The least seconds between counter-only writes: the status interval, stretched on
+        a large cluster to keep all agents' such writes near ``counter_writes_per_second``."""
+        return counter_interval(self.nodes_seen, self.settings.counter_writes_per_second,
+                                self.settings.status_interval_seconds)
 
     def _hold_policy_news(self) -> float:
         """Seconds to hold back a write of policy news (0: write now). A change of a policy

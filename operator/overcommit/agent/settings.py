@@ -32,6 +32,16 @@ class AgentSettings:
     """At most one status write per this many seconds for counter-only changes; changes of
     the policy in force, conditions, errors or originals are written at once."""
 
+    counter_writes_per_second: float = 20.0
+    """The cluster's agents together write counter-only changes (merged pages, bytes saved) at
+    most about this many a second: each waits at least N / this seconds between such writes,
+    and never less than ``status_interval_seconds``, N being the largest node count the
+    controller wrote into any policy's status. Each write costs the API server about 10 ms of
+    CPU (bench/README.md, scale), so 20 a second is a fifth of a core whatever the cluster's
+    size: 60 s up to 1,200 nodes, 250 s at 5,000 (the kubelet reports an unchanged Node
+    status every 5 minutes). News is written at once; metrics follow every cycle. 0: the
+    status interval alone."""
+
     policy_change_writes_per_second: float = 250.0
     """After a policy changes, every agent it reaches has the change to report at the same
     moment. Each holds that report (its status write and its Events) back a random time within

@@ -175,6 +175,15 @@ def largest_node_count(policies: Iterable[Mapping[str, Any]]) -> int | None:
     return max(counts, default=None)
 
 
+def counter_interval(nodes: int | None, writes_per_second: float, floor_s: float) -> float:
+    """The least seconds between one agent's counter-only writes: ``nodes`` at
+    ``writes_per_second`` for them all, never under ``floor_s`` (the status interval); the
+    floor alone when no count is known or the budget is off."""
+    if not nodes or writes_per_second <= 0:
+        return floor_s
+    return max(floor_s, nodes / writes_per_second)
+
+
 def policy_news_window(nodes: int | None, writes_per_second: float, cap_s: float) -> float:
     """The seconds over which the agents spread their writes of a policy change: ``nodes``
     at ``writes_per_second``, at most ``cap_s``; 0 when no count is known or the spread is

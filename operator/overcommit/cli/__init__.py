@@ -190,6 +190,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     settings = AgentSettings(node_name=node, host_root=args.host_root, state_dir=args.state_dir,
                              interval_seconds=args.interval,
                              status_interval_seconds=args.status_interval,
+                             counter_writes_per_second=args.counter_write_rate,
                              policy_change_writes_per_second=args.policy_change_rate,
                              kubeconfig=args.kubeconfig,
                              libvirt_uris=tuple(args.libvirt_uri or ()),
@@ -344,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     _defaulted(agent, "--status-interval", AgentSettings, "status_interval_seconds",
                type=_positive, metavar="S",
                help="at most one counter-only status write per S seconds")
+    _defaulted(agent, "--counter-write-rate", AgentSettings, "counter_writes_per_second",
+               type=_not_negative, metavar="N", help="stretch --status-interval to nodes/N "
+               "seconds on a large cluster (nodes: the largest count in any policy's status), "
+               "so the agents together write counter-only changes about N per second; 0: "
+               "--status-interval alone")
     _defaulted(agent, "--policy-change-rate", AgentSettings, "policy_change_writes_per_second",
                type=_not_negative, metavar="N", help="after a policy changes, write this "
                "node's report of it at a random moment within nodes/N seconds (nodes: the "

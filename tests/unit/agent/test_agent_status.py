@@ -14,6 +14,7 @@ import pytest
 from overcommit.agent.runner import Agent
 from overcommit.agent.settings import AgentSettings
 from overcommit.agent.status import (
+    counter_interval,
     detail_of,
     largest_node_count,
     news_of,
@@ -214,6 +215,42 @@ def test_publish_writes_once_then_only_on_news(kernel: FakeKernel, tmp_path: Pat
     asyncio.run(scenario())
     assert len(api.writes) == 3
     assert all("lastUpdate" in w for w in api.writes)
+
+
+def test_counter_writes_wait_longer_on_a_large_cluster(kernel: FakeKernel,
+                                                       tmp_path: Path) -> None:
+    """At 5,000 nodes and 20 counter writes a second for them all, one agent writes its
+    counters every 250 s, not every 60 s; news still goes at once."""
+    api = RecordingApi()
+    agent = agent_with(api, tmp_path)
+    agent.nodes_seen = 5000
+    spec = {"ksm": {"enabled": True}}
+    kernel.merge(shared=5, sharing=10)  # merging already saves: its growth is not news
+    assert agent.counter_interval() == 250.0
+
+    async def scenario() -> None:
+        await agent.publish(node_status(cycle(kernel, tmp_path, spec), now=NOW), "node-uid")
+        kernel.merge(shared=10, sharing=40)
+        agent.last_write -= 61  # the status interval passed, the stretched one has not
+        assert not await agent.publish(node_status(cycle(kernel, tmp_path, spec),
+                                                   previous=agent.last_status, now=NOW), "node-uid")
+        agent.last_write -= 190  # 251 s
+        assert await agent.publish(node_status(cycle(kernel, tmp_path, spec),
+                                               previous=agent.last_status, now=NOW), "node-uid")
+        kernel.fail_always(f"{KSM}/sleep_millisecs", errno.EIO)  # news: at once
+        assert await agent.publish(node_status(cycle(kernel, tmp_path, {
+            "ksm": {"enabled": True, "sleepMillisecs": 7}}), previous=agent.last_status,
+            now=NOW), "node-uid")
+
+    asyncio.run(scenario())
+    assert len(api.writes) == 3
+
+
+def test_the_counter_interval_is_the_nodes_at_the_rate_never_under_the_status_interval() -> None:
+    assert counter_interval(5000, 20.0, 60.0) == 250.0
+    assert counter_interval(1000, 20.0, 60.0) == 60.0  # 50 s: the status interval holds
+    assert counter_interval(None, 20.0, 60.0) == 60.0  # no count known yet
+    assert counter_interval(5000, 0.0, 60.0) == 60.0  # the budget turned off
 
 
 def test_policy_news_is_a_change_of_the_policy_in_force_or_its_generation() -> None:
