@@ -385,12 +385,17 @@ def test_status_shows_the_supported_ratio_from_the_history_run_kept(
     assert f"capacity: supports {capacity['supportedPercent']}%" in text
 
 
-def test_the_agent_s_policy_change_rate_flag(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("flag", "dest", "field"), [
+    ("--policy-change-rate", "policy_change_rate", "policy_change_writes_per_second"),
+    ("--counter-write-rate", "counter_write_rate", "counter_writes_per_second"),
+])
+def test_the_agent_s_write_rate_flags(flag: str, dest: str, field: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
-    shipped = AgentSettings("-").policy_change_writes_per_second
-    assert parser.parse_args(["agent"]).policy_change_rate == shipped
-    assert parser.parse_args(["agent", "--policy-change-rate", "0"]).policy_change_rate == 0.0
+    shipped = getattr(AgentSettings("-"), field)
+    assert getattr(parser.parse_args(["agent"]), dest) == shipped
+    assert getattr(parser.parse_args(["agent", flag, "0"]), dest) == 0.0
     with pytest.raises(SystemExit) as exc:
-        parser.parse_args(["agent", "--policy-change-rate", "-5"])
+        parser.parse_args(["agent", flag, "-5"])
     assert exc.value.code == EXIT_INVALID
     assert "-5 is not a number at least 0" in capsys.readouterr().err
