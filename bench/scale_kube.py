@@ -110,8 +110,11 @@ class Kube:
     async def cpu_profile(self, seconds: float) -> bytes:
         """kube-apiserver's own CPU profile over the next ``seconds`` (gzipped pprof; needs
         ``--profiling=true``, which ``bench.scale --apiserver-profiles`` gives it)."""
+        seconds = max(1, round(seconds))
+        # The session's 120 s limit would cut a profile of a longer window (--churn 200).
         async with self.session.get(f"{self.server}/debug/pprof/profile",
-                                    params={"seconds": str(max(1, round(seconds)))}) as response:
+                                    params={"seconds": str(seconds)},
+                                    timeout=aiohttp.ClientTimeout(total=seconds + 60)) as response:
             body = await response.read()
             if response.status != 200:
                 raise ApiError(response.status, "GET /debug/pprof/profile",
